@@ -1,0 +1,85 @@
+//! The state the HTTP handlers and background loops share, and routing of names to services.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+use crate::config::{Config, Desired, IdleConfig};
+use crate::idle::policy::IdleInputs;
+use crate::proxy::HttpClient;
+use crate::server::errors::ApiError;
+use crate::service::ServiceHandle;
+
+pub struct App {
+    pub config: Arc<Config>,
+    /// One handle per configured service, in the order of `config.services`.
+    pub services: Vec<ServiceHandle>,
+    pub client: HttpClient,
+    /// Idle settings as now in force (changeable through `POST /admin/settings`).
+    idle: Mutex<IdleConfig>,
+    /// Wakes the idle monitor when the settings change, so a new interval applies at once.
+    pub idle_changed: Notify,
+    pub monitor_running: AtomicBool,
+    pub started: Instant,
+}
+
+impl App {
+    pub fn new(config: Arc<Config>, services: Vec<ServiceHandle>, client: HttpClient) -> Self {
+        App {
+            idle: Mutex::new(config.idle),
+            config,
+            services,
+            client,
+            idle_changed: Notify::new(),
+            monitor_running: AtomicBool::new(false),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn idle_settings(&self) -> IdleConfig {
+        *self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn update_idle_settings(&self, change: impl FnOnce(&mut IdleConfig)) -> IdleConfig {
+        let new = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            change(&mut idle);
+            *idle
+        };
+        self.idle_changed.notify_one();
+        new
+    }
+
+    pub fn service(&self, name: &str) -> Result<&ServiceHandle, ApiError> {
+        self.config.service_index(name).map(|i| &self.services[i]).ok_or_else(|| ApiError::UnknownService {
+            service: name.to_string(),
+            known: self.config.services.iter().map(|s| s.name.clone()).collect(),
+        })
+    }
+
+    /// The service that serves `model`.
+    pub fn route_model(&self, model: &str) -> Result<&ServiceHandle, ApiError> {
+        self.config.models.get(model).map(|&i| &self.services[i]).ok_or_else(|| ApiError::UnknownModel {
+            model: model.to_string(),
+            known: self.config.models.keys().cloned().collect(),
+        })
+    }
+
+    /// What the idle policy needs to know about a service right now.
+    pub fn idle_inputs(&self, svc: &ServiceHandle, settings: &IdleConfig) -> IdleInputs {
+        let live = svc.shared.live();
+        let cfg = &svc.shared.config;
+        IdleInputs {
+            state: live.state,
+            in_flight: live.in_flight,
+            queued: live.queued,
+            idle_since: live.idle_since,
+            global_enabled: settings.enabled,
+            service_enabled: svc.shared.idle_sleep(),
+            pinned: cfg.desired == Desired::On,
+            timeout: cfg.idle_timeout.unwrap_or(settings.timeout),
+        }
+    }
+}

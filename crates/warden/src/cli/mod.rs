@@ -1,0 +1,99 @@
+//! Client commands: they talk to a running warden's admin API.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request};
+use http_body_util::BodyExt;
+use serde_json::Value;
+
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: crate::proxy::HttpClient,
+}
+
+impl Client {
+    pub fn new(url: &str, token: Option<String>) -> Self {
+        Client { base: url.trim_end_matches('/').to_string(), token, http: crate::proxy::client() }
+    }
+
+    /// Calls the admin API; an error status becomes an error carrying the server's message.
+    pub async fn call(&self, method: Method, path: &str) -> Result<Value, String> {
+        let mut req = Request::builder().method(method).uri(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req.body(Body::empty()).map_err(|e| format!("bad URL {}: {e}", self.base))?;
+        // Bounded: a wake may wait for a start, but never forever.
+        let resp = tokio::time::timeout(Duration::from_secs(600), self.http.request(req))
+            .await
+            .map_err(|_| "no answer within 10 minutes".to_string())?
+            .map_err(|e| format!("cannot reach warden at {}: {e}", self.base))?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        if status.is_success() {
+            Ok(value)
+        } else {
+            let msg = value["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| value.to_string());
+            Err(format!("{status}: {msg}"))
+        }
+    }
+}
+
+fn fmt_minutes(v: &Value) -> String {
+    match v.as_f64() {
+        None => "-".into(),
+        Some(m) if m < 1.0 => format!("{:.0}s", m * 60.0),
+        Some(m) if m < 120.0 => format!("{m:.1}m"),
+        Some(m) => format!("{:.1}h", m / 60.0),
+    }
+}
+
+fn fmt_bytes(v: &Value) -> String {
+    match v.as_u64() {
+        None => "-".into(),
+        Some(b) if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        Some(b) => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+    }
+}
+
+/// `warden status`: services joined with their idle status, as a table or as JSON.
+pub async fn status(client: &Client, as_json: bool) -> Result<(), String> {
+    let services = client.call(Method::GET, "/admin/services").await?;
+    let idle = client.call(Method::GET, "/admin/idle-status").await?;
+    if as_json {
+        let out = serde_json::json!({"services": services, "idle": idle});
+        println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<9} {:>8} {:>10} {:>11} {:>9}  {}",
+        "SERVICE", "STATE", "IDLE FOR", "SLEEPS IN", "RSS", "IN FLIGHT", "MODELS"
+    );
+    for svc in services.as_array().into_iter().flatten() {
+        let name = svc["name"].as_str().unwrap_or("?");
+        let i = &idle["services"][name];
+        let models: Vec<&str> = svc["models"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        println!(
+            "{:<20} {:<9} {:>8} {:>10} {:>11} {:>9}  {}",
+            name,
+            svc["state"].as_str().unwrap_or("?"),
+            fmt_minutes(&i["idle_for_minutes"]),
+            fmt_minutes(&i["will_sleep_in_minutes"]),
+            fmt_bytes(&svc["rss_bytes"]),
+            svc["in_flight"],
+            models.join(", "),
+        );
+        if let Some(err) = svc["last_error"].as_str() {
+            println!("{:<20} last error: {err}", "");
+        }
+    }
+    println!(
+        "idle sleep {}, default timeout {}",
+        if idle["idle_sleep_enabled"].as_bool() == Some(true) { "on" } else { "off" },
+        fmt_minutes(&idle["idle_timeout_minutes"])
+    );
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! Configuration: read raw (`raw`), then validated into the runtime [`Config`] (`validate`).
+//! Every error names the full key path and the line it stands on.
+
+mod locate;
+pub mod raw;
+pub mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use validate::validate;
+
+/// The validated configuration the daemon runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub idle: IdleConfig,
+    /// Services by name, in name order.
+    pub services: Vec<ServiceConfig>,
+    /// Model name → index into `services`.
+    pub models: BTreeMap<String, usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub admin_token: Option<String>,
+    pub max_body: usize,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IdleConfig {
+    pub enabled: bool,
+    pub timeout: Duration,
+    pub keep_alive: Duration,
+    pub check_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Desired {
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// GET this path; 2xx means ready.
+    Path(String),
+    /// Ready once the port accepts a connection.
+    Port,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProcessSpec {
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<PathBuf>,
+    pub stop_command: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub enum ServiceKind {
+    Process(ProcessSpec),
+}
+
+impl ServiceKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ServiceKind::Process(_) => "process",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub kind: ServiceKind,
+    /// 0 = pick a free port at each start.
+    pub port: u16,
+    pub health: Health,
+    pub start_timeout: Duration,
+    pub stop_timeout: Duration,
+    pub models: Vec<String>,
+    pub idle_sleep: bool,
+    /// None = the global `[idle].timeout`.
+    pub idle_timeout: Option<Duration>,
+    pub desired: Desired,
+    pub max_queue: usize,
+}
+
+/// A config error for people: `services.llama.start_timeout: invalid duration "5 minutes" at line 14`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+    pub line: Option<usize>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        write!(f, "{}", self.message)?;
+        if let Some(line) = self.line {
+            write!(f, " at line {line}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Parses and validates config text. `base` resolves relative paths (the config file's folder).
+pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+    let de = toml::de::Deserializer::parse(text).map_err(|e| ConfigError {
+        path: String::new(),
+        message: e.message().to_string(),
+        line: e.span().map(|s| locate::line_of_offset(text, s.start)),
+    })?;
+    let raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let inner = e.into_inner();
+        let line = inner
+            .span()
+            .map(|s| locate::line_of_offset(text, s.start))
+            .or_else(|| locate::line_of_path(text, &path));
+        ConfigError { path, message: inner.message().to_string(), line }
+    })?;
+    validate(raw, base).map_err(|mut e| {
+        e.line = locate::line_of_path(text, &e.path);
+        e
+    })
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: String::new(),
+        message: format!("cannot read {}: {e}", path.display()),
+        line: None,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let base = if base.as_os_str().is_empty() { Path::new(".") } else { base };
+    parse(&text, base)
+}
+
+impl Config {
+    pub fn service_index(&self, name: &str) -> Option<usize> {
+        self.services.binary_search_by(|s| s.name.as_str().cmp(name)).ok()
+    }
+}

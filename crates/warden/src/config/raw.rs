@@ -1,0 +1,98 @@
+//! The config file exactly as written: serde structs with `deny_unknown_fields`.
+//! Only shape and units are checked here; meaning is checked in `validate`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{de, Deserialize, Deserializer};
+
+use super::units::{parse_duration, parse_size};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub idle: RawIdle,
+    #[serde(default)]
+    pub services: BTreeMap<String, RawService>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub admin_token: Option<String>,
+    pub max_body: Option<HumanSize>,
+    /// How long SIGTERM waits for in-flight requests before stopping services anyway.
+    pub drain_timeout: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdle {
+    pub enabled: Option<bool>,
+    pub timeout: Option<HumanDuration>,
+    pub keep_alive: Option<HumanDuration>,
+    pub check_interval: Option<HumanDuration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawKind {
+    Process,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawDesired {
+    On,
+    Off,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub kind: RawKind,
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<PathBuf>,
+    pub port: Option<u16>,
+    pub health: Option<String>,
+    pub start_timeout: Option<HumanDuration>,
+    pub stop_timeout: Option<HumanDuration>,
+    pub stop_command: Option<Vec<String>>,
+    #[serde(default)]
+    pub models: Vec<String>,
+    pub idle_sleep: Option<bool>,
+    pub idle_timeout: Option<HumanDuration>,
+    pub desired: Option<RawDesired>,
+    pub max_queue: Option<usize>,
+}
+
+/// A duration written as a human string; rejected at deserialization so the error carries the
+/// key path and line.
+#[derive(Debug, Clone, Copy)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text).map(HumanDuration).map_err(de::Error::custom)
+    }
+}
+
+/// A byte size written as a human string ("32MiB").
+#[derive(Debug, Clone, Copy)]
+pub struct HumanSize(pub u64);
+
+impl<'de> Deserialize<'de> for HumanSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_size(&text).map(HumanSize).map_err(de::Error::custom)
+    }
+}

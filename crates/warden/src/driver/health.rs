@@ -1,0 +1,57 @@
+//! Readiness probes: fast at first (a few ms), backing off to a short cap, so a held request
+//! is released within milliseconds of the backend becoming healthy.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use hyper::{Request, Uri};
+
+use crate::config::Health;
+use crate::proxy::HttpClient;
+
+pub const FIRST_DELAY: Duration = Duration::from_millis(2);
+pub const MAX_DELAY: Duration = Duration::from_millis(50);
+/// One probe may not hang on a port that accepts but never answers.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The delay after `d`: ×1.5, capped.
+pub fn next_delay(d: Duration) -> Duration {
+    (d * 3 / 2).min(MAX_DELAY)
+}
+
+/// One probe: true when the service answers its health check.
+pub async fn probe(client: &HttpClient, health: &Health, host: &str, port: u16) -> bool {
+    match health {
+        Health::Port => tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect((host, port)))
+            .await
+            .is_ok_and(|r| r.is_ok()),
+        Health::Path(path) => {
+            let Ok(uri) = format!("http://{host}:{port}{path}").parse::<Uri>() else { return false };
+            let req = Request::get(uri).body(Body::empty()).expect("valid request");
+            matches!(
+                tokio::time::timeout(PROBE_TIMEOUT, client.request(req)).await,
+                Ok(Ok(resp)) if resp.status().is_success()
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_to_the_cap() {
+        let mut d = FIRST_DELAY;
+        let mut total = Duration::ZERO;
+        for _ in 0..8 {
+            total += d;
+            d = next_delay(d);
+        }
+        assert!(total < Duration::from_millis(100), "early probes stay dense: {total:?}");
+        for _ in 0..20 {
+            d = next_delay(d);
+        }
+        assert_eq!(d, MAX_DELAY);
+    }
+}

@@ -1,0 +1,175 @@
+//! `kind = "process"`: a command run in its own process group, stopped as a group.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio_util::task::TaskTracker;
+
+use super::health::{self, FIRST_DELAY};
+use super::logs::ServiceLog;
+use super::orphans;
+use super::StartFailure;
+use crate::config::{Health, ProcessSpec};
+use crate::proxy::HttpClient;
+
+/// A running service process. Dropping it kills the whole group, so an abandoned start (or a
+/// panic) can never leave processes behind.
+pub struct ProcessHandle {
+    child: Child,
+    pid: u32,
+    port: u16,
+    stop_command: Option<Vec<String>>,
+    pidfile: PathBuf,
+    /// The leader has been reaped and its group cleaned up.
+    reaped: bool,
+}
+
+pub struct StartRequest<'a> {
+    pub service: &'a str,
+    pub spec: &'a ProcessSpec,
+    pub health: &'a Health,
+    pub port: u16,
+    pub state_dir: &'a Path,
+    pub log: &'a ServiceLog,
+    pub client: &'a HttpClient,
+    pub tasks: &'a TaskTracker,
+}
+
+fn substitute(text: &str, port: u16, pid: Option<u32>) -> String {
+    let s = text.replace("${PORT}", &port.to_string());
+    match pid {
+        Some(pid) => s.replace("${PID}", &pid.to_string()),
+        None => s,
+    }
+}
+
+/// Spawns the command and probes until healthy. The caller bounds the wait (start_timeout).
+pub async fn start(req: StartRequest<'_>) -> Result<ProcessHandle, StartFailure> {
+    let fail = |reason: String| StartFailure { reason, log_tail: req.log.tail(20) };
+    let argv: Vec<String> = req.spec.command.iter().map(|a| substitute(a, req.port, None)).collect();
+    let cwd = req.spec.cwd.clone().unwrap_or_else(|| PathBuf::from("."));
+    let program = if argv[0].contains('/') { cwd.join(&argv[0]) } else { PathBuf::from(&argv[0]) };
+    req.log.begin_run(&format!("starting {} on port {}", argv.join(" "), req.port));
+
+    let mut cmd = Command::new(&program);
+    cmd.args(&argv[1..])
+        .envs(req.spec.env.iter().map(|(k, v)| (k, substitute(v, req.port, None))))
+        .env("PORT", req.port.to_string())
+        .current_dir(&cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe. If warden dies without cleaning up, the kernel kills
+    // the service's leader; the pidfile lets the next warden stop the rest of its group.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| fail(format!("cannot run {}: {e}", argv[0])))?;
+    let pid = child.id().expect("a just-spawned child has a pid");
+    for pipe in [child.stdout.take().map(boxed), child.stderr.take().map(boxed)].into_iter().flatten() {
+        req.tasks.spawn(req.log.clone().pump(pipe));
+    }
+    let pidfile = orphans::pidfile(req.state_dir, req.service);
+    orphans::record(&pidfile, pid);
+    let mut handle = ProcessHandle {
+        child,
+        pid,
+        port: req.port,
+        stop_command: req.spec.stop_command.clone(),
+        pidfile,
+        reaped: false,
+    };
+
+    let mut delay = FIRST_DELAY;
+    loop {
+        if health::probe(req.client, req.health, "127.0.0.1", req.port).await {
+            return Ok(handle);
+        }
+        tokio::select! {
+            status = handle.child.wait() => {
+                handle.cleanup_group();
+                let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                // Let the log pumps catch the last lines before reporting them.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                return Err(fail(format!("exited before becoming healthy ({status})")));
+            }
+            _ = tokio::time::sleep(delay) => delay = health::next_delay(delay),
+        }
+    }
+}
+
+fn boxed(pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Box<dyn tokio::io::AsyncRead + Unpin + Send> {
+    Box::new(pipe)
+}
+
+impl ProcessHandle {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Resolves when the service ends on its own; describes how.
+    pub async fn exited(&mut self) -> String {
+        let status = self.child.wait().await;
+        self.cleanup_group();
+        status.map_or_else(|e| e.to_string(), |s| s.to_string())
+    }
+
+    /// stop_command or SIGTERM to the group; SIGKILL after `timeout`; always reaped.
+    pub async fn stop(mut self, timeout: Duration, log: &ServiceLog) {
+        match &self.stop_command {
+            Some(stop) => {
+                let argv: Vec<String> = stop.iter().map(|a| substitute(a, self.port, Some(self.pid))).collect();
+                let run = Command::new(&argv[0]).args(&argv[1..]).stdin(Stdio::null()).kill_on_drop(true).output();
+                match tokio::time::timeout(timeout, run).await {
+                    Ok(Ok(out)) if out.status.success() => {}
+                    Ok(Ok(out)) => log.note(&format!("stop_command failed ({})", out.status)),
+                    Ok(Err(e)) => log.note(&format!("stop_command could not run: {e}")),
+                    Err(_) => log.note("stop_command timed out"),
+                }
+            }
+            None => self.signal(Signal::SIGTERM),
+        }
+        if tokio::time::timeout(timeout, self.child.wait()).await.is_err() {
+            log.note(&format!("still running {timeout:?} after the stop request; sending SIGKILL"));
+            self.signal(Signal::SIGKILL);
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        }
+        self.cleanup_group();
+    }
+
+    fn signal(&self, sig: Signal) {
+        let _ = killpg(Pid::from_raw(self.pid as i32), sig);
+    }
+
+    /// After the leader is gone: kill whatever else is left in its group, forget the pidfile.
+    fn cleanup_group(&mut self) {
+        if !self.reaped {
+            self.signal(Signal::SIGKILL);
+            orphans::forget(&self.pidfile);
+            self.reaped = true;
+        }
+    }
+}
+
+impl Drop for ProcessHandle {
+    fn drop(&mut self) {
+        if !self.reaped {
+            self.signal(Signal::SIGKILL);
+            // Reap in the background so no zombie is left; tokio does this for dropped children.
+            let _ = self.child.start_kill();
+            orphans::forget(&self.pidfile);
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Reads of /proc: resident memory of a process group, process identity for pidfiles.
+
+/// Resident bytes of every process in the process group `pgid` (a service's whole tree, since
+/// each service runs in a group of its own).
+pub fn group_rss_bytes(pgid: u32) -> u64 {
+    let page = page_size();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = read_stat(pid)?;
+            (stat.pgrp == pgid).then_some(stat.rss_pages * page)
+        })
+        .sum()
+}
+
+pub struct Stat {
+    pub pgrp: u32,
+    pub start_time: u64,
+    pub rss_pages: u64,
+}
+
+pub fn read_stat(pid: u32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state(0) ppid(1) pgrp(2) … starttime(19) vsize(20) rss(21).
+    Some(Stat {
+        pgrp: fields.get(2)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+        rss_pages: fields.get(21)?.parse().ok()?,
+    })
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 {
+        size as u64
+    } else {
+        4096
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_our_own_group() {
+        let me = std::process::id();
+        let stat = read_stat(me).expect("own stat");
+        assert!(stat.rss_pages > 0);
+        assert!(group_rss_bytes(stat.pgrp) >= stat.rss_pages * page_size());
+        assert_eq!(group_rss_bytes(u32::MAX - 7), 0);
+    }
+}

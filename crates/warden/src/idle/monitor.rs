@@ -1,0 +1,32 @@
+//! The idle monitor: every `check_interval`, asks each idle-expired service's owner to stop it.
+//! The owner re-checks under the lease lock, so a request that arrives meanwhile wins.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use super::policy::{decide, IdleDecision};
+use crate::app::App;
+
+pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
+    app.monitor_running.store(true, Ordering::Relaxed);
+    loop {
+        let interval = app.idle_settings().check_interval;
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            // New settings: start a fresh interval with them.
+            _ = app.idle_changed.notified() => continue,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let settings = app.idle_settings();
+        let now = Instant::now();
+        for svc in &app.services {
+            if let IdleDecision::Sleep { idle_for } = decide(&app.idle_inputs(svc, &settings), now) {
+                svc.request_idle_stop(idle_for);
+            }
+        }
+    }
+    app.monitor_running.store(false, Ordering::Relaxed);
+}

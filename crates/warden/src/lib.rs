@@ -1,0 +1,11 @@
+//! warden: wakes AI services on demand, holds requests through a cold start, streams answers
+//! through, and puts idle services to sleep. See ARCHITECTURE.md for the map.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod driver;
+pub mod idle;
+pub mod proxy;
+pub mod server;
+pub mod service;

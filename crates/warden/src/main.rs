@@ -1,0 +1,94 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use axum::http::Method;
+use clap::{Parser, Subcommand};
+use warden::cli::{self, Client};
+
+#[derive(Parser)]
+#[command(name = "warden", version, about = "Wakes AI services on demand and puts idle ones to sleep")]
+struct Cli {
+    /// Where a running warden listens (for the client commands).
+    #[arg(long, global = true, env = "WARDEN_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Bearer token for the admin API.
+    #[arg(long, global = true, env = "WARDEN_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Work with config files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCmd,
+    },
+    /// Show every service: state, idle time, when it sleeps, memory.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a service now and wait until it is ready.
+    Wake { name: String },
+    /// Stop a service now.
+    Sleep { name: String },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate a config file; errors name the key and line.
+    Check { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = runtime.block_on(run(cli));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let client = || Client::new(&cli.url, cli.admin_token.clone());
+    match cli.command {
+        Cmd::Serve { config } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let config = warden::config::load(&config).map_err(|e| format!("{}: {e}", config.display()))?;
+            warden::server::serve(config).await
+        }
+        Cmd::Config { command: ConfigCmd::Check { file } } => {
+            let cfg = warden::config::load(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            println!("{}: ok ({} services, {} models)", file.display(), cfg.services.len(), cfg.models.len());
+            Ok(())
+        }
+        Cmd::Status { json } => cli::status(&client(), json).await,
+        Cmd::Wake { name } => {
+            let svc = client().call(Method::POST, &format!("/admin/services/{name}/start")).await?;
+            println!("{name} is {} (pid {})", svc["state"].as_str().unwrap_or("?"), svc["pid"]);
+            Ok(())
+        }
+        Cmd::Sleep { name } => {
+            let svc = client().call(Method::POST, &format!("/admin/services/{name}/stop")).await?;
+            println!("{name} is {}", svc["state"].as_str().unwrap_or("?"));
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Forwards a request to a service's port and streams the answer back untouched. The response
+//! body carries the request's lease, so the service counts as busy until the body ends.
+
+mod body;
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::server::errors::ApiError;
+use crate::service::Acquired;
+pub use body::LeaseBody;
+
+/// Pooled HTTP/1 client to local services: keep-alive connections make the hot path one write
+/// and one read on an open socket.
+pub type HttpClient = Client<HttpConnector, Body>;
+
+pub fn client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+pub const COLD_START_HEADER: &str = "x-warden-cold-start-ms";
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) are for one connection and never forwarded.
+fn strip_hop_headers(headers: &mut HeaderMap) {
+    const HOP: [HeaderName; 6] = [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::UPGRADE,
+    ];
+    for h in HOP {
+        headers.remove(h);
+    }
+    headers.remove("keep-alive");
+    headers.remove(header::TRANSFER_ENCODING);
+}
+
+/// Sends `req` (with `path_and_query` as its target) to the leased service.
+pub async fn forward(
+    client: &HttpClient,
+    mut req: Request<Body>,
+    path_and_query: &str,
+    acquired: Acquired,
+) -> Result<Response<Body>, ApiError> {
+    let Acquired { lease, cold_start } = acquired;
+    let uri: Uri = format!("http://127.0.0.1:{}{}", lease.port(), path_and_query)
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("invalid path {path_and_query:?}")))?;
+    *req.uri_mut() = uri;
+    strip_hop_headers(req.headers_mut());
+    // The client sets Host for the service's own address.
+    req.headers_mut().remove(header::HOST);
+    let service = lease.service().to_string();
+    let resp = client.request(req).await.map_err(|e| ApiError::BadGateway {
+        service: service.clone(),
+        detail: describe_client_error(&e),
+    })?;
+    let (mut parts, incoming) = resp.into_parts();
+    strip_hop_headers(&mut parts.headers);
+    if let Some(waited) = cold_start {
+        parts.headers.insert(COLD_START_HEADER, HeaderValue::from(waited.as_millis() as u64));
+    }
+    Ok(Response::from_parts(parts, Body::new(LeaseBody::new(incoming, lease))))
+}
+
+fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
+    use std::error::Error;
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}

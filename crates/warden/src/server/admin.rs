@@ -1,0 +1,189 @@
+//! The admin API (/admin/*). Reads come from each service's published state; changes go to the
+//! owner tasks as commands, never around them.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::errors::ApiError;
+use crate::app::App;
+use crate::config::units::minutes;
+use crate::driver::procfs::group_rss_bytes;
+use crate::idle::policy::{decide, IdleDecision};
+use crate::service::{ServiceHandle, StopReason};
+
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/admin/idle-status", get(idle_status))
+        .route("/admin/settings", post(settings))
+        .route("/admin/services", get(services))
+        .route("/admin/services/{name}/start", post(start))
+        .route("/admin/services/{name}/stop", post(stop))
+        .route("/admin/services/{name}/idle-sleep", post(idle_sleep))
+        .route("/admin/models/{name}/unload", post(unload_model))
+}
+
+fn unix_secs(t: Option<SystemTime>) -> Value {
+    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(Value::Null, |d| json!(d.as_secs()))
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            ApiError::BadRequest(format!("invalid request: {e}"))
+        } else {
+            ApiError::BadJson(e.to_string())
+        }
+    })
+}
+
+/// One service as `GET /admin/services` shows it.
+pub fn service_status(svc: &ServiceHandle) -> Value {
+    let cfg = &svc.shared.config;
+    let live = svc.shared.live();
+    json!({
+        "name": cfg.name,
+        "kind": cfg.kind.name(),
+        "state": live.state.as_str(),
+        "pid": live.pid,
+        "port": live.port,
+        "models": cfg.models,
+        "last_used": unix_secs(live.last_used),
+        "in_flight": live.in_flight,
+        "queued": live.queued,
+        "rss_bytes": live.pid.map(group_rss_bytes),
+        "last_error": live.last_error,
+    })
+}
+
+async fn services(State(app): State<Arc<App>>) -> Json<Value> {
+    Json(Value::Array(app.services.iter().map(service_status).collect()))
+}
+
+async fn idle_status(State(app): State<Arc<App>>) -> Json<Value> {
+    let settings = app.idle_settings();
+    let now = Instant::now();
+    let mut services = BTreeMap::new();
+    for svc in &app.services {
+        let inputs = app.idle_inputs(svc, &settings);
+        let (idle_for, sleeps_in) = match decide(&inputs, now) {
+            IdleDecision::Never if inputs.state.as_str() == "running" => {
+                (inputs.idle_since.map(|t| now - t).filter(|_| inputs.in_flight == 0), None)
+            }
+            IdleDecision::Never => (None, None),
+            IdleDecision::Busy => (Some(Duration::ZERO), None),
+            IdleDecision::SleepsIn(left) => (inputs.idle_since.map(|t| now - t), Some(left)),
+            IdleDecision::Sleep { idle_for } => (Some(idle_for), Some(Duration::ZERO)),
+        };
+        let live = svc.shared.live();
+        services.insert(
+            svc.name().to_string(),
+            json!({
+                "last_used": unix_secs(live.last_used),
+                "idle_for_minutes": idle_for.map(minutes),
+                "idle_sleep_enabled": svc.shared.idle_sleep(),
+                "desired": svc.shared.config.desired,
+                "actual": live.state.as_str(),
+                "will_sleep_in_minutes": sleeps_in.map(minutes),
+            }),
+        );
+    }
+    let mut body = settings_json(&app);
+    body["services"] = json!(services);
+    body["models"] = json!({});
+    body["monitor_task_running"] = json!(app.monitor_running.load(Ordering::Relaxed));
+    Json(body)
+}
+
+fn settings_json(app: &App) -> Value {
+    let s = app.idle_settings();
+    json!({
+        "idle_sleep_enabled": s.enabled,
+        "idle_timeout_minutes": minutes(s.timeout),
+        "model_keep_alive_hours": s.keep_alive.as_secs_f64() / 3600.0,
+        "idle_check_interval_minutes": minutes(s.check_interval),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SettingsChange {
+    idle_sleep_enabled: Option<bool>,
+    idle_timeout: Option<f64>,
+    model_keep_alive: Option<f64>,
+    idle_check_interval: Option<f64>,
+}
+
+/// A positive, finite number of `unit_secs`-long units as a duration.
+fn positive(field: &str, value: Option<f64>, unit_secs: f64) -> Result<Option<Duration>, ApiError> {
+    match value {
+        None => Ok(None),
+        Some(v) if v.is_finite() && v > 0.0 && v * unit_secs < 1e10 => Ok(Some(Duration::from_secs_f64(v * unit_secs))),
+        Some(v) => Err(ApiError::BadRequest(format!("{field} must be a positive number, got {v}"))),
+    }
+}
+
+async fn settings(State(app): State<Arc<App>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let change: SettingsChange = parse_json(&body)?;
+    // Validate everything before changing anything.
+    let timeout = positive("idleTimeout", change.idle_timeout, 60.0)?;
+    let keep_alive = positive("modelKeepAlive", change.model_keep_alive, 3600.0)?;
+    let interval = positive("idleCheckInterval", change.idle_check_interval, 60.0)?;
+    app.update_idle_settings(|s| {
+        if let Some(on) = change.idle_sleep_enabled {
+            s.enabled = on;
+        }
+        if let Some(t) = timeout {
+            s.timeout = t;
+        }
+        if let Some(k) = keep_alive {
+            s.keep_alive = k;
+        }
+        if let Some(i) = interval {
+            s.check_interval = i;
+        }
+    });
+    Ok(Json(settings_json(&app)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdleSleepChange {
+    enabled: bool,
+}
+
+async fn idle_sleep(State(app): State<Arc<App>>, Path(name): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let svc = app.service(&name)?;
+    let change: IdleSleepChange = parse_json(&body)?;
+    svc.shared.set_idle_sleep(change.enabled);
+    Ok(Json(json!({"service": name, "idle_sleep_enabled": change.enabled})))
+}
+
+async fn start(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let svc = app.service(&name)?;
+    // A lease taken and dropped at once: the service is ready and its idle clock starts now.
+    let acquired = svc.acquire().await.map_err(|why| ApiError::Unavailable { service: name.clone(), why })?;
+    drop(acquired);
+    Ok(Json(service_status(svc)))
+}
+
+async fn stop(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let svc = app.service(&name)?;
+    svc.stop(StopReason::Admin).await;
+    Ok(Json(service_status(svc)))
+}
+
+/// For a single-model service, unloading its model means stopping the service.
+async fn unload_model(State(app): State<Arc<App>>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
+    let svc = app.route_model(&model)?;
+    svc.stop(StopReason::Admin).await;
+    Ok(Json(json!({"model": model, "service": svc.name(), "unloaded": true})))
+}

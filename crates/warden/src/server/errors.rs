@@ -1,0 +1,123 @@
+//! Every error a client can see, mapped in one place to a status and an OpenAI-shaped body:
+//! `{"error": {"message", "type", "code"}}`.
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::service::Unavailable;
+
+#[derive(Debug)]
+pub enum ApiError {
+    BadJson(String),
+    BadRequest(String),
+    MissingModel,
+    UnknownModel { model: String, known: Vec<String> },
+    UnknownService { service: String, known: Vec<String> },
+    BodyTooLarge { limit: usize },
+    Unauthorized,
+    NotFound(String),
+    Unavailable { service: String, why: Unavailable },
+    BadGateway { service: String, detail: String },
+}
+
+impl ApiError {
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadJson(_) | ApiError::BadRequest(_) | ApiError::MissingModel => StatusCode::BAD_REQUEST,
+            ApiError::UnknownModel { .. } | ApiError::UnknownService { .. } | ApiError::NotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadJson(_) => "invalid_json",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::MissingModel => "missing_model",
+            ApiError::UnknownModel { .. } => "model_not_found",
+            ApiError::UnknownService { .. } => "service_not_found",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Unavailable { why: Unavailable::QueueFull { .. }, .. } => "queue_full",
+            ApiError::Unavailable { why: Unavailable::StartFailed { .. }, .. } => "service_start_failed",
+            ApiError::Unavailable { why: Unavailable::Stopped { .. }, .. } => "service_stopped",
+            ApiError::BadGateway { .. } => "backend_error",
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.status_code() {
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::NOT_FOUND => "not_found_error",
+            s if s.is_client_error() => "invalid_request_error",
+            _ => "server_error",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::BadJson(e) => format!("request body is not valid JSON: {e}"),
+            ApiError::BadRequest(m) => m.clone(),
+            ApiError::MissingModel => "request body has no \"model\" string".into(),
+            ApiError::UnknownModel { model, known } => {
+                format!("model {model:?} is not configured; known models: {}", known.join(", "))
+            }
+            ApiError::UnknownService { service, known } => {
+                format!("service {service:?} is not configured; known services: {}", known.join(", "))
+            }
+            ApiError::NotFound(what) => format!("{what} not found"),
+            ApiError::BodyTooLarge { limit } => format!("request body exceeds max_body ({limit} bytes)"),
+            ApiError::Unauthorized => "missing or wrong bearer token".into(),
+            ApiError::Unavailable { service, why } => match why {
+                Unavailable::QueueFull { .. } => {
+                    format!("service {service} is starting and its queue is full; retry later")
+                }
+                Unavailable::StartFailed { reason, log_tail, .. } => {
+                    let mut m = format!("service {service} failed to start: {reason}");
+                    if !log_tail.is_empty() {
+                        m.push_str("; last log lines:\n");
+                        m.push_str(&log_tail.join("\n"));
+                    }
+                    m
+                }
+                Unavailable::Stopped { reason } => format!("service {service} is unavailable: {reason}"),
+            },
+            ApiError::BadGateway { service, detail } => format!("service {service} failed mid-request: {detail}"),
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::Unavailable { why: Unavailable::QueueFull { retry_after }, .. }
+            | ApiError::Unavailable { why: Unavailable::StartFailed { retry_after, .. }, .. } => Some(*retry_after),
+            ApiError::Unavailable { why: Unavailable::Stopped { .. }, .. } => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"message": self.message(), "type": self.kind(), "code": self.code()}});
+        let mut resp = (self.status_code(), Json(body)).into_response();
+        if let Some(after) = self.retry_after() {
+            // Whole seconds, rounded up: Retry-After has no fractions.
+            let secs = after.as_millis().div_ceil(1000).max(1) as u64;
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if matches!(self, ApiError::Unauthorized) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}

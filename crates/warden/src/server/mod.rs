@@ -1,0 +1,101 @@
+//! The front door: OpenAI routes by model, passthrough by service, the admin API; and the
+//! daemon's start-up and bounded shutdown.
+
+pub mod admin;
+mod auth;
+pub mod errors;
+mod openai;
+mod passthrough;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::{any, get, post};
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn, Instrument};
+
+use crate::app::App;
+use crate::config::Config;
+use crate::driver::orphans;
+use crate::service::{spawn_owner, OwnerContext};
+use errors::ApiError;
+
+pub fn routes(app: Arc<App>) -> Router {
+    let admin = admin::routes().route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::admin_auth));
+    Router::new()
+        .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route("/v1/models", get(openai::list_models))
+        .route("/v1/chat/completions", post(openai::by_model))
+        .route("/v1/completions", post(openai::by_model))
+        .route("/v1/embeddings", post(openai::by_model))
+        .route("/svc/{service}", any(passthrough::root))
+        .route("/svc/{service}/{*path}", any(passthrough::path))
+        .merge(admin)
+        .fallback(|uri: axum::http::Uri| async move { ApiError::NotFound(format!("route {}", uri.path())) })
+        .with_state(app)
+}
+
+/// Runs the daemon until SIGTERM/SIGINT, then drains requests (bounded), stops every service
+/// (bounded), and returns.
+pub async fn serve(config: Config) -> Result<(), String> {
+    let state_dir = config.server.state_dir.clone();
+    for dir in ["logs", "run"] {
+        std::fs::create_dir_all(state_dir.join(dir))
+            .map_err(|e| format!("cannot create {}: {e}", state_dir.join(dir).display()))?;
+    }
+    for service in orphans::stop_leftovers(&state_dir) {
+        warn!("Stopped service {service}'s processes left running by a previous warden");
+    }
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+
+    let tasks = TaskTracker::new();
+    let shutdown = CancellationToken::new();
+    let client = crate::proxy::client();
+    let ctx = OwnerContext { state_dir, client: client.clone(), tasks: tasks.clone(), shutdown: shutdown.clone() };
+    let config = Arc::new(config);
+    let services = config.services.iter().map(|s| spawn_owner(Arc::new(s.clone()), ctx.clone())).collect();
+    let app = Arc::new(App::new(config.clone(), services, client));
+    tasks.spawn(crate::idle::monitor::run(app.clone(), shutdown.clone()).instrument(tracing::info_span!("idle monitor")));
+
+    let stop_accepting = CancellationToken::new();
+    let server = axum::serve(listener, routes(app.clone())).with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
+    let mut server = tokio::spawn(async move { server.await });
+    info!("warden listening on http://{addr} with {} services", config.services.len());
+
+    tokio::select! {
+        result = &mut server => warn!("HTTP server ended on its own: {result:?}"),
+        signal = termination_signal() => {
+            info!("Received {signal}: draining requests (up to {:?})", config.server.drain_timeout);
+            stop_accepting.cancel();
+            if tokio::time::timeout(config.server.drain_timeout, &mut server).await.is_err() {
+                warn!("Requests still in flight after the drain timeout; closing them");
+                server.abort();
+            }
+        }
+    }
+
+    info!("Stopping all services");
+    shutdown.cancel();
+    tasks.close();
+    let longest_stop = config.services.iter().map(|s| s.stop_timeout).max().unwrap_or_default();
+    if tokio::time::timeout(longest_stop + Duration::from_secs(10), tasks.wait()).await.is_err() {
+        warn!("Some services did not stop in time");
+    }
+    info!("warden stopped");
+    Ok(())
+}
+
+async fn termination_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

@@ -1,0 +1,41 @@
+//! `ANY /svc/{service}/{*path}`: any HTTP request to a service (whisper, qdrant, diffusion…),
+//! after waking it. The body streams through, limited to max_body.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, Request};
+use axum::response::Response;
+
+use super::errors::ApiError;
+use crate::app::App;
+use crate::proxy;
+
+pub async fn root(State(app): State<Arc<App>>, Path(service): Path<String>, req: Request<Body>) -> Result<Response, ApiError> {
+    pass(app, &service, "", req).await
+}
+
+pub async fn path(
+    State(app): State<Arc<App>>,
+    Path((service, path)): Path<(String, String)>,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
+    pass(app, &service, &path, req).await
+}
+
+async fn pass(app: Arc<App>, service: &str, path: &str, req: Request<Body>) -> Result<Response, ApiError> {
+    let limit = app.config.server.max_body;
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    let svc = app.service(service)?;
+    let target = match req.uri().query() {
+        Some(q) => format!("/{path}?{q}"),
+        None => format!("/{path}"),
+    };
+    let acquired = svc.acquire().await.map_err(|why| ApiError::Unavailable { service: service.to_string(), why })?;
+    let req = req.map(|body| Body::new(http_body_util::Limited::new(body, limit)));
+    proxy::forward(&app.client, req, &target, acquired).await
+}
