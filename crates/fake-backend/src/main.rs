@@ -1,1 +1,266 @@
-fn main() {}
+//! fake-backend: a tiny OpenAI-compatible model server for warden's tests and benchmarks.
+//!
+//! It serves chat completions, completions and embeddings (streaming with `usage` too), and can
+//! be told to start slowly, hold resident memory, stream at a set pace, fail to start, crash,
+//! or ignore SIGTERM — the behaviours warden must cope with in real servers.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use clap::Parser;
+use serde_json::{json, Value};
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "A fake OpenAI-compatible backend for tests")]
+struct Args {
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Wait this long before listening (a slow model load).
+    #[arg(long, default_value_t = 0)]
+    startup_delay_ms: u64,
+    /// Allocate and touch this many MiB of resident memory at start.
+    #[arg(long, default_value_t = 0)]
+    rss_mb: usize,
+    /// Streaming pace; 0 = as fast as possible.
+    #[arg(long, default_value_t = 0.0)]
+    tokens_per_sec: f64,
+    /// Completion tokens per answer (max_tokens caps it).
+    #[arg(long, default_value_t = 8)]
+    tokens: u64,
+    /// Print an error and exit 1 instead of starting.
+    #[arg(long)]
+    fail_start: bool,
+    /// Serve this many requests, then exit abruptly in the middle of the next one.
+    #[arg(long)]
+    crash_after: Option<u64>,
+    /// Ignore SIGTERM (so only SIGKILL stops it).
+    #[arg(long)]
+    ignore_sigterm: bool,
+    /// Write {"exec_unix_ns", "listen_unix_ns"} here once listening.
+    #[arg(long)]
+    ready_file: Option<std::path::PathBuf>,
+    /// Path of the health endpoint.
+    #[arg(long, default_value = "/health")]
+    health_path: String,
+    /// Model name reported by /v1/models.
+    #[arg(long, default_value = "fake")]
+    model: String,
+}
+
+struct Fake {
+    args: Args,
+    requests: AtomicU64,
+}
+
+fn unix_ns() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let exec_ns = unix_ns();
+    let args = Args::parse();
+    if args.fail_start {
+        eprintln!("fake-backend: failing to start as asked (--fail-start)");
+        std::process::exit(1);
+    }
+    if args.ignore_sigterm {
+        // SAFETY: installing SIG_IGN has no handler code to be unsafe.
+        unsafe {
+            nix::sys::signal::signal(nix::sys::signal::Signal::SIGTERM, nix::sys::signal::SigHandler::SigIgn)
+                .expect("ignore SIGTERM");
+        }
+    }
+    if args.rss_mb > 0 {
+        let mut block = vec![0u8; args.rss_mb << 20];
+        for page in block.chunks_mut(4096) {
+            page[0] = 1;
+        }
+        Box::leak(block.into_boxed_slice());
+    }
+    eprintln!("fake-backend: loading model {}", args.model);
+    tokio::time::sleep(Duration::from_millis(args.startup_delay_ms)).await;
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await.unwrap_or_else(|e| {
+        eprintln!("fake-backend: cannot listen on {}:{}: {e}", args.host, args.port);
+        std::process::exit(2);
+    });
+    let addr = listener.local_addr().expect("bound");
+    if let Some(path) = &args.ready_file {
+        let _ = std::fs::write(path, json!({"exec_unix_ns": exec_ns, "listen_unix_ns": unix_ns()}).to_string());
+    }
+    eprintln!("fake-backend: listening on {addr} (pid {})", std::process::id());
+    let health = args.health_path.clone();
+    let state = Arc::new(Fake { args, requests: AtomicU64::new(0) });
+    let app = Router::new()
+        .route(&health, get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/stats", get(stats))
+        .fallback(echo)
+        .with_state(state);
+    axum::serve(listener, app).await.expect("serve");
+}
+
+impl Fake {
+    /// Counts a request; crashes the process if `--crash-after` says this one dies.
+    fn count(&self) {
+        let n = self.requests.fetch_add(1, Ordering::SeqCst);
+        if self.args.crash_after.is_some_and(|limit| n >= limit) {
+            eprintln!("fake-backend: crashing on request {} as asked (--crash-after)", n + 1);
+            std::process::exit(3);
+        }
+    }
+
+    fn completion_tokens(&self, body: &Value) -> u64 {
+        body["max_tokens"].as_u64().map_or(self.args.tokens, |m| m.min(self.args.tokens))
+    }
+}
+
+fn parse(body: &Bytes) -> Result<Value, Response> {
+    serde_json::from_slice(body).map_err(|e| {
+        (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": e.to_string(), "type": "invalid_request_error"}})))
+            .into_response()
+    })
+}
+
+/// Rough prompt size: whitespace-separated words of every string in the prompt.
+fn prompt_tokens(body: &Value) -> u64 {
+    fn words(v: &Value) -> u64 {
+        match v {
+            Value::String(s) => s.split_whitespace().count() as u64,
+            Value::Array(a) => a.iter().map(words).sum(),
+            Value::Object(o) => o.iter().filter(|(k, _)| *k == "content" || *k == "text").map(|(_, v)| words(v)).sum(),
+            _ => 0,
+        }
+    }
+    words(&body["messages"]) + words(&body["prompt"]) + words(&body["input"])
+}
+
+async fn models(State(fake): State<Arc<Fake>>) -> Json<Value> {
+    Json(json!({"object": "list", "data": [{"id": fake.args.model, "object": "model", "owned_by": "fake-backend"}]}))
+}
+
+async fn stats(State(fake): State<Arc<Fake>>) -> Json<Value> {
+    Json(json!({"pid": std::process::id(), "requests": fake.requests.load(Ordering::SeqCst)}))
+}
+
+async fn echo(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, body: Bytes) -> Json<Value> {
+    fake.count();
+    Json(json!({"method": method.as_str(), "path": uri.path(), "query": uri.query(), "body_bytes": body.len(), "pid": std::process::id()}))
+}
+
+async fn chat(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
+    fake.count();
+    let body = match parse(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    answer(&fake, &body, "chat.completion").await
+}
+
+async fn completions(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
+    fake.count();
+    let body = match parse(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    answer(&fake, &body, "text_completion").await
+}
+
+async fn answer(fake: &Fake, body: &Value, object: &'static str) -> Response {
+    let model = body["model"].as_str().unwrap_or(&fake.args.model).to_string();
+    let n = fake.completion_tokens(body);
+    let usage = json!({"prompt_tokens": prompt_tokens(body), "completion_tokens": n, "total_tokens": prompt_tokens(body) + n});
+    let pace = (fake.args.tokens_per_sec > 0.0).then(|| Duration::from_secs_f64(1.0 / fake.args.tokens_per_sec));
+    let chat = object == "chat.completion";
+    if body["stream"].as_bool() != Some(true) {
+        if let Some(p) = pace {
+            tokio::time::sleep(p * n as u32).await;
+        }
+        let text = (0..n).map(|i| format!("tok{i}")).collect::<Vec<_>>().join(" ");
+        let choice = if chat {
+            json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"})
+        } else {
+            json!({"index": 0, "text": text, "finish_reason": "stop"})
+        };
+        return Json(json!({"id": "fake-1", "object": object, "created": 0, "model": model, "choices": [choice], "usage": usage}))
+            .into_response();
+    }
+    let include_usage = body["stream_options"]["include_usage"].as_bool() == Some(true);
+    let chunk_object = if chat { "chat.completion.chunk" } else { "text_completion" };
+    let stream = futures_util::stream::unfold(0u64, move |i| {
+        let model = model.clone();
+        let usage = usage.clone();
+        async move {
+            if i > n + 1 {
+                return None;
+            }
+            let event = if i < n {
+                if let Some(p) = pace {
+                    tokio::time::sleep(p).await;
+                }
+                let delta = format!("tok{i} ");
+                let choice = if chat {
+                    json!({"index": 0, "delta": {"content": delta}, "finish_reason": null})
+                } else {
+                    json!({"index": 0, "text": delta, "finish_reason": null})
+                };
+                format!("data: {}\n\n", json!({"id": "fake-1", "object": chunk_object, "model": model, "choices": [choice]}))
+            } else if i == n {
+                let mut last = json!({"id": "fake-1", "object": chunk_object, "model": model,
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
+                if include_usage {
+                    last["usage"] = usage;
+                }
+                format!("data: {last}\n\n")
+            } else {
+                "data: [DONE]\n\n".to_string()
+            };
+            Some((Ok::<_, std::convert::Infallible>(Bytes::from(event)), i + 1))
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .expect("response")
+}
+
+async fn embeddings(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
+    fake.count();
+    let body = match parse(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let inputs: Vec<String> = match &body["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a.iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect(),
+        _ => vec![String::new()],
+    };
+    // A deterministic 8-dimensional vector from the text's bytes.
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let mut v = [0f32; 8];
+            for (j, b) in text.bytes().enumerate() {
+                v[j % 8] += b as f32 / 255.0;
+            }
+            json!({"object": "embedding", "index": i, "embedding": v})
+        })
+        .collect();
+    let tokens = prompt_tokens(&body);
+    Json(json!({"object": "list", "data": data, "model": body["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
+        .into_response()
+}

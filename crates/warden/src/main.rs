@@ -70,6 +70,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
                 )
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             let config = warden::config::load(&config).map_err(|e| format!("{}: {e}", config.display()))?;
             warden::server::serve(config).await

@@ -1,0 +1,177 @@
+//! Test harness: runs the real `warden` binary on port 0 with a config written to a temp dir.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn warden_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_warden"))
+}
+
+/// The fake backend is built by the same `cargo test --workspace` into the same folder.
+pub fn fake_backend() -> String {
+    let path = warden_bin().with_file_name("fake-backend");
+    assert!(path.exists(), "{} is missing: run the tests with `cargo test --workspace`", path.display());
+    path.display().to_string()
+}
+
+pub struct Warden {
+    child: Child,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    log: Arc<Mutex<String>>,
+}
+
+impl Warden {
+    /// Starts warden with `[server]` pointing at a free port and a temp state dir, plus `rest`
+    /// (`FAKE` in it is replaced by the fake backend's path).
+    pub fn start(rest: &str) -> Warden {
+        Self::start_with_server(rest, "")
+    }
+
+    pub fn start_with_server(rest: &str, server_extra: &str) -> Warden {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"state\"\n{server_extra}\n{}",
+            rest.replace("FAKE", &fake_backend())
+        );
+        let path = dir.path().join("warden.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(warden_bin())
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("WARDEN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(addr.split_whitespace().next().unwrap().to_string());
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
+            panic!("warden did not start; its log:\n{}", log.lock().unwrap());
+        });
+        Warden { child, base: format!("http://{addr}"), dir, log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits (bounded) until the log holds `needle`.
+    pub fn wait_log(&self, needle: &str, within: Duration) -> bool {
+        wait_until(within, || self.log().contains(needle))
+    }
+
+    /// SIGTERM, then wait (bounded) for exit.
+    pub fn terminate(&mut self, within: Duration) -> Option<ExitStatus> {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        reqwest::get(self.url(path)).await.unwrap().json().await.unwrap()
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        reqwest::Client::new().post(self.url(path)).json(&body).send().await.unwrap()
+    }
+
+    /// The service's entry in `GET /admin/services`.
+    pub async fn service(&self, name: &str) -> Value {
+        let all = self.get("/admin/services").await;
+        all.as_array().unwrap().iter().find(|s| s["name"] == name).cloned().expect("service listed")
+    }
+
+    /// Waits (bounded) until the service is in `state`.
+    pub async fn wait_state(&self, name: &str, state: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.service(name).await["state"] == state {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        false
+    }
+}
+
+impl Drop for Warden {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.terminate(Duration::from_secs(10));
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+/// Async form of [`wait_until`], for conditions that call warden's API.
+pub async fn eventually<F, Fut>(within: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond().await
+}
+
+pub fn process_alive(pid: u32) -> bool {
+    // A zombie still has /proc/PID; count it as gone since it runs nothing.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"))
+        .unwrap_or(false)
+}
+
+pub fn chat(model: &str) -> Value {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hello there"}]})
+}
