@@ -127,10 +127,11 @@ impl Fake {
     }
 }
 
-fn parse(body: &Bytes) -> Result<Value, Response> {
+type BadRequest = (StatusCode, Json<Value>);
+
+fn parse(body: &Bytes) -> Result<Value, BadRequest> {
     serde_json::from_slice(body).map_err(|e| {
         (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": e.to_string(), "type": "invalid_request_error"}})))
-            .into_response()
     })
 }
 
@@ -157,14 +158,16 @@ async fn stats(State(fake): State<Arc<Fake>>) -> Json<Value> {
 
 async fn echo(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, body: Bytes) -> Json<Value> {
     fake.count();
-    Json(json!({"method": method.as_str(), "path": uri.path(), "query": uri.query(), "body_bytes": body.len(), "pid": std::process::id()}))
+    Json(
+        json!({"method": method.as_str(), "path": uri.path(), "query": uri.query(), "body_bytes": body.len(), "pid": std::process::id()}),
+    )
 }
 
 async fn chat(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
     fake.count();
     let body = match parse(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(bad) => return bad.into_response(),
     };
     answer(&fake, &body, "chat.completion").await
 }
@@ -173,7 +176,7 @@ async fn completions(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
     fake.count();
     let body = match parse(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(bad) => return bad.into_response(),
     };
     answer(&fake, &body, "text_completion").await
 }
@@ -181,7 +184,8 @@ async fn completions(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
 async fn answer(fake: &Fake, body: &Value, object: &'static str) -> Response {
     let model = body["model"].as_str().unwrap_or(&fake.args.model).to_string();
     let n = fake.completion_tokens(body);
-    let usage = json!({"prompt_tokens": prompt_tokens(body), "completion_tokens": n, "total_tokens": prompt_tokens(body) + n});
+    let usage =
+        json!({"prompt_tokens": prompt_tokens(body), "completion_tokens": n, "total_tokens": prompt_tokens(body) + n});
     let pace = (fake.args.tokens_per_sec > 0.0).then(|| Duration::from_secs_f64(1.0 / fake.args.tokens_per_sec));
     let chat = object == "chat.completion";
     if body["stream"].as_bool() != Some(true) {
@@ -216,7 +220,10 @@ async fn answer(fake: &Fake, body: &Value, object: &'static str) -> Response {
                 } else {
                     json!({"index": 0, "text": delta, "finish_reason": null})
                 };
-                format!("data: {}\n\n", json!({"id": "fake-1", "object": chunk_object, "model": model, "choices": [choice]}))
+                format!(
+                    "data: {}\n\n",
+                    json!({"id": "fake-1", "object": chunk_object, "model": model, "choices": [choice]})
+                )
             } else if i == n {
                 let mut last = json!({"id": "fake-1", "object": chunk_object, "model": model,
                     "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
@@ -241,7 +248,7 @@ async fn embeddings(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
     fake.count();
     let body = match parse(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(bad) => return bad.into_response(),
     };
     let inputs: Vec<String> = match &body["input"] {
         Value::String(s) => vec![s.clone()],

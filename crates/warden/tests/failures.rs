@@ -79,7 +79,9 @@ async fn a_failing_start_reports_why_backs_off_and_may_be_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_that_does_not_exist_is_a_clear_503() {
-    let w = Warden::start("[services.ghost]\nkind = \"process\"\ncommand = [\"/nonexistent/llama-server\"]\nmodels = [\"g\"]\n");
+    let w = Warden::start(
+        "[services.ghost]\nkind = \"process\"\ncommand = [\"/nonexistent/llama-server\"]\nmodels = [\"g\"]\n",
+    );
     let (status, body) = error_of(w.post("/v1/chat/completions", chat("g")).await).await;
     assert_eq!(status, 503);
     assert!(body["error"]["message"].as_str().unwrap().contains("cannot run /nonexistent/llama-server"));

@@ -32,7 +32,8 @@ impl Client {
             .map_err(|e| format!("cannot reach warden at {}: {e}", self.base))?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        let value: Value =
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
         if status.is_success() {
             Ok(value)
         } else {
@@ -69,8 +70,8 @@ pub async fn status(client: &Client, as_json: bool) -> Result<(), String> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<9} {:>8} {:>10} {:>11} {:>9}  {}",
-        "SERVICE", "STATE", "IDLE FOR", "SLEEPS IN", "RSS", "IN FLIGHT", "MODELS"
+        "{:<20} {:<9} {:>8} {:>10} {:>11} {:>9}  MODELS",
+        "SERVICE", "STATE", "IDLE FOR", "SLEEPS IN", "RSS", "IN FLIGHT"
     );
     for svc in services.as_array().into_iter().flatten() {
         let name = svc["name"].as_str().unwrap_or("?");

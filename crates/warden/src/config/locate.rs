@@ -49,7 +49,8 @@ mod tests {
 
     #[test]
     fn finds_nested_keys_and_indices() {
-        let text = "[server]\nlisten = \"x\"\n\n[services.a]\nkind = \"process\"\nmodels = [\n  \"m1\",\n  \"m2\",\n]\n";
+        let text =
+            "[server]\nlisten = \"x\"\n\n[services.a]\nkind = \"process\"\nmodels = [\n  \"m1\",\n  \"m2\",\n]\n";
         assert_eq!(line_of_path(text, "server.listen"), Some(2));
         assert_eq!(line_of_path(text, "services.a.kind"), Some(5));
         assert_eq!(line_of_path(text, "services.a.models[1]"), Some(8));

@@ -128,10 +128,8 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
         let inner = e.into_inner();
-        let line = inner
-            .span()
-            .map(|s| locate::line_of_offset(text, s.start))
-            .or_else(|| locate::line_of_path(text, &path));
+        let line =
+            inner.span().map(|s| locate::line_of_offset(text, s.start)).or_else(|| locate::line_of_path(text, &path));
         ConfigError { path, message: inner.message().to_string(), line }
     })?;
     validate(raw, base).map_err(|mut e| {

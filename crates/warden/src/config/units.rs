@@ -17,14 +17,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total = 0f64;
     let mut rest = s;
     while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| bad_duration(text))?;
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(|| bad_duration(text))?;
         let value: f64 = rest[..num_len].parse().map_err(|_| bad_duration(text))?;
         rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| !c.is_ascii_alphabetic())
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
         let seconds_per_unit = match &rest[..unit_len] {
             "ms" => 0.001,
             "s" => 1.0,
@@ -49,9 +45,7 @@ fn bad_duration(text: &str) -> String {
 /// Parses "512", "64KiB", "32MiB", "8.3GiB", "1TiB", and the decimal "KB"/"MB"/"GB"/"TB".
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let s = text.trim();
-    let num_len = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let num_len = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let value: f64 = s[..num_len].parse().map_err(|_| bad_size(text))?;
     let multiplier: f64 = match s[num_len..].trim() {
         "" | "B" => 1.0,

@@ -6,10 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::raw::{RawConfig, RawDesired, RawKind, RawService};
-use super::{
-    Config, ConfigError, Desired, Health, IdleConfig, ProcessSpec, ServerConfig, ServiceConfig,
-    ServiceKind,
-};
+use super::{Config, ConfigError, Desired, Health, IdleConfig, ProcessSpec, ServerConfig, ServiceConfig, ServiceKind};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_BODY: u64 = 32 << 20;
@@ -79,13 +76,8 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
 
 fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, ConfigError> {
     let at = |key: &str| format!("services.{name}.{key}");
-    if name.is_empty()
-        || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        return Err(err(
-            format!("services.{name}"),
-            "service names may use only letters, digits, '-', '_' and '.'",
-        ));
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        return Err(err(format!("services.{name}"), "service names may use only letters, digits, '-', '_' and '.'"));
     }
     let kind = match raw.kind {
         RawKind::Process => {
@@ -110,9 +102,7 @@ fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, Co
         None => Health::Path("/health".into()),
         Some("none") => Health::Port,
         Some(p) if p.starts_with('/') => Health::Path(p.to_string()),
-        Some(p) => {
-            return Err(err(at("health"), format!("{p:?} must be a path starting with '/' or \"none\"")))
-        }
+        Some(p) => return Err(err(at("health"), format!("{p:?} must be a path starting with '/' or \"none\""))),
     };
     for (i, model) in raw.models.iter().enumerate() {
         if model.is_empty() {
@@ -200,7 +190,10 @@ desired = "on"
     fn semantic_errors_name_the_key() {
         let dup = format!("{GOOD}\n[services.other]\nkind = \"process\"\ncommand = [\"x\"]\nmodels = [\"tiny\"]\n");
         let msg = parse_err(&dup);
-        assert!(msg.starts_with("services.other.models[0]: model \"tiny\" is already served by service \"llama\""), "{msg}");
+        assert!(
+            msg.starts_with("services.other.models[0]: model \"tiny\" is already served by service \"llama\""),
+            "{msg}"
+        );
         assert!(msg.ends_with("at line 19"), "{msg}");
         let msg = parse_err(&GOOD.replace("desired = \"on\"", "health = \"health\""));
         assert!(msg.starts_with("services.llama.health:"), "{msg}");

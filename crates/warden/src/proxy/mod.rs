@@ -64,10 +64,10 @@ pub async fn forward(
     // The client sets Host for the service's own address.
     req.headers_mut().remove(header::HOST);
     let service = lease.service().to_string();
-    let resp = client.request(req).await.map_err(|e| ApiError::BadGateway {
-        service: service.clone(),
-        detail: describe_client_error(&e),
-    })?;
+    let resp = client
+        .request(req)
+        .await
+        .map_err(|e| ApiError::BadGateway { service: service.clone(), detail: describe_client_error(&e) })?;
     let (mut parts, incoming) = resp.into_parts();
     strip_hop_headers(&mut parts.headers);
     if let Some(waited) = cold_start {

@@ -160,7 +160,11 @@ struct IdleSleepChange {
     enabled: bool,
 }
 
-async fn idle_sleep(State(app): State<Arc<App>>, Path(name): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn idle_sleep(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let svc = app.service(&name)?;
     let change: IdleSleepChange = parse_json(&body)?;
     svc.shared.set_idle_sleep(change.enabled);

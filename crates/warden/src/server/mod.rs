@@ -60,10 +60,13 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let config = Arc::new(config);
     let services = config.services.iter().map(|s| spawn_owner(Arc::new(s.clone()), ctx.clone())).collect();
     let app = Arc::new(App::new(config.clone(), services, client));
-    tasks.spawn(crate::idle::monitor::run(app.clone(), shutdown.clone()).instrument(tracing::info_span!("idle monitor")));
+    tasks.spawn(
+        crate::idle::monitor::run(app.clone(), shutdown.clone()).instrument(tracing::info_span!("idle monitor")),
+    );
 
     let stop_accepting = CancellationToken::new();
-    let server = axum::serve(listener, routes(app.clone())).with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
+    let server =
+        axum::serve(listener, routes(app.clone())).with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
     let mut server = tokio::spawn(async move { server.await });
     info!("warden listening on http://{addr} with {} services", config.services.len());
 

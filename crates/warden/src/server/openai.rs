@@ -18,10 +18,8 @@ use crate::proxy;
 
 /// Reads a whole request body, refusing more than `limit` bytes (413).
 pub async fn read_body(req_headers: &axum::http::HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    let declared = req_headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        req_headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::BodyTooLarge { limit });
     }
@@ -45,9 +43,9 @@ pub fn model_of(body: &[u8]) -> Result<Cow<'_, str>, ApiError> {
     match serde_json::from_slice::<ModelOnly>(body) {
         Ok(ModelOnly { model: Some(m) }) => Ok(m),
         Ok(ModelOnly { model: None }) => Err(ApiError::MissingModel),
-        Err(e) if e.is_data() => Err(ApiError::BadRequest(format!(
-            "request body must be a JSON object with a \"model\" string: {e}"
-        ))),
+        Err(e) if e.is_data() => {
+            Err(ApiError::BadRequest(format!("request body must be a JSON object with a \"model\" string: {e}")))
+        }
         Err(e) => Err(ApiError::BadJson(e.to_string())),
     }
 }
@@ -56,10 +54,8 @@ pub async fn by_model(State(app): State<Arc<App>>, req: Request<Body>) -> Result
     let (parts, body) = req.into_parts();
     let bytes = read_body(&parts.headers, body, app.config.server.max_body).await?;
     let service = app.route_model(&model_of(&bytes)?)?;
-    let acquired = service
-        .acquire()
-        .await
-        .map_err(|why| ApiError::Unavailable { service: service.name().to_string(), why })?;
+    let acquired =
+        service.acquire().await.map_err(|why| ApiError::Unavailable { service: service.name().to_string(), why })?;
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     proxy::forward(&app.client, Request::from_parts(parts, Body::from(bytes)), &target, acquired).await
 }

@@ -12,7 +12,11 @@ use super::errors::ApiError;
 use crate::app::App;
 use crate::proxy;
 
-pub async fn root(State(app): State<Arc<App>>, Path(service): Path<String>, req: Request<Body>) -> Result<Response, ApiError> {
+pub async fn root(
+    State(app): State<Arc<App>>,
+    Path(service): Path<String>,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
     pass(app, &service, "", req).await
 }
 

@@ -180,8 +180,7 @@ mod tests {
         m
     }
 
-    const ALL_STATES: [State; 5] =
-        [State::Stopped, State::Starting, State::Running, State::Stopping, State::Failed];
+    const ALL_STATES: [State; 5] = [State::Stopped, State::Starting, State::Running, State::Stopping, State::Failed];
     const ALL_EVENTS: [Event; 6] = [Demand, StartSucceeded, StartFailed, Exited, StopRequested, StopFinished];
 
     #[test]
@@ -205,11 +204,7 @@ mod tests {
                     (State::Stopping, StopFinished) => (State::Stopped, false, false, false, false),
                     (s, _) => (s, false, false, false, false),
                 };
-                assert_eq!(
-                    (to, fx.start, fx.stop, fx.release_waiters, fx.fail_waiters),
-                    expected,
-                    "{from:?} + {ev:?}"
-                );
+                assert_eq!((to, fx.start, fx.stop, fx.release_waiters, fx.fail_waiters), expected, "{from:?} + {ev:?}");
                 assert_eq!(fx.reject_for, None, "{from:?} + {ev:?}");
             }
         }

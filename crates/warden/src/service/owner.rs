@@ -174,10 +174,10 @@ impl Owner {
         self.publish_queue();
         let fx = self.apply(Event::Demand);
         if let Some(retry_after) = fx.reject_for {
-            let failure = self.last_failure.clone().unwrap_or_else(|| StartFailure {
-                reason: "previous start failed".into(),
-                log_tail: Vec::new(),
-            });
+            let failure = self
+                .last_failure
+                .clone()
+                .unwrap_or_else(|| StartFailure { reason: "previous start failed".into(), log_tail: Vec::new() });
             self.fail_waiters(|| Unavailable::StartFailed {
                 reason: format!("{} (next try in {} ms)", failure.reason, retry_after.as_millis()),
                 log_tail: failure.log_tail.clone(),

@@ -25,6 +25,8 @@ pub struct Warden {
     pub base: String,
     pub dir: tempfile::TempDir,
     log: Arc<Mutex<String>>,
+    /// The admin token, when the config sets one; the helpers send it.
+    token: Option<String>,
 }
 
 impl Warden {
@@ -68,7 +70,8 @@ impl Warden {
         let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
             panic!("warden did not start; its log:\n{}", log.lock().unwrap());
         });
-        Warden { child, base: format!("http://{addr}"), dir, log }
+        let token = server_extra.split("admin_token = \"").nth(1).and_then(|t| t.split('"').next()).map(str::to_string);
+        Warden { child, base: format!("http://{addr}"), dir, log, token }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -102,7 +105,11 @@ impl Warden {
     }
 
     pub async fn get(&self, path: &str) -> Value {
-        reqwest::get(self.url(path)).await.unwrap().json().await.unwrap()
+        let mut req = reqwest::Client::new().get(self.url(path));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.unwrap().json().await.unwrap()
     }
 
     pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {

@@ -1,0 +1,243 @@
+//! End to end: the admin API, the CLI against a live daemon, and shutdown.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const TWO_SERVICES: &str = r#"
+[idle]
+timeout = "60m"
+check_interval = "50ms"
+
+[services.alpha]
+kind = "process"
+command = ["FAKE", "--port", "${PORT}"]
+models = ["a1", "a2"]
+
+[services.beta]
+kind = "process"
+command = ["FAKE", "--port", "${PORT}", "--ignore-sigterm"]
+stop_timeout = "300ms"
+models = ["b1"]
+"#;
+
+fn admin(w: &Warden, method: reqwest::Method, path: &str, token: Option<&str>) -> reqwest::RequestBuilder {
+    let req = reqwest::Client::new().request(method, w.url(path));
+    match token {
+        Some(t) => req.bearer_auth(t),
+        None => req,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_needs_the_token_and_reports_and_changes_state() {
+    let w = Warden::start_with_server(TWO_SERVICES, "admin_token = \"s3cret\"");
+    let t = Some("s3cret");
+    use reqwest::Method;
+
+    for token in [None, Some("wrong")] {
+        let resp = admin(&w, Method::GET, "/admin/services", token).send().await.unwrap();
+        assert_eq!(resp.status(), 401);
+        assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "unauthorized");
+    }
+    // The front door itself is open.
+    assert_eq!(w.post("/v1/chat/completions", chat("a1")).await.status(), 200);
+
+    let services: Value = admin(&w, Method::GET, "/admin/services", t).send().await.unwrap().json().await.unwrap();
+    let alpha = services.as_array().unwrap().iter().find(|s| s["name"] == "alpha").unwrap();
+    for key in [
+        "name",
+        "kind",
+        "state",
+        "pid",
+        "port",
+        "models",
+        "last_used",
+        "in_flight",
+        "queued",
+        "rss_bytes",
+        "last_error",
+    ] {
+        assert!(alpha.get(key).is_some(), "missing {key}");
+    }
+    assert_eq!(alpha["state"], "running");
+    assert_eq!(alpha["kind"], "process");
+    assert_eq!(alpha["models"], json!(["a1", "a2"]));
+    assert!(alpha["rss_bytes"].as_u64().unwrap() > 1 << 20);
+    assert!(alpha["last_used"].as_u64().unwrap() > 1_700_000_000);
+
+    let status: Value = admin(&w, Method::GET, "/admin/idle-status", t).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["idle_sleep_enabled"], true);
+    assert_eq!(status["idle_timeout_minutes"], 60.0);
+    assert_eq!(status["model_keep_alive_hours"], 2.0);
+    assert_eq!(status["monitor_task_running"], true);
+    let a = &status["services"]["alpha"];
+    assert_eq!(a["actual"], "running");
+    assert_eq!(a["desired"], "off");
+    assert!(a["will_sleep_in_minutes"].as_f64().unwrap() > 59.0);
+    assert_eq!(status["services"]["beta"]["actual"], "stopped");
+    assert_eq!(status["services"]["beta"]["will_sleep_in_minutes"], Value::Null);
+
+    // Turning idle sleep off for alpha, then the timeout down: alpha stays, beta (once up) sleeps.
+    let resp = admin(&w, Method::POST, "/admin/services/alpha/idle-sleep", t)
+        .json(&json!({"enabled": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let started: Value =
+        admin(&w, Method::POST, "/admin/services/beta/start", t).send().await.unwrap().json().await.unwrap();
+    assert_eq!(started["state"], "running");
+    let resp = admin(&w, Method::POST, "/admin/settings", t).json(&json!({"idleTimeout": 0.005})).send().await.unwrap();
+    assert_eq!(resp.json::<Value>().await.unwrap()["idle_timeout_minutes"], 0.005);
+    assert!(w.wait_state("beta", "stopped", Duration::from_secs(5)).await);
+    assert_eq!(w.service("alpha").await["state"], "running");
+
+    // Bad settings are refused whole: nothing changes.
+    for bad in [json!({"idleTimeout": -1}), json!({"idleTimout": 3}), json!({"idleSleepEnabled": "yes"})] {
+        let resp = admin(&w, Method::POST, "/admin/settings", t).json(&bad).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{bad}");
+    }
+    let resp = admin(&w, Method::POST, "/admin/settings", t).body("{").send().await.unwrap();
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "invalid_json");
+    let status: Value = admin(&w, Method::GET, "/admin/idle-status", t).send().await.unwrap().json().await.unwrap();
+    assert_eq!(status["idle_timeout_minutes"], 0.005);
+    let resp = admin(&w, Method::POST, "/admin/settings", t)
+        .json(&json!({"idleSleepEnabled": false, "idleCheckInterval": 0.01}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (body["idle_sleep_enabled"].clone(), body["idle_check_interval_minutes"].clone()),
+        (json!(false), json!(0.01))
+    );
+
+    // Stop and unload.
+    let stopped: Value =
+        admin(&w, Method::POST, "/admin/services/alpha/stop", t).send().await.unwrap().json().await.unwrap();
+    assert_eq!(stopped["state"], "stopped");
+    assert_eq!(w.post("/v1/chat/completions", chat("a2")).await.status(), 200);
+    let unloaded: Value =
+        admin(&w, Method::POST, "/admin/models/a2/unload", t).send().await.unwrap().json().await.unwrap();
+    assert_eq!(unloaded, json!({"model": "a2", "service": "alpha", "unloaded": true}));
+    assert_eq!(w.service("alpha").await["state"], "stopped");
+    let resp = admin(&w, Method::POST, "/admin/models/zzz/unload", t).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = admin(&w, Method::POST, "/admin/services/zzz/start", t).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+fn cli(w: &Warden, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(warden_bin())
+        .args(["--url", &w.base])
+        .args(args)
+        .env("WARDEN_ADMIN_TOKEN", "tok")
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_status_wake_and_sleep() {
+    let w = Warden::start_with_server(TWO_SERVICES, "admin_token = \"tok\"");
+    let (ok, out, err) = cli(&w, &["wake", "alpha"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("alpha is running (pid "), "{out}");
+    let (ok, out, _) = cli(&w, &["status"]);
+    assert!(ok);
+    let alpha_line = out.lines().find(|l| l.starts_with("alpha")).unwrap();
+    assert!(alpha_line.contains("running") && alpha_line.contains("MiB") && alpha_line.contains("a1, a2"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("beta") && l.contains("stopped")), "{out}");
+    let (ok, out, _) = cli(&w, &["status", "--json"]);
+    assert!(ok);
+    let parsed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(parsed["idle"]["services"]["alpha"]["actual"], "running");
+    let (ok, out, _) = cli(&w, &["sleep", "alpha"]);
+    assert!(ok);
+    assert_eq!(out.trim(), "alpha is stopped");
+    let (ok, _, err) = cli(&w, &["wake", "nope"]);
+    assert!(!ok);
+    assert!(err.contains("404") && err.contains("known services: alpha, beta"), "{err}");
+    // A wrong token is refused.
+    let out = Command::new(warden_bin()).args(["--url", &w.base, "--admin-token", "bad", "status"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+}
+
+#[test]
+fn config_check_names_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[services.llama]\nkind = \"process\"\ncommand = [\"x\"]\nstart_timeout = \"5 minutes\"\n")
+        .unwrap();
+    let out = Command::new(warden_bin()).args(["config", "check"]).arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("services.llama.start_timeout: invalid duration \"5 minutes\""), "{err}");
+    assert!(err.trim_end().ends_with("at line 4"), "{err}");
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[services.llama]\nkind = \"process\"\ncommand = [\"x\"]\nmodels = [\"m\"]\n").unwrap();
+    let out = Command::new(warden_bin()).args(["config", "check"]).arg(&good).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 services, 1 models)"));
+    // serve refuses a bad config the same way, before binding anything.
+    let out = Command::new(warden_bin()).args(["serve", "--config"]).arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at line 4"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_stops_every_service_and_leaves_no_process() {
+    let mut w = Warden::start(TWO_SERVICES);
+    assert_eq!(w.post("/v1/chat/completions", chat("a1")).await.status(), 200);
+    assert_eq!(w.post("/v1/chat/completions", chat("b1")).await.status(), 200);
+    let pids: Vec<u32> =
+        [w.service("alpha").await, w.service("beta").await].iter().map(|s| s["pid"].as_u64().unwrap() as u32).collect();
+    assert!(pids.iter().all(|&p| process_alive(p)));
+    let status = w.terminate(Duration::from_secs(10)).expect("warden exits within its bounds");
+    assert!(status.success(), "{status:?}");
+    for pid in pids {
+        assert!(!process_alive(pid), "process {pid} outlived warden");
+    }
+    let log = w.log();
+    assert!(log.contains("Received SIGTERM"), "{log}");
+    // beta ignores SIGTERM: it took the SIGKILL after its stop_timeout.
+    let beta_log = std::fs::read_to_string(w.dir.path().join("state/logs/beta.log")).unwrap();
+    assert!(beta_log.contains("sending SIGKILL"), "{beta_log}");
+    assert!(log.contains("warden stopped"));
+    assert!(std::fs::read_dir(w.dir.path().join("state/run")).unwrap().next().is_none(), "pidfiles cleared");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_a_crash_stops_the_orphans_of_the_last_run() {
+    let w = Warden::start(TWO_SERVICES);
+    assert_eq!(w.post("/v1/chat/completions", chat("a1")).await.status(), 200);
+    let pid = w.service("alpha").await["pid"].as_u64().unwrap() as u32;
+    let state = w.dir.path().join("state");
+    assert!(state.join("run/alpha.pid").exists());
+    // A warden that died without stopping its services left this pidfile behind. Hand a copy
+    // of it (the service is still running) to a fresh warden: it must stop that process group.
+    let pidfile = std::fs::read_to_string(state.join("run/alpha.pid")).unwrap();
+    let dir2 = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir2.path().join("state/run")).unwrap();
+    std::fs::write(dir2.path().join("state/run/alpha.pid"), &pidfile).unwrap();
+    let config = std::fs::read_to_string(w.dir.path().join("warden.toml")).unwrap();
+    std::fs::write(dir2.path().join("warden.toml"), config).unwrap();
+    let mut second = Command::new(warden_bin())
+        .args(["serve", "--config"])
+        .arg(dir2.path().join("warden.toml"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || !process_alive(pid)), "orphan {pid} was not stopped");
+    unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
+    let _ = second.wait();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("Stopped service alpha's processes left running by a previous warden"), "{err}");
+}
