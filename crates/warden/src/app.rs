@@ -7,7 +7,7 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 use crate::config::{Config, Desired, IdleConfig};
-use crate::idle::policy::IdleInputs;
+use crate::idle::policy::{IdleInputs, ModelInputs};
 use crate::proxy::HttpClient;
 use crate::server::errors::ApiError;
 use crate::service::ServiceHandle;
@@ -59,9 +59,10 @@ impl App {
         })
     }
 
-    /// The service that serves `model`.
-    pub fn route_model(&self, model: &str) -> Result<&ServiceHandle, ApiError> {
-        self.config.models.get(model).map(|&i| &self.services[i]).ok_or_else(|| ApiError::UnknownModel {
+    /// The service that serves `model`, and the model's index in that service.
+    pub fn route_model(&self, model: &str) -> Result<(&ServiceHandle, usize), ApiError> {
+        let found = self.config.models.get(model).map(|r| (&self.services[r.service], r.index));
+        found.ok_or_else(|| ApiError::UnknownModel {
             model: model.to_string(),
             known: self.config.models.keys().cloned().collect(),
         })
@@ -80,6 +81,33 @@ impl App {
             service_enabled: svc.shared.idle_sleep(),
             pinned: cfg.desired == Desired::On,
             timeout: cfg.idle_timeout.unwrap_or(settings.timeout),
+            models_loaded: live.loaded_models(),
+            multi_model: cfg.api.multi_model(),
         }
+    }
+
+    /// What the keep-alive policy needs to know about each of a service's models right now.
+    pub fn model_inputs(&self, svc: &ServiceHandle, settings: &IdleConfig) -> Vec<ModelInputs> {
+        let cfg = &svc.shared.config;
+        let service = self.idle_inputs(svc, settings);
+        // Unloading a single model stops its service, so the service's own rules apply.
+        let allowed = if cfg.api.multi_model() {
+            settings.enabled && svc.shared.idle_sleep()
+        } else {
+            crate::idle::policy::sleep_allowed(&service)
+        };
+        let live = svc.shared.live();
+        cfg.models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ModelInputs {
+                loaded: live.model_loaded(i),
+                changing: live.models[i].changing,
+                in_flight: live.models[i].in_flight,
+                idle_since: live.models[i].idle_since,
+                keep_alive: m.keep_alive.unwrap_or(settings.keep_alive),
+                allowed,
+            })
+            .collect()
     }
 }

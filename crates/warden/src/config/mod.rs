@@ -20,8 +20,47 @@ pub struct Config {
     pub idle: IdleConfig,
     /// Services by name, in name order.
     pub services: Vec<ServiceConfig>,
-    /// Model name → index into `services`.
-    pub models: BTreeMap<String, usize>,
+    /// Model name → its service and its place in that service's `models`.
+    pub models: BTreeMap<String, ModelRef>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelRef {
+    pub service: usize,
+    pub index: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelConfig {
+    pub name: String,
+    /// None = the global `[idle].keep_alive`, as now set.
+    pub keep_alive: Option<Duration>,
+}
+
+/// How a service hosts models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// One fixed model: unloading it means stopping the service.
+    Single,
+    /// llama-server in router mode: `POST /models/load`, `POST /models/unload`, `GET /models`.
+    LlamacppRouter,
+    /// Ollama: load by a request, unload with `keep_alive: 0`, `GET /api/ps`.
+    Ollama,
+}
+
+impl Api {
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::Single => "openai",
+            Api::LlamacppRouter => "llamacpp-router",
+            Api::Ollama => "ollama",
+        }
+    }
+
+    /// Hosts many models, each loaded and unloaded on its own.
+    pub fn multi_model(self) -> bool {
+        self != Api::Single
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +93,8 @@ pub enum Health {
     Path(String),
     /// Ready once the port accepts a connection.
     Port,
+    /// The container's own HEALTHCHECK status is "healthy".
+    Docker,
 }
 
 #[derive(Debug, Clone)]
@@ -65,14 +106,36 @@ pub struct ProcessSpec {
 }
 
 #[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    /// Name or id of the container.
+    pub container: String,
+    /// Docker Engine API address ("unix:///path" or "tcp://host:port"); None = the usual places.
+    pub engine: Option<String>,
+    /// Create the container from this image when it does not exist.
+    pub image: Option<String>,
+    pub ports: Vec<PortMap>,
+    pub env: BTreeMap<String, String>,
+}
+
+/// `"127.0.0.1:6333:6333"` or `"6333:6333"` (host IP, host port, container port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortMap {
+    pub host_ip: Option<String>,
+    pub host_port: u16,
+    pub container_port: u16,
+}
+
+#[derive(Debug, Clone)]
 pub enum ServiceKind {
     Process(ProcessSpec),
+    Container(ContainerSpec),
 }
 
 impl ServiceKind {
     pub fn name(&self) -> &'static str {
         match self {
             ServiceKind::Process(_) => "process",
+            ServiceKind::Container(_) => "container",
         }
     }
 }
@@ -84,9 +147,12 @@ pub struct ServiceConfig {
     /// 0 = pick a free port at each start.
     pub port: u16,
     pub health: Health,
+    /// Where the service answers ("host:port") when warden does not pick it (containers).
+    pub upstream: Option<String>,
+    pub api: Api,
     pub start_timeout: Duration,
     pub stop_timeout: Duration,
-    pub models: Vec<String>,
+    pub models: Vec<ModelConfig>,
     pub idle_sleep: bool,
     /// None = the global `[idle].timeout`.
     pub idle_timeout: Option<Duration>,
@@ -151,6 +217,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 impl Config {
+    pub fn model_names(&self, service: usize) -> Vec<&str> {
+        self.services[service].models.iter().map(|m| m.name.as_str()).collect()
+    }
+
     pub fn service_index(&self, name: &str) -> Option<usize> {
         self.services.binary_search_by(|s| s.name.as_str().cmp(name)).ok()
     }

@@ -18,6 +18,15 @@ pub struct RawConfig {
     pub idle: RawIdle,
     #[serde(default)]
     pub services: BTreeMap<String, RawService>,
+    #[serde(default)]
+    pub models: BTreeMap<String, RawModel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub service: String,
+    pub keep_alive: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -44,6 +53,17 @@ pub struct RawIdle {
 #[serde(rename_all = "lowercase")]
 pub enum RawKind {
     Process,
+    Container,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum RawApi {
+    #[serde(rename = "openai")]
+    OpenAi,
+    #[serde(rename = "llamacpp-router")]
+    LlamacppRouter,
+    #[serde(rename = "ollama")]
+    Ollama,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -72,6 +92,15 @@ pub struct RawService {
     pub idle_timeout: Option<HumanDuration>,
     pub desired: Option<RawDesired>,
     pub max_queue: Option<usize>,
+    /// How the service hosts models: one fixed model ("openai", the default) or many that are
+    /// loaded and unloaded through its API ("llamacpp-router", "ollama").
+    pub api: Option<RawApi>,
+    // kind = "container"
+    pub container: Option<String>,
+    pub engine: Option<String>,
+    pub url: Option<String>,
+    pub image: Option<String>,
+    pub ports: Option<Vec<String>>,
 }
 
 /// A duration written as a human string; rejected at deserialization so the error carries the

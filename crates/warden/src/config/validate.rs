@@ -5,8 +5,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use super::raw::{RawConfig, RawDesired, RawKind, RawService};
-use super::{Config, ConfigError, Desired, Health, IdleConfig, ProcessSpec, ServerConfig, ServiceConfig, ServiceKind};
+use super::raw::{RawApi, RawConfig, RawDesired, RawKind, RawService};
+use super::{
+    Api, Config, ConfigError, ContainerSpec, Desired, Health, IdleConfig, ModelConfig, ModelRef, PortMap, ProcessSpec,
+    ServerConfig, ServiceConfig, ServiceKind,
+};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_BODY: u64 = 32 << 20;
@@ -50,27 +53,32 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     }
 
     let mut services = Vec::with_capacity(raw.services.len());
-    let mut owner_of_model: BTreeMap<String, String> = BTreeMap::new();
     for (name, raw_svc) in raw.services {
-        let svc = service(&name, raw_svc, base)?;
-        for (i, model) in svc.models.iter().enumerate() {
-            if let Some(other) = owner_of_model.insert(model.clone(), name.clone()) {
+        services.push(service(&name, raw_svc, base)?);
+    }
+    // `[models.X]` tables attach a keep-alive to a model, adding it to its service if needed.
+    for (model, raw_model) in raw.models {
+        let Some(svc) = services.iter_mut().find(|s| s.name == raw_model.service) else {
+            return Err(err(format!("models.{model}.service"), format!("unknown service {:?}", raw_model.service)));
+        };
+        let keep_alive = raw_model.keep_alive.map(|d| d.0);
+        match svc.models.iter_mut().find(|m| m.name == model) {
+            Some(m) => m.keep_alive = keep_alive,
+            None => svc.models.push(ModelConfig { name: model, keep_alive }),
+        }
+    }
+    let mut models: BTreeMap<String, ModelRef> = BTreeMap::new();
+    // BTreeMap iteration gave name order, which `Config::service_index` relies on.
+    for (si, svc) in services.iter().enumerate() {
+        for (mi, model) in svc.models.iter().enumerate() {
+            if let Some(other) = models.insert(model.name.clone(), ModelRef { service: si, index: mi }) {
                 return Err(err(
-                    format!("services.{name}.models[{i}]"),
-                    format!("model {model:?} is already served by service {other:?}"),
+                    format!("services.{}.models[{mi}]", svc.name),
+                    format!("model {:?} is already served by service {:?}", model.name, services[other.service].name),
                 ));
             }
         }
-        services.push(svc);
     }
-    // BTreeMap iteration already gives name order, which `Config::service_index` relies on.
-    let models = owner_of_model
-        .into_iter()
-        .map(|(model, svc)| {
-            let idx = services.iter().position(|s| s.name == svc).expect("service just added");
-            (model, idx)
-        })
-        .collect();
     Ok(Config { server, idle, services, models })
 }
 
@@ -79,37 +87,74 @@ fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, Co
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
         return Err(err(format!("services.{name}"), "service names may use only letters, digits, '-', '_' and '.'"));
     }
-    let kind = match raw.kind {
+    let only_for = |key: &str, present: bool, kind: &str| {
+        if present {
+            Err(err(at(key), format!("only applies to kind = \"{kind}\"")))
+        } else {
+            Ok(())
+        }
+    };
+    let program = |key: &str, argv: &Option<Vec<String>>| match argv {
+        Some(a) if a.first().is_none_or(|c| c.is_empty()) => Err(err(at(key), "must name a program to run")),
+        _ => Ok(()),
+    };
+    let (kind, upstream) = match raw.kind {
         RawKind::Process => {
-            let command = raw.command.ok_or_else(|| err(at("command"), "required for kind = \"process\""))?;
-            if command.first().is_none_or(|c| c.is_empty()) {
-                return Err(err(at("command"), "must name a program to run"));
-            }
-            if let Some(stop) = &raw.stop_command {
-                if stop.first().is_none_or(|c| c.is_empty()) {
-                    return Err(err(at("stop_command"), "must name a program to run"));
-                }
-            }
-            ServiceKind::Process(ProcessSpec {
+            only_for("container", raw.container.is_some(), "container")?;
+            only_for("engine", raw.engine.is_some(), "container")?;
+            only_for("url", raw.url.is_some(), "container")?;
+            only_for("image", raw.image.is_some(), "container")?;
+            only_for("ports", raw.ports.is_some(), "container")?;
+            let command = raw.command.clone().ok_or_else(|| err(at("command"), "required for kind = \"process\""))?;
+            program("command", &raw.command)?;
+            program("stop_command", &raw.stop_command)?;
+            let spec = ProcessSpec {
                 command,
                 env: raw.env,
                 cwd: Some(base.join(raw.cwd.unwrap_or_else(|| ".".into()))),
                 stop_command: raw.stop_command,
-            })
+            };
+            (ServiceKind::Process(spec), None)
+        }
+        RawKind::Container => {
+            only_for("command", raw.command.is_some(), "process")?;
+            only_for("cwd", raw.cwd.is_some(), "process")?;
+            only_for("port", raw.port.is_some(), "process")?;
+            only_for("stop_command", raw.stop_command.is_some(), "process")?;
+            let container = raw.container.ok_or_else(|| err(at("container"), "required for kind = \"container\""))?;
+            let url = raw.url.ok_or_else(|| err(at("url"), "required for kind = \"container\" (where it answers)"))?;
+            let upstream = url
+                .strip_prefix("http://")
+                .map(|rest| rest.trim_end_matches('/').to_string())
+                .filter(|a| !a.is_empty() && !a.contains('/'))
+                .ok_or_else(|| err(at("url"), format!("{url:?} must look like \"http://127.0.0.1:6333\"")))?;
+            let mut ports = Vec::new();
+            for (i, p) in raw.ports.unwrap_or_default().iter().enumerate() {
+                ports.push(port_map(p).ok_or_else(|| {
+                    err(format!("services.{name}.ports[{i}]"), format!("{p:?} must look like \"127.0.0.1:8080:80\""))
+                })?);
+            }
+            let spec = ContainerSpec { container, engine: raw.engine, image: raw.image, ports, env: raw.env };
+            (ServiceKind::Container(spec), Some(upstream))
         }
     };
     let health = match raw.health.as_deref() {
         None => Health::Path("/health".into()),
         Some("none") => Health::Port,
+        Some("docker") if matches!(kind, ServiceKind::Container(_)) => Health::Docker,
         Some(p) if p.starts_with('/') => Health::Path(p.to_string()),
-        Some(p) => return Err(err(at("health"), format!("{p:?} must be a path starting with '/' or \"none\""))),
+        Some(p) => {
+            return Err(err(
+                at("health"),
+                format!("{p:?} must be a path starting with '/', \"none\" or (containers) \"docker\""),
+            ))
+        }
     };
     for (i, model) in raw.models.iter().enumerate() {
         if model.is_empty() {
             return Err(err(format!("services.{name}.models[{i}]"), "model names must not be empty"));
         }
     }
-    let max_queue = raw.max_queue.unwrap_or(DEFAULT_MAX_QUEUE);
     let start_timeout = raw.start_timeout.map_or(DEFAULT_START_TIMEOUT, |d| d.0);
     if start_timeout.is_zero() {
         return Err(err(at("start_timeout"), "must be greater than zero"));
@@ -119,17 +164,34 @@ fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, Co
         kind,
         port: raw.port.unwrap_or(0),
         health,
+        upstream,
+        api: match raw.api {
+            None | Some(RawApi::OpenAi) => Api::Single,
+            Some(RawApi::LlamacppRouter) => Api::LlamacppRouter,
+            Some(RawApi::Ollama) => Api::Ollama,
+        },
         start_timeout,
         stop_timeout: raw.stop_timeout.map_or(DEFAULT_STOP_TIMEOUT, |d| d.0),
-        models: raw.models,
+        models: raw.models.into_iter().map(|name| ModelConfig { name, keep_alive: None }).collect(),
         idle_sleep: raw.idle_sleep.unwrap_or(true),
         idle_timeout: raw.idle_timeout.map(|d| d.0),
         desired: match raw.desired {
             Some(RawDesired::On) => Desired::On,
             _ => Desired::Off,
         },
-        max_queue,
+        max_queue: raw.max_queue.unwrap_or(DEFAULT_MAX_QUEUE),
     })
+}
+
+/// `[IP:]HOST_PORT:CONTAINER_PORT`
+fn port_map(text: &str) -> Option<PortMap> {
+    let parts: Vec<&str> = text.rsplitn(3, ':').collect();
+    let (container_port, host_port, host_ip) = match parts.as_slice() {
+        [c, h] => (c, h, None),
+        [c, h, ip] => (c, h, Some(ip.to_string())),
+        _ => return None,
+    };
+    Some(PortMap { host_ip, host_port: host_port.parse().ok()?, container_port: container_port.parse().ok()? })
 }
 
 #[cfg(test)]
@@ -165,7 +227,7 @@ desired = "on"
         let s = &cfg.services[0];
         assert_eq!(s.idle_timeout, Some(std::time::Duration::from_secs(300)));
         assert_eq!(s.desired, super::Desired::On);
-        assert_eq!(cfg.models["tiny-alias"], 0);
+        assert_eq!(cfg.models["tiny-alias"], super::ModelRef { service: 0, index: 1 });
         assert_eq!(cfg.server.state_dir, Path::new("/etc/warden/warden-state"));
     }
 
@@ -203,5 +265,45 @@ desired = "on"
         assert!(msg.starts_with("server.listen: invalid address"), "{msg}");
         let msg = parse_err("[services.x]\nkind = \"process\"\n");
         assert!(msg.starts_with("services.x.command: required"), "{msg}");
+    }
+
+    #[test]
+    fn model_tables_attach_keep_alive_and_add_models() {
+        let text = format!(
+            "{GOOD}api = \"llamacpp-router\"\n[models.\"tiny\"]\nservice = \"llama\"\nkeep_alive = \"30m\"\n[models.extra]\nservice = \"llama\"\n"
+        );
+        let cfg = parse(&text, Path::new(".")).unwrap();
+        let svc = &cfg.services[0];
+        assert_eq!(svc.api, super::Api::LlamacppRouter);
+        assert_eq!(svc.models[0].keep_alive, Some(std::time::Duration::from_secs(1800)));
+        assert_eq!(svc.models[2].name, "extra");
+        assert_eq!(cfg.models["extra"], super::ModelRef { service: 0, index: 2 });
+        let msg = parse_err("[models.x]\nservice = \"nope\"\n");
+        assert_eq!(msg, "models.x.service: unknown service \"nope\" at line 2");
+        let msg = parse_err(&GOOD.replace("desired = \"on\"", "api = \"vllm\""));
+        assert!(msg.contains("services.llama.api") && msg.contains("vllm"), "{msg}");
+    }
+
+    #[test]
+    fn containers() {
+        let text = "[services.q]\nkind = \"container\"\ncontainer = \"qdrant\"\nurl = \"http://127.0.0.1:6333\"\nhealth = \"docker\"\nports = [\"127.0.0.1:6333:6333\", \"8080:80\"]\n";
+        let cfg = parse(text, Path::new(".")).unwrap();
+        let s = &cfg.services[0];
+        assert_eq!(s.upstream.as_deref(), Some("127.0.0.1:6333"));
+        assert_eq!(s.health, super::Health::Docker);
+        let super::ServiceKind::Container(spec) = &s.kind else { panic!("container") };
+        assert_eq!(
+            spec.ports[0],
+            super::PortMap { host_ip: Some("127.0.0.1".into()), host_port: 6333, container_port: 6333 }
+        );
+        assert_eq!(spec.ports[1], super::PortMap { host_ip: None, host_port: 8080, container_port: 80 });
+        let msg = parse_err(&text.replace("8080:80", "http"));
+        assert!(msg.starts_with("services.q.ports[1]:") && msg.ends_with("line 6"), "{msg}");
+        let msg = parse_err(&text.replace("http://127.0.0.1:6333", "127.0.0.1:6333"));
+        assert!(msg.starts_with("services.q.url:"), "{msg}");
+        let msg = parse_err(&format!("{text}command = [\"x\"]\n"));
+        assert!(msg.starts_with("services.q.command: only applies to kind = \"process\""), "{msg}");
+        let msg = parse_err("[services.p]\nkind = \"process\"\ncommand = [\"x\"]\nhealth = \"docker\"\n");
+        assert!(msg.starts_with("services.p.health:"), "{msg}");
     }
 }

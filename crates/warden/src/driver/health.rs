@@ -20,13 +20,14 @@ pub fn next_delay(d: Duration) -> Duration {
 }
 
 /// One probe: true when the service answers its health check.
-pub async fn probe(client: &HttpClient, health: &Health, host: &str, port: u16) -> bool {
+/// `upstream` is "host:port". `Health::Docker` is the container driver's to answer.
+pub async fn probe(client: &HttpClient, health: &Health, upstream: &str) -> bool {
     match health {
-        Health::Port => tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect((host, port)))
-            .await
-            .is_ok_and(|r| r.is_ok()),
+        Health::Port | Health::Docker => {
+            tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(upstream)).await.is_ok_and(|r| r.is_ok())
+        }
         Health::Path(path) => {
-            let Ok(uri) = format!("http://{host}:{port}{path}").parse::<Uri>() else { return false };
+            let Ok(uri) = format!("http://{upstream}{path}").parse::<Uri>() else { return false };
             let req = Request::get(uri).body(Body::empty()).expect("valid request");
             matches!(
                 tokio::time::timeout(PROBE_TIMEOUT, client.request(req)).await,

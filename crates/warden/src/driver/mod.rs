@@ -1,11 +1,24 @@
 //! Drivers are the only code that touches the outside world for a service: processes,
-//! sockets, health endpoints. The service owner calls them; the HTTP layer never does.
+//! containers, sockets, health endpoints. The service owner calls them; the HTTP layer never does.
 
+pub mod container;
 pub mod health;
 pub mod logs;
+pub mod models;
 pub mod orphans;
 pub mod process;
 pub mod procfs;
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Health, ServiceConfig, ServiceKind};
+use crate::proxy::HttpClient;
+use container::ContainerHandle;
+use logs::ServiceLog;
+use process::{ProcessHandle, SpawnRequest};
 
 /// Why a start did not produce a ready service.
 #[derive(Debug, Clone)]
@@ -13,4 +26,122 @@ pub struct StartFailure {
     pub reason: String,
     /// The last lines the service wrote, for the error the held requests get.
     pub log_tail: Vec<String>,
+}
+
+/// A started service, whatever runs it.
+pub enum Running {
+    Process(ProcessHandle),
+    Container(ContainerHandle),
+}
+
+/// Measures a running service's memory; cheap to clone out of a lock and await elsewhere.
+#[derive(Clone, Debug)]
+pub enum Meter {
+    /// Resident memory of the whole process group.
+    ProcessGroup(u32),
+    /// Container stats: usage minus inactive file cache.
+    Container { docker: bollard::Docker, name: String },
+}
+
+impl Meter {
+    pub async fn memory_bytes(&self) -> Option<u64> {
+        match self {
+            Meter::ProcessGroup(pgid) => Some(procfs::group_rss_bytes(*pgid)),
+            Meter::Container { docker, name } => container::memory_of(docker, name).await,
+        }
+    }
+}
+
+pub struct StartContext<'a> {
+    pub config: &'a ServiceConfig,
+    /// For processes: the port picked for this run.
+    pub port: u16,
+    pub state_dir: &'a Path,
+    pub log: &'a ServiceLog,
+    pub client: &'a HttpClient,
+    pub tasks: &'a TaskTracker,
+}
+
+/// Starts the service and waits until it is healthy (the caller bounds the wait). On failure
+/// whatever was started is dropped, which for a process kills its group.
+pub async fn start(ctx: StartContext<'_>) -> Result<Running, StartFailure> {
+    let fail = |reason: String| StartFailure { reason, log_tail: ctx.log.tail(20) };
+    let (mut running, upstream) = match &ctx.config.kind {
+        ServiceKind::Process(spec) => {
+            let req = SpawnRequest {
+                service: &ctx.config.name,
+                spec,
+                port: ctx.port,
+                state_dir: ctx.state_dir,
+                log: ctx.log,
+                tasks: ctx.tasks,
+            };
+            (Running::Process(process::spawn(req).map_err(fail)?), format!("127.0.0.1:{}", ctx.port))
+        }
+        ServiceKind::Container(spec) => {
+            ctx.log.begin_run(&format!("starting container {}", spec.container));
+            let handle = container::start(spec).await.map_err(|e| {
+                ctx.log.note(&e);
+                fail(e)
+            })?;
+            (Running::Container(handle), ctx.config.upstream.clone().unwrap_or_default())
+        }
+    };
+    let mut delay = health::FIRST_DELAY;
+    loop {
+        if running.probe(ctx.client, &ctx.config.health, &upstream).await {
+            return Ok(running);
+        }
+        tokio::select! {
+            why = running.exited() => {
+                // Let the log pumps catch the last lines before reporting them.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                return Err(fail(format!("exited before becoming healthy ({why})")));
+            }
+            _ = tokio::time::sleep(delay) => delay = health::next_delay(delay),
+        }
+    }
+}
+
+impl Running {
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Running::Process(p) => Some(p.pid()),
+            Running::Container(c) => c.pid(),
+        }
+    }
+
+    pub fn meter(&self) -> Meter {
+        match self {
+            Running::Process(p) => Meter::ProcessGroup(p.pid()),
+            Running::Container(c) => c.meter(),
+        }
+    }
+
+    async fn probe(&self, client: &HttpClient, health: &Health, upstream: &str) -> bool {
+        match (self, health) {
+            (Running::Container(c), Health::Docker) => c.docker_healthy().await,
+            _ => health::probe(client, health, upstream).await,
+        }
+    }
+
+    /// Resolves when the service ends on its own; says how.
+    pub async fn exited(&mut self) -> String {
+        match self {
+            Running::Process(p) => p.exited().await,
+            Running::Container(c) => c.exited().await,
+        }
+    }
+
+    /// Stops it, bounded by `timeout` plus the driver's own margin.
+    pub async fn stop(self, timeout: Duration, log: &ServiceLog) {
+        match self {
+            Running::Process(p) => p.stop(timeout, log).await,
+            Running::Container(c) => {
+                if let Err(e) = c.stop(timeout).await {
+                    log.note(&e);
+                }
+            }
+        }
+    }
 }

@@ -9,12 +9,9 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use tokio_util::task::TaskTracker;
 
-use super::health::{self, FIRST_DELAY};
 use super::logs::ServiceLog;
 use super::orphans;
-use super::StartFailure;
-use crate::config::{Health, ProcessSpec};
-use crate::proxy::HttpClient;
+use crate::config::ProcessSpec;
 
 /// A running service process. Dropping it kills the whole group, so an abandoned start (or a
 /// panic) can never leave processes behind.
@@ -28,14 +25,12 @@ pub struct ProcessHandle {
     reaped: bool,
 }
 
-pub struct StartRequest<'a> {
+pub struct SpawnRequest<'a> {
     pub service: &'a str,
     pub spec: &'a ProcessSpec,
-    pub health: &'a Health,
     pub port: u16,
     pub state_dir: &'a Path,
     pub log: &'a ServiceLog,
-    pub client: &'a HttpClient,
     pub tasks: &'a TaskTracker,
 }
 
@@ -47,9 +42,8 @@ fn substitute(text: &str, port: u16, pid: Option<u32>) -> String {
     }
 }
 
-/// Spawns the command and probes until healthy. The caller bounds the wait (start_timeout).
-pub async fn start(req: StartRequest<'_>) -> Result<ProcessHandle, StartFailure> {
-    let fail = |reason: String| StartFailure { reason, log_tail: req.log.tail(20) };
+/// Spawns the command in a process group of its own, its output going to the service log.
+pub fn spawn(req: SpawnRequest<'_>) -> Result<ProcessHandle, String> {
     let argv: Vec<String> = req.spec.command.iter().map(|a| substitute(a, req.port, None)).collect();
     let cwd = req.spec.cwd.clone().unwrap_or_else(|| PathBuf::from("."));
     let program = if argv[0].contains('/') { cwd.join(&argv[0]) } else { PathBuf::from(&argv[0]) };
@@ -72,38 +66,21 @@ pub async fn start(req: StartRequest<'_>) -> Result<ProcessHandle, StartFailure>
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| fail(format!("cannot run {}: {e}", argv[0])))?;
+    let mut child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", argv[0]))?;
     let pid = child.id().expect("a just-spawned child has a pid");
     for pipe in [child.stdout.take().map(boxed), child.stderr.take().map(boxed)].into_iter().flatten() {
         req.tasks.spawn(req.log.clone().pump(pipe));
     }
     let pidfile = orphans::pidfile(req.state_dir, req.service);
     orphans::record(&pidfile, pid);
-    let mut handle = ProcessHandle {
+    Ok(ProcessHandle {
         child,
         pid,
         port: req.port,
         stop_command: req.spec.stop_command.clone(),
         pidfile,
         reaped: false,
-    };
-
-    let mut delay = FIRST_DELAY;
-    loop {
-        if health::probe(req.client, req.health, "127.0.0.1", req.port).await {
-            return Ok(handle);
-        }
-        tokio::select! {
-            status = handle.child.wait() => {
-                handle.cleanup_group();
-                let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
-                // Let the log pumps catch the last lines before reporting them.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                return Err(fail(format!("exited before becoming healthy ({status})")));
-            }
-            _ = tokio::time::sleep(delay) => delay = health::next_delay(delay),
-        }
-    }
+    })
 }
 
 fn boxed(pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Box<dyn tokio::io::AsyncRead + Unpin + Send> {

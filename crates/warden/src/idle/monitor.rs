@@ -1,4 +1,5 @@
-//! The idle monitor: every `check_interval`, asks each idle-expired service's owner to stop it.
+//! The idle monitor: every `check_interval`, asks owners to unload models whose keep-alive ran
+//! out and to stop services idle past their timeout.
 //! The owner re-checks under the lease lock, so a request that arrives meanwhile wins.
 
 use std::sync::atomic::Ordering;
@@ -7,7 +8,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use super::policy::{decide, IdleDecision};
+use super::policy::{decide, decide_model, IdleDecision, ModelDecision};
 use crate::app::App;
 
 pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
@@ -23,6 +24,13 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
         let settings = app.idle_settings();
         let now = Instant::now();
         for svc in &app.services {
+            // Servers may load or evict models on their own: believe what they report.
+            svc.reconcile();
+            for (model, inputs) in app.model_inputs(svc, &settings).iter().enumerate() {
+                if let ModelDecision::Unload { idle_for } = decide_model(inputs, now) {
+                    svc.request_model_unload(model, idle_for);
+                }
+            }
             if let IdleDecision::Sleep { idle_for } = decide(&app.idle_inputs(svc, &settings), now) {
                 svc.request_idle_stop(idle_for);
             }

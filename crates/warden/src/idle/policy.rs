@@ -20,6 +20,10 @@ pub struct IdleInputs {
     /// `desired = "on"` pins it.
     pub pinned: bool,
     pub timeout: Duration,
+    /// A multi-model server sleeps only once no model is loaded; until then the models'
+    /// keep-alive decides.
+    pub models_loaded: usize,
+    pub multi_model: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +48,7 @@ pub fn decide(i: &IdleInputs, now: Instant) -> IdleDecision {
         return IdleDecision::Never;
     }
     let idle_since = match i.idle_since {
-        Some(t) if i.in_flight == 0 && i.queued == 0 => t,
+        Some(t) if i.in_flight == 0 && i.queued == 0 && !(i.multi_model && i.models_loaded > 0) => t,
         _ => return IdleDecision::Busy,
     };
     let idle_for = now.saturating_duration_since(idle_since);
@@ -52,6 +56,48 @@ pub fn decide(i: &IdleInputs, now: Instant) -> IdleDecision {
         IdleDecision::Sleep { idle_for }
     } else {
         IdleDecision::SleepsIn(i.timeout - idle_for)
+    }
+}
+
+/// One model's keep-alive, as the idle monitor sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelInputs {
+    pub loaded: bool,
+    /// Being loaded or unloaded now.
+    pub changing: bool,
+    pub in_flight: u32,
+    /// When its last lease dropped, or it was loaded.
+    pub idle_since: Option<Instant>,
+    pub keep_alive: Duration,
+    /// Whether it may be unloaded at all (idle sleep on; for a single-model service also not
+    /// pinned, since unloading it stops the service).
+    pub allowed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelDecision {
+    NotLoaded,
+    /// Loaded, and stays so (unloading disabled, or in use, or changing).
+    Stays,
+    UnloadsIn(Duration),
+    Unload {
+        idle_for: Duration,
+    },
+}
+
+pub fn decide_model(m: &ModelInputs, now: Instant) -> ModelDecision {
+    if !m.loaded {
+        return ModelDecision::NotLoaded;
+    }
+    let idle_since = match m.idle_since {
+        Some(t) if m.allowed && m.in_flight == 0 && !m.changing => t,
+        _ => return ModelDecision::Stays,
+    };
+    let idle_for = now.saturating_duration_since(idle_since);
+    if idle_for >= m.keep_alive {
+        ModelDecision::Unload { idle_for }
+    } else {
+        ModelDecision::UnloadsIn(m.keep_alive - idle_for)
     }
 }
 
@@ -76,6 +122,53 @@ mod tests {
             service_enabled: true,
             pinned: false,
             timeout: Duration::from_secs(300),
+            models_loaded: 0,
+            multi_model: false,
+        }
+    }
+
+    fn model(t0: Instant) -> ModelInputs {
+        ModelInputs {
+            loaded: true,
+            changing: false,
+            in_flight: 0,
+            idle_since: Some(t0),
+            keep_alive: Duration::from_secs(60),
+            allowed: true,
+        }
+    }
+
+    #[test]
+    fn a_multi_model_server_sleeps_only_with_no_model_loaded() {
+        let t0 = Instant::now();
+        let late = t0 + Duration::from_secs(10_000);
+        let i = IdleInputs { multi_model: true, models_loaded: 1, ..idle(t0) };
+        assert_eq!(decide(&i, late), IdleDecision::Busy);
+        let i = IdleInputs { models_loaded: 0, ..i };
+        assert!(matches!(decide(&i, late), IdleDecision::Sleep { .. }));
+        // A single-model service's loaded model does not hold it awake: its idle timeout rules.
+        let i = IdleInputs { multi_model: false, models_loaded: 1, ..idle(t0) };
+        assert!(matches!(decide(&i, late), IdleDecision::Sleep { .. }));
+    }
+
+    #[test]
+    fn a_model_unloads_after_its_keep_alive_unless_used_or_pinned() {
+        let t0 = Instant::now();
+        let m = model(t0);
+        assert_eq!(decide_model(&m, t0 + Duration::from_secs(59)), ModelDecision::UnloadsIn(Duration::from_secs(1)));
+        assert_eq!(
+            decide_model(&m, t0 + Duration::from_secs(60)),
+            ModelDecision::Unload { idle_for: Duration::from_secs(60) }
+        );
+        let late = t0 + Duration::from_secs(10_000);
+        assert_eq!(decide_model(&ModelInputs { loaded: false, ..m }, late), ModelDecision::NotLoaded);
+        for stays in [
+            ModelInputs { in_flight: 2, ..m },
+            ModelInputs { changing: true, ..m },
+            ModelInputs { allowed: false, ..m },
+            ModelInputs { idle_since: None, ..m },
+        ] {
+            assert_eq!(decide_model(&stays, late), ModelDecision::Stays, "{stays:?}");
         }
     }
 

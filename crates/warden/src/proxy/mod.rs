@@ -56,7 +56,7 @@ pub async fn forward(
     acquired: Acquired,
 ) -> Result<Response<Body>, ApiError> {
     let Acquired { lease, cold_start } = acquired;
-    let uri: Uri = format!("http://127.0.0.1:{}{}", lease.port(), path_and_query)
+    let uri: Uri = format!("http://{}{}", lease.upstream(), path_and_query)
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("invalid path {path_and_query:?}")))?;
     *req.uri_mut() = uri;

@@ -16,8 +16,7 @@ use serde_json::{json, Value};
 use super::errors::ApiError;
 use crate::app::App;
 use crate::config::units::minutes;
-use crate::driver::procfs::group_rss_bytes;
-use crate::idle::policy::{decide, IdleDecision};
+use crate::idle::policy::{decide, decide_model, IdleDecision, ModelDecision};
 use crate::service::{ServiceHandle, StopReason};
 
 pub fn routes() -> Router<Arc<App>> {
@@ -45,27 +44,37 @@ fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     })
 }
 
-/// One service as `GET /admin/services` shows it.
-pub fn service_status(svc: &ServiceHandle) -> Value {
+/// One service as `GET /admin/services` shows it, its memory measured now.
+pub async fn service_status(svc: &ServiceHandle) -> Value {
+    let meter = svc.shared.live().meter.clone();
+    let rss = match meter {
+        Some(m) => m.memory_bytes().await,
+        None => None,
+    };
     let cfg = &svc.shared.config;
     let live = svc.shared.live();
+    let loaded: Vec<&str> =
+        cfg.models.iter().enumerate().filter(|&(i, _)| live.model_loaded(i)).map(|(_, m)| m.name.as_str()).collect();
     json!({
         "name": cfg.name,
         "kind": cfg.kind.name(),
         "state": live.state.as_str(),
         "pid": live.pid,
         "port": live.port,
-        "models": cfg.models,
+        "models": cfg.models.iter().map(|m| &m.name).collect::<Vec<_>>(),
         "last_used": unix_secs(live.last_used),
         "in_flight": live.in_flight,
         "queued": live.queued,
-        "rss_bytes": live.pid.map(group_rss_bytes),
+        "rss_bytes": rss,
         "last_error": live.last_error,
+        "api": cfg.api.name(),
+        "loaded_models": loaded,
     })
 }
 
 async fn services(State(app): State<Arc<App>>) -> Json<Value> {
-    Json(Value::Array(app.services.iter().map(service_status).collect()))
+    let all = futures_util::future::join_all(app.services.iter().map(service_status)).await;
+    Json(Value::Array(all))
 }
 
 async fn idle_status(State(app): State<Arc<App>>) -> Json<Value> {
@@ -98,9 +107,39 @@ async fn idle_status(State(app): State<Arc<App>>) -> Json<Value> {
     }
     let mut body = settings_json(&app);
     body["services"] = json!(services);
-    body["models"] = json!({});
+    body["models"] = models_status(&app, &settings, now);
     body["monitor_task_running"] = json!(app.monitor_running.load(Ordering::Relaxed));
     Json(body)
+}
+
+/// Every model's keep-alive state, for `GET /admin/idle-status`.
+fn models_status(app: &App, settings: &crate::config::IdleConfig, now: Instant) -> Value {
+    let wall = SystemTime::now();
+    let mut out = serde_json::Map::new();
+    for svc in &app.services {
+        let cfg = &svc.shared.config;
+        let inputs = app.model_inputs(svc, settings);
+        for (i, m) in cfg.models.iter().enumerate() {
+            let unloads_in = match decide_model(&inputs[i], now) {
+                ModelDecision::UnloadsIn(d) => Some(d),
+                ModelDecision::Unload { .. } => Some(Duration::ZERO),
+                ModelDecision::NotLoaded | ModelDecision::Stays => None,
+            };
+            let last_used = svc.shared.live().models[i].last_used;
+            out.insert(
+                m.name.clone(),
+                json!({
+                    "last_used": unix_secs(last_used),
+                    "keep_alive_until": unix_secs(unloads_in.map(|d| wall + d)),
+                    "will_unload_in_minutes": unloads_in.map(minutes),
+                    "provider": cfg.api.name(),
+                    "service": cfg.name,
+                    "loaded": inputs[i].loaded,
+                }),
+            );
+        }
+    }
+    Value::Object(out)
 }
 
 fn settings_json(app: &App) -> Value {
@@ -174,20 +213,20 @@ async fn idle_sleep(
 async fn start(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     let svc = app.service(&name)?;
     // A lease taken and dropped at once: the service is ready and its idle clock starts now.
-    let acquired = svc.acquire().await.map_err(|why| ApiError::Unavailable { service: name.clone(), why })?;
+    let acquired = svc.acquire(None).await.map_err(|why| ApiError::Unavailable { service: name.clone(), why })?;
     drop(acquired);
-    Ok(Json(service_status(svc)))
+    Ok(Json(service_status(svc).await))
 }
 
 async fn stop(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     let svc = app.service(&name)?;
     svc.stop(StopReason::Admin).await;
-    Ok(Json(service_status(svc)))
+    Ok(Json(service_status(svc).await))
 }
 
-/// For a single-model service, unloading its model means stopping the service.
+/// Unloads a model now; for a single-model service that means stopping the service.
 async fn unload_model(State(app): State<Arc<App>>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
-    let svc = app.route_model(&model)?;
-    svc.stop(StopReason::Admin).await;
+    let (svc, index) = app.route_model(&model)?;
+    svc.unload_model(index).await.map_err(ApiError::Conflict)?;
     Ok(Json(json!({"model": model, "service": svc.name(), "unloaded": true})))
 }

@@ -15,13 +15,29 @@ pub enum ApiError {
     BadJson(String),
     BadRequest(String),
     MissingModel,
-    UnknownModel { model: String, known: Vec<String> },
-    UnknownService { service: String, known: Vec<String> },
-    BodyTooLarge { limit: usize },
+    UnknownModel {
+        model: String,
+        known: Vec<String>,
+    },
+    UnknownService {
+        service: String,
+        known: Vec<String>,
+    },
+    BodyTooLarge {
+        limit: usize,
+    },
     Unauthorized,
     NotFound(String),
-    Unavailable { service: String, why: Unavailable },
-    BadGateway { service: String, detail: String },
+    Unavailable {
+        service: String,
+        why: Unavailable,
+    },
+    BadGateway {
+        service: String,
+        detail: String,
+    },
+    /// The operation clashes with one under way.
+    Conflict(String),
 }
 
 impl ApiError {
@@ -35,6 +51,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
         }
     }
 
@@ -52,6 +69,7 @@ impl ApiError {
             ApiError::Unavailable { why: Unavailable::StartFailed { .. }, .. } => "service_start_failed",
             ApiError::Unavailable { why: Unavailable::Stopped { .. }, .. } => "service_stopped",
             ApiError::BadGateway { .. } => "backend_error",
+            ApiError::Conflict(_) => "conflict",
         }
     }
 
@@ -93,6 +111,7 @@ impl ApiError {
                 Unavailable::Stopped { reason } => format!("service {service} is unavailable: {reason}"),
             },
             ApiError::BadGateway { service, detail } => format!("service {service} failed mid-request: {detail}"),
+            ApiError::Conflict(m) => m.clone(),
         }
     }
 

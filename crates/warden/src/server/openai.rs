@@ -53,9 +53,11 @@ pub fn model_of(body: &[u8]) -> Result<Cow<'_, str>, ApiError> {
 pub async fn by_model(State(app): State<Arc<App>>, req: Request<Body>) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let bytes = read_body(&parts.headers, body, app.config.server.max_body).await?;
-    let service = app.route_model(&model_of(&bytes)?)?;
-    let acquired =
-        service.acquire().await.map_err(|why| ApiError::Unavailable { service: service.name().to_string(), why })?;
+    let (service, model) = app.route_model(&model_of(&bytes)?)?;
+    let acquired = service
+        .acquire(Some(model))
+        .await
+        .map_err(|why| ApiError::Unavailable { service: service.name().to_string(), why })?;
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     proxy::forward(&app.client, Request::from_parts(parts, Body::from(bytes)), &target, acquired).await
 }
@@ -66,8 +68,8 @@ pub async fn list_models(State(app): State<Arc<App>>) -> Json<Value> {
         .config
         .models
         .iter()
-        .map(|(model, &i)| {
-            let svc = &app.services[i];
+        .map(|(model, r)| {
+            let svc = &app.services[r.service];
             json!({
                 "id": model,
                 "object": "model",

@@ -39,7 +39,8 @@ async fn pass(app: Arc<App>, service: &str, path: &str, req: Request<Body>) -> R
         Some(q) => format!("/{path}?{q}"),
         None => format!("/{path}"),
     };
-    let acquired = svc.acquire().await.map_err(|why| ApiError::Unavailable { service: service.to_string(), why })?;
+    let acquired =
+        svc.acquire(None).await.map_err(|why| ApiError::Unavailable { service: service.to_string(), why })?;
     let req = req.map(|body| Body::new(http_body_util::Limited::new(body, limit)));
     proxy::forward(&app.client, req, &target, acquired).await
 }

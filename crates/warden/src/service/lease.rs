@@ -8,19 +8,27 @@ use super::{Live, Shared};
 
 pub struct Lease {
     shared: Arc<Shared>,
-    port: u16,
+    upstream: Arc<str>,
+    /// The model this request uses, if it named one: its keep-alive clock waits for this too.
+    model: Option<usize>,
 }
 
 impl Lease {
     /// Called with the service's `Live` locked and its state running.
-    pub(super) fn take(shared: Arc<Shared>, live: &mut Live, port: u16) -> Lease {
+    pub(super) fn take(shared: Arc<Shared>, live: &mut Live, upstream: Arc<str>, model: Option<usize>) -> Lease {
+        let now = SystemTime::now();
         live.in_flight += 1;
-        live.last_used = Some(SystemTime::now());
-        Lease { shared, port }
+        live.last_used = Some(now);
+        if let Some(m) = model {
+            live.models[m].in_flight += 1;
+            live.models[m].last_used = Some(now);
+        }
+        Lease { shared, upstream, model }
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
+    /// "host:port" of the service.
+    pub fn upstream(&self) -> &str {
+        &self.upstream
     }
 
     pub fn service(&self) -> &str {
@@ -31,10 +39,19 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         let mut live = self.shared.live();
+        let (now, wall) = (Instant::now(), SystemTime::now());
         live.in_flight -= 1;
-        live.last_used = Some(SystemTime::now());
+        live.last_used = Some(wall);
         if live.in_flight == 0 {
-            live.idle_since = Some(Instant::now());
+            live.idle_since = Some(now);
+        }
+        if let Some(m) = self.model {
+            let model = &mut live.models[m];
+            model.in_flight -= 1;
+            model.last_used = Some(wall);
+            if model.in_flight == 0 {
+                model.idle_since = Some(now);
+            }
         }
     }
 }

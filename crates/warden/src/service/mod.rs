@@ -7,6 +7,7 @@
 
 pub mod lease;
 pub mod lifecycle;
+mod models;
 mod owner;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,11 +18,26 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::ServiceConfig;
 use crate::driver::logs::ServiceLog;
+use crate::driver::Meter;
 use lease::Lease;
 use lifecycle::State;
 pub use owner::{spawn_owner, OwnerContext};
 
-/// What everyone may read about a service, and the lease count.
+/// What everyone may read about one model of a service.
+#[derive(Debug, Default, Clone)]
+pub struct ModelLive {
+    /// Loaded in a multi-model server. (A single-model service's model is loaded while the
+    /// service runs; see [`Live::model_loaded`].)
+    pub loaded: bool,
+    /// Being loaded or unloaded right now: requests for it wait for the owner.
+    pub changing: bool,
+    pub in_flight: u32,
+    pub last_used: Option<SystemTime>,
+    /// When its last lease dropped, or it was loaded.
+    pub idle_since: Option<Instant>,
+}
+
+/// What everyone may read about a service, and the lease counts.
 #[derive(Debug)]
 pub struct Live {
     pub state: State,
@@ -32,8 +48,31 @@ pub struct Live {
     /// When the idle clock started: the last lease dropped, or the service became ready.
     pub idle_since: Option<Instant>,
     pub pid: Option<u32>,
+    /// The port warden picked for a process service.
     pub port: Option<u16>,
+    /// Where the running service answers ("host:port").
+    pub upstream: Option<Arc<str>>,
+    /// Measures the running service's memory.
+    pub meter: Option<Meter>,
     pub last_error: Option<String>,
+    /// One entry per model in the service's config, same order.
+    pub models: Vec<ModelLive>,
+    multi_model: bool,
+}
+
+impl Live {
+    pub fn model_loaded(&self, model: usize) -> bool {
+        if self.multi_model {
+            self.models[model].loaded
+        } else {
+            self.state == State::Running
+        }
+    }
+
+    /// Models loaded now (for a single-model service: its models while running).
+    pub fn loaded_models(&self) -> usize {
+        (0..self.models.len()).filter(|&m| self.model_loaded(m)).count()
+    }
 }
 
 pub struct Shared {
@@ -57,14 +96,20 @@ impl Shared {
         self.idle_sleep.store(on, Ordering::Relaxed)
     }
 
-    /// The fast path: a lease on a running service without a message to its owner.
-    pub fn try_lease(self: &Arc<Self>) -> Option<Lease> {
+    /// The fast path: a lease on a running service (and its loaded model) without a message
+    /// to its owner.
+    pub fn try_lease(self: &Arc<Self>, model: Option<usize>) -> Option<Lease> {
         let mut live = self.live();
         if live.state != State::Running {
             return None;
         }
-        let port = live.port?;
-        Some(Lease::take(self.clone(), &mut live, port))
+        if let Some(m) = model {
+            if live.multi_model && (!live.models[m].loaded || live.models[m].changing) {
+                return None;
+            }
+        }
+        let upstream = live.upstream.clone()?;
+        Some(Lease::take(self.clone(), &mut live, upstream, model))
     }
 }
 
@@ -86,8 +131,21 @@ pub struct Acquired {
 }
 
 pub(crate) enum Command {
-    Acquire(oneshot::Sender<Result<Lease, Unavailable>>),
-    Stop { reason: StopReason, done: oneshot::Sender<()> },
+    Acquire {
+        model: Option<usize>,
+        reply: oneshot::Sender<Result<Lease, Unavailable>>,
+    },
+    Stop {
+        reason: StopReason,
+        done: oneshot::Sender<()>,
+    },
+    UnloadModel {
+        model: usize,
+        reason: StopReason,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// Ask the server which models it has loaded, and believe it.
+    Reconcile,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,16 +168,17 @@ impl ServiceHandle {
         &self.shared.config.name
     }
 
-    /// A lease on the running service, starting it if needed and waiting (bounded by the
-    /// service's start_timeout, enforced by its owner). Dropping this future leaves the queue.
-    pub async fn acquire(&self) -> Result<Acquired, Unavailable> {
-        if let Some(lease) = self.shared.try_lease() {
+    /// A lease on the running service (with `model` loaded, for a multi-model server),
+    /// starting and loading as needed and waiting, bounded by the service's start_timeout
+    /// (enforced by its owner). Dropping this future leaves the queue.
+    pub async fn acquire(&self, model: Option<usize>) -> Result<Acquired, Unavailable> {
+        if let Some(lease) = self.shared.try_lease(model) {
             return Ok(Acquired { lease, cold_start: None });
         }
         let t0 = Instant::now();
-        let (tx, rx) = oneshot::channel();
+        let (reply, rx) = oneshot::channel();
         let gone = || Unavailable::Stopped { reason: "warden is shutting down".into() };
-        self.tx.send(Command::Acquire(tx)).map_err(|_| gone())?;
+        self.tx.send(Command::Acquire { model, reply }).map_err(|_| gone())?;
         let lease = rx.await.map_err(|_| gone())??;
         Ok(Acquired { lease, cold_start: Some(t0.elapsed()) })
     }
@@ -128,6 +187,23 @@ impl ServiceHandle {
     pub fn request_idle_stop(&self, idle_for: Duration) {
         let (done, _) = oneshot::channel();
         let _ = self.tx.send(Command::Stop { reason: StopReason::Idle { idle_for }, done });
+    }
+
+    /// Tells the owner a model's keep-alive ran out; it unloads it unless it is in use again.
+    pub fn request_model_unload(&self, model: usize, idle_for: Duration) {
+        let (done, _) = oneshot::channel();
+        let _ = self.tx.send(Command::UnloadModel { model, reason: StopReason::Idle { idle_for }, done });
+    }
+
+    /// Unloads a model now (for a single-model service: stops the service).
+    pub async fn unload_model(&self, model: usize) -> Result<(), String> {
+        let (done, rx) = oneshot::channel();
+        self.tx.send(Command::UnloadModel { model, reason: StopReason::Admin, done }).map_err(|_| "shutting down")?;
+        rx.await.map_err(|_| "shutting down".to_string())?
+    }
+
+    pub fn reconcile(&self) {
+        let _ = self.tx.send(Command::Reconcile);
     }
 
     /// Asks the owner to stop the service; resolves once it is stopped (or was not running).
@@ -143,7 +219,6 @@ impl Shared {
     fn new(config: Arc<ServiceConfig>, log: ServiceLog) -> Self {
         Shared {
             idle_sleep: AtomicBool::new(config.idle_sleep),
-            config,
             live: Mutex::new(Live {
                 state: State::Stopped,
                 in_flight: 0,
@@ -152,9 +227,14 @@ impl Shared {
                 idle_since: None,
                 pid: None,
                 port: None,
+                upstream: None,
+                meter: None,
                 last_error: None,
+                models: vec![ModelLive::default(); config.models.len()],
+                multi_model: config.api.multi_model(),
             }),
             log,
+            config,
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The owner task of one service: the only code that starts or stops it. Requests and the idle
-//! monitor send it commands; it feeds events to the pure [`Machine`] and carries out the effects.
+//! The owner task of one service: the only code that starts or stops it, or loads and unloads
+//! its models. Requests and the idle monitor send it commands; it feeds service events to the
+//! pure [`Machine`] and carries out the effects. Model handling is in `models.rs`.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -14,11 +15,11 @@ use tracing::{info, warn, Instrument};
 
 use super::lease::Lease;
 use super::lifecycle::{start_backoff, Event, Machine, State};
+use super::models::ModelResult;
 use super::{Command, ServiceHandle, Shared, StopReason, Unavailable};
 use crate::config::{Desired, ServiceConfig, ServiceKind};
 use crate::driver::logs::ServiceLog;
-use crate::driver::process::{self, ProcessHandle, StartRequest};
-use crate::driver::StartFailure;
+use crate::driver::{self, Running, StartContext, StartFailure};
 use crate::idle::policy::human_idle;
 use crate::proxy::HttpClient;
 
@@ -32,28 +33,50 @@ pub struct OwnerContext {
 }
 
 type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-type Waiter = oneshot::Sender<Result<Lease, Unavailable>>;
+pub(super) type Waiter = oneshot::Sender<Result<Lease, Unavailable>>;
 
 /// How often held requests whose clients went away are dropped from the queue.
 const PRUNE_EVERY: Duration = Duration::from_millis(250);
 /// A pinned (`desired = "on"`) service that ended on its own is started again after this.
 const PINNED_RESTART_DELAY: Duration = Duration::from_secs(1);
 
-struct Owner {
-    shared: Arc<Shared>,
+/// Who waits for a stop to finish, and what they are told.
+pub(super) enum StopWaiter {
+    Stop(oneshot::Sender<()>),
+    Unload(oneshot::Sender<Result<(), String>>),
+}
+
+/// What an idle stop is logged as when it finishes.
+#[derive(PartialEq, Eq)]
+pub(super) enum IdleStop {
+    No,
+    Service,
+    /// A single-model service stopped because its model's keep-alive ran out.
+    Model(String),
+}
+
+pub(super) struct Owner {
+    pub(super) shared: Arc<Shared>,
     rx: mpsc::UnboundedReceiver<Command>,
     rx_closed: bool,
-    ctx: OwnerContext,
-    machine: Machine,
-    /// Requests held until the service is ready, oldest first.
-    waiters: Vec<Waiter>,
-    starting: Option<BoxFut<Result<ProcessHandle, StartFailure>>>,
-    running: Option<ProcessHandle>,
+    pub(super) ctx: OwnerContext,
+    pub(super) machine: Machine,
+    /// Requests held until the service is ready, oldest first, with the model each wants.
+    pub(super) waiters: Vec<(Option<usize>, Waiter)>,
+    /// Per model: requests held until it is loaded.
+    pub(super) model_waiters: Vec<Vec<Waiter>>,
+    /// Per model: callers waiting for its unload to finish.
+    pub(super) unload_waiters: Vec<Vec<oneshot::Sender<Result<(), String>>>>,
+    /// Model loads, unloads and listings report back here.
+    pub(super) results_tx: mpsc::UnboundedSender<ModelResult>,
+    results_rx: mpsc::UnboundedReceiver<ModelResult>,
+    /// Bumped at every start and stop: results from an earlier run are ignored.
+    pub(super) generation: u64,
+    starting: Option<BoxFut<Result<Running, StartFailure>>>,
+    running: Option<Running>,
     stopping: Option<BoxFut<()>>,
-    /// Callers of `stop` waiting for the stop to finish.
-    stop_waiters: Vec<oneshot::Sender<()>>,
-    /// Set while stopping because idle: the stop is logged as an idle stop.
-    idle_stop: bool,
+    pub(super) stop_waiters: Vec<StopWaiter>,
+    pub(super) idle_stop: IdleStop,
     last_failure: Option<StartFailure>,
     start_began: Option<Instant>,
     restart_timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -62,8 +85,10 @@ struct Owner {
 
 pub fn spawn_owner(config: Arc<ServiceConfig>, ctx: OwnerContext) -> ServiceHandle {
     let log = ServiceLog::new(ctx.state_dir.join("logs").join(format!("{}.log", config.name)));
+    let models = config.models.len();
     let shared = Arc::new(Shared::new(config, log));
     let (tx, rx) = mpsc::unbounded_channel();
+    let (results_tx, results_rx) = mpsc::unbounded_channel();
     let owner = Owner {
         shared: shared.clone(),
         rx,
@@ -71,11 +96,16 @@ pub fn spawn_owner(config: Arc<ServiceConfig>, ctx: OwnerContext) -> ServiceHand
         ctx: ctx.clone(),
         machine: Machine::default(),
         waiters: Vec::new(),
+        model_waiters: (0..models).map(|_| Vec::new()).collect(),
+        unload_waiters: (0..models).map(|_| Vec::new()).collect(),
+        results_tx,
+        results_rx,
+        generation: 0,
         starting: None,
         running: None,
         stopping: None,
         stop_waiters: Vec::new(),
-        idle_stop: false,
+        idle_stop: IdleStop::No,
         last_failure: None,
         start_began: None,
         restart_timer: None,
@@ -93,15 +123,15 @@ async fn maybe<F: Future + Unpin>(f: &mut Option<F>) -> F::Output {
     }
 }
 
-async fn exited(running: &mut Option<ProcessHandle>) -> String {
+async fn exited(running: &mut Option<Running>) -> String {
     match running {
-        Some(p) => p.exited().await,
+        Some(r) => r.exited().await,
         None => std::future::pending().await,
     }
 }
 
 impl Owner {
-    fn name(&self) -> &str {
+    pub(super) fn name(&self) -> &str {
         &self.shared.config.name
     }
 
@@ -117,6 +147,7 @@ impl Owner {
                     Some(cmd) => self.on_command(cmd),
                     None => { self.rx_closed = true; self.begin_shutdown() }
                 },
+                Some(result) = self.results_rx.recv() => self.on_model_result(result),
                 result = maybe(&mut self.starting) => {
                     self.starting = None;
                     self.on_start_result(result);
@@ -132,15 +163,15 @@ impl Owner {
                         self.apply(Event::Demand);
                     }
                 }
-                _ = prune.tick(), if !self.waiters.is_empty() => self.prune_waiters(),
+                _ = prune.tick(), if self.holds_requests() => self.prune_waiters(),
             }
             if self.shutting_down && self.starting.is_none() && self.stopping.is_none() && self.running.is_none() {
                 break;
             }
         }
-        self.fail_waiters(|| Unavailable::Stopped { reason: "warden is shutting down".into() });
-        for done in self.stop_waiters.drain(..) {
-            let _ = done.send(());
+        self.fail_all(|| Unavailable::Stopped { reason: "warden is shutting down".into() });
+        for w in self.stop_waiters.drain(..) {
+            w.finish();
         }
     }
 
@@ -148,29 +179,31 @@ impl Owner {
         self.shutting_down = true;
         self.restart_timer = None;
         self.apply(Event::StopRequested);
-        self.fail_waiters(|| Unavailable::Stopped { reason: "warden is shutting down".into() });
+        self.fail_all(|| Unavailable::Stopped { reason: "warden is shutting down".into() });
     }
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Acquire(reply) => self.on_acquire(reply),
-            Command::Stop { reason, done } => self.on_stop(reason, done),
+            Command::Acquire { model, reply } => self.on_acquire(model, reply),
+            Command::Stop { reason, done } => self.on_stop(reason, StopWaiter::Stop(done), IdleStop::Service),
+            Command::UnloadModel { model, reason, done } => self.on_unload_model(model, reason, done),
+            Command::Reconcile => self.reconcile(),
         }
     }
 
-    fn on_acquire(&mut self, reply: Waiter) {
+    fn on_acquire(&mut self, model: Option<usize>, reply: Waiter) {
         if self.shutting_down {
             let _ = reply.send(Err(Unavailable::Stopped { reason: "warden is shutting down".into() }));
             return;
         }
-        if self.waiters.len() >= self.shared.config.max_queue {
+        if self.held() >= self.shared.config.max_queue {
             self.prune_waiters();
-            if self.waiters.len() >= self.shared.config.max_queue {
+            if self.held() >= self.shared.config.max_queue {
                 let _ = reply.send(Err(Unavailable::QueueFull { retry_after: Duration::from_secs(1) }));
                 return;
             }
         }
-        self.waiters.push(reply);
+        self.waiters.push((model, reply));
         self.publish_queue();
         let fx = self.apply(Event::Demand);
         if let Some(retry_after) = fx.reject_for {
@@ -186,20 +219,26 @@ impl Owner {
         }
     }
 
-    fn on_stop(&mut self, reason: StopReason, done: oneshot::Sender<()>) {
+    /// `label` says how a successful idle stop is logged (a service, or a single model).
+    pub(super) fn on_stop(&mut self, reason: StopReason, done: StopWaiter, label: IdleStop) {
         if let StopReason::Idle { idle_for } = reason {
             // Re-check under the lease lock: a request may have arrived since the monitor looked.
             // Marking the state stopping under that same lock keeps new leases off the fast path.
             let mut live = self.shared.live();
-            if live.state != State::Running || live.in_flight > 0 || !self.waiters.is_empty() {
-                let _ = done.send(());
+            if live.state != State::Running || live.in_flight > 0 || self.holds_requests() {
+                drop(live);
+                done.finish();
                 return;
             }
             live.state = State::Stopping;
             drop(live);
-            info!("Service {} has been idle for {}, stopping...", self.name(), human_idle(idle_for));
-            self.idle_stop = true;
+            match &label {
+                IdleStop::Model(model) => info!("Model {model} keep-alive expired, unloading..."),
+                _ => info!("Service {} has been idle for {}, stopping...", self.name(), human_idle(idle_for)),
+            }
+            self.idle_stop = label;
         } else {
+            self.idle_stop = IdleStop::No;
             info!("Stopping service {} (requested)", self.name());
         }
         self.restart_timer = None;
@@ -207,23 +246,34 @@ impl Owner {
         if self.machine.state() == State::Stopping {
             self.stop_waiters.push(done);
         } else {
-            let _ = done.send(());
+            self.idle_stop = IdleStop::No;
+            done.finish();
         }
     }
 
-    fn on_start_result(&mut self, result: Result<ProcessHandle, StartFailure>) {
+    fn on_start_result(&mut self, result: Result<Running, StartFailure>) {
         let took = self.start_began.take().map(|t| t.elapsed()).unwrap_or_default();
         match result {
-            Ok(handle) => {
-                info!("Service {} is ready after {} ms (pid {})", self.name(), took.as_millis(), handle.pid());
+            Ok(running) => {
+                let upstream = match (&self.shared.config.kind, &self.shared.config.upstream) {
+                    (_, Some(up)) => up.clone(),
+                    (ServiceKind::Process(_), None) => format!("127.0.0.1:{}", self.port_in_use()),
+                    (ServiceKind::Container(_), None) => unreachable!("containers always have a url"),
+                };
+                info!("Service {} is ready after {} ms (pid {:?})", self.name(), took.as_millis(), running.pid());
                 {
+                    let now = Instant::now();
                     let mut live = self.shared.live();
-                    live.pid = Some(handle.pid());
-                    live.port = Some(handle.port());
-                    live.idle_since = Some(Instant::now());
+                    live.pid = running.pid();
+                    live.upstream = Some(upstream.into());
+                    live.meter = Some(running.meter());
+                    live.idle_since = Some(now);
                     live.last_error = None;
+                    for m in &mut live.models {
+                        m.idle_since = Some(now);
+                    }
                 }
-                self.running = Some(handle);
+                self.running = Some(running);
                 self.last_failure = None;
                 self.apply(Event::StartSucceeded);
             }
@@ -239,20 +289,20 @@ impl Owner {
         }
     }
 
+    fn port_in_use(&self) -> u16 {
+        self.shared.live().port.unwrap_or(self.shared.config.port)
+    }
+
     fn on_stopped(&mut self) {
-        {
-            let mut live = self.shared.live();
-            live.pid = None;
-            live.port = None;
-        }
-        if std::mem::take(&mut self.idle_stop) {
-            info!("Successfully stopped idle service {}", self.name());
-        } else {
-            info!("Service {} stopped", self.name());
+        self.clear_running();
+        match std::mem::replace(&mut self.idle_stop, IdleStop::No) {
+            IdleStop::Service => info!("Successfully stopped idle service {}", self.name()),
+            IdleStop::Model(model) => info!("Successfully unloaded idle model {model}"),
+            IdleStop::No => info!("Service {} stopped", self.name()),
         }
         self.apply(Event::StopFinished);
-        for done in self.stop_waiters.drain(..) {
-            let _ = done.send(());
+        for w in self.stop_waiters.drain(..) {
+            w.finish();
         }
     }
 
@@ -260,15 +310,33 @@ impl Owner {
         self.running = None;
         warn!("Service {} exited unexpectedly ({why})", self.name());
         self.shared.log.note(&format!("exited unexpectedly ({why})"));
+        self.clear_running();
+        self.shared.live().last_error = Some(format!("exited unexpectedly ({why})"));
+        self.apply(Event::Exited);
+        if self.shared.config.desired == Desired::On && !self.shutting_down {
+            self.restart_timer = Some(Box::pin(tokio::time::sleep(PINNED_RESTART_DELAY)));
+        }
+    }
+
+    /// The service is no longer running: forget where it was and what it had loaded.
+    fn clear_running(&mut self) {
+        self.generation += 1;
         {
             let mut live = self.shared.live();
             live.pid = None;
             live.port = None;
-            live.last_error = Some(format!("exited unexpectedly ({why})"));
+            live.upstream = None;
+            live.meter = None;
+            for m in &mut live.models {
+                m.loaded = false;
+                m.changing = false;
+            }
         }
-        self.apply(Event::Exited);
-        if self.shared.config.desired == Desired::On && !self.shutting_down {
-            self.restart_timer = Some(Box::pin(tokio::time::sleep(PINNED_RESTART_DELAY)));
+        self.fail_model_waiters(|| Unavailable::Stopped { reason: "the service stopped".into() });
+        for waiters in &mut self.unload_waiters {
+            for w in waiters.drain(..) {
+                let _ = w.send(Ok(()));
+            }
         }
     }
 
@@ -303,23 +371,24 @@ impl Owner {
     fn begin_start(&mut self) {
         let cfg = self.shared.config.clone();
         info!("Starting service {}", cfg.name);
+        self.generation += 1;
         self.start_began = Some(Instant::now());
         let port = if cfg.port != 0 { cfg.port } else { free_port().unwrap_or(0) };
+        if matches!(cfg.kind, ServiceKind::Process(_)) {
+            self.shared.live().port = Some(port);
+        }
         let log = self.shared.log.clone();
         let ctx = self.ctx.clone();
         self.starting = Some(Box::pin(async move {
-            let ServiceKind::Process(spec) = &cfg.kind;
-            let req = StartRequest {
-                service: &cfg.name,
-                spec,
-                health: &cfg.health,
+            let start = driver::start(StartContext {
+                config: &cfg,
                 port,
                 state_dir: &ctx.state_dir,
                 log: &log,
                 client: &ctx.client,
                 tasks: &ctx.tasks,
-            };
-            match tokio::time::timeout(cfg.start_timeout, process::start(req)).await {
+            });
+            match tokio::time::timeout(cfg.start_timeout, start).await {
                 Ok(result) => result,
                 Err(_) => {
                     // The start future (and with it the process group) is dropped: killed.
@@ -340,42 +409,96 @@ impl Owner {
         let timeout = self.shared.config.stop_timeout;
         let log = self.shared.log.clone();
         self.stopping = Some(match self.running.take() {
-            Some(handle) => Box::pin(async move { handle.stop(timeout, &log).await }),
+            Some(running) => Box::pin(async move { running.stop(timeout, &log).await }),
             None => Box::pin(std::future::ready(())),
         });
     }
 
+    /// The service is running: lease every held request whose model is ready; start loading
+    /// the models the others want.
     fn release_waiters(&mut self) {
         if self.waiters.is_empty() {
             return;
         }
         let waiters = std::mem::take(&mut self.waiters);
-        let leases: Vec<Lease> = {
+        let mut ready = Vec::new();
+        let mut need_load = Vec::new();
+        {
+            let live = self.shared.live();
+            for (model, waiter) in waiters {
+                match model {
+                    Some(m) if !live.model_loaded(m) || live.models[m].changing => need_load.push((m, waiter)),
+                    _ => ready.push((model, waiter)),
+                }
+            }
+        }
+        self.lease_to(ready);
+        for (m, waiter) in need_load {
+            self.wait_for_model(m, waiter);
+        }
+        self.publish_queue();
+    }
+
+    /// Hands a lease to each waiter. Sent outside the lock: a lease whose client left is
+    /// dropped on the spot, and dropping a lease locks.
+    pub(super) fn lease_to(&mut self, waiters: Vec<(Option<usize>, Waiter)>) {
+        let leases: Vec<Option<Lease>> = {
             let mut live = self.shared.live();
-            let Some(port) = live.port else { return };
-            live.queued = 0;
-            waiters.iter().map(|_| Lease::take(self.shared.clone(), &mut live, port)).collect()
+            let upstream = live.upstream.clone();
+            waiters
+                .iter()
+                .map(|(model, _)| upstream.clone().map(|up| Lease::take(self.shared.clone(), &mut live, up, *model)))
+                .collect()
         };
-        // Sent outside the lock: a lease whose client left is dropped here, which locks.
-        for (waiter, lease) in waiters.into_iter().zip(leases) {
-            let _ = waiter.send(Ok(lease));
+        for ((_, waiter), lease) in waiters.into_iter().zip(leases) {
+            let _ = waiter.send(lease.ok_or(Unavailable::Stopped { reason: "the service stopped".into() }));
         }
     }
 
     fn fail_waiters(&mut self, error: impl Fn() -> Unavailable) {
-        for waiter in self.waiters.drain(..) {
+        for (_, waiter) in self.waiters.drain(..) {
             let _ = waiter.send(Err(error()));
         }
         self.publish_queue();
     }
 
+    fn fail_all(&mut self, error: impl Fn() -> Unavailable) {
+        self.fail_waiters(&error);
+        self.fail_model_waiters(&error);
+    }
+
     fn prune_waiters(&mut self) {
-        self.waiters.retain(|w| !w.is_closed());
+        self.waiters.retain(|(_, w)| !w.is_closed());
+        for waiters in &mut self.model_waiters {
+            waiters.retain(|w| !w.is_closed());
+        }
         self.publish_queue();
     }
 
-    fn publish_queue(&self) {
-        self.shared.live().queued = self.waiters.len();
+    /// Requests held for a start or a model load.
+    fn held(&self) -> usize {
+        self.waiters.len() + self.model_waiters.iter().map(Vec::len).sum::<usize>()
+    }
+
+    pub(super) fn holds_requests(&self) -> bool {
+        self.held() > 0
+    }
+
+    pub(super) fn publish_queue(&self) {
+        self.shared.live().queued = self.held();
+    }
+}
+
+impl StopWaiter {
+    pub(super) fn finish(self) {
+        match self {
+            StopWaiter::Stop(done) => {
+                let _ = done.send(());
+            }
+            StopWaiter::Unload(done) => {
+                let _ = done.send(Ok(()));
+            }
+        }
     }
 }
 

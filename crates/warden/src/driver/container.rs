@@ -1,0 +1,215 @@
+//! `kind = "container"`: an existing (or created-on-demand) container driven through the Docker
+//! Engine API, which Docker and Podman's compatible service both speak.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bollard::errors::Error as DockerError;
+use bollard::models::{ContainerCreateBody, EventMessage, HealthStatusEnum, HostConfig, PortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptions, EventsOptions, InspectContainerOptions, StatsOptions, StopContainerOptions,
+};
+use bollard::{Docker, API_DEFAULT_VERSION};
+use futures_util::{Stream, StreamExt};
+
+use crate::config::ContainerSpec;
+
+type Events = Pin<Box<dyn Stream<Item = Result<EventMessage, DockerError>> + Send>>;
+
+/// Engine calls other than waits are bounded by this.
+const CALL_TIMEOUT: u64 = 60;
+
+pub struct ContainerHandle {
+    docker: Docker,
+    name: String,
+    pid: Option<u32>,
+    /// In a mutex only to make the handle Sync; it is polled through `&mut self`.
+    events: std::sync::Mutex<Events>,
+}
+
+/// Connects to `engine`, else DOCKER_HOST, /var/run/docker.sock, or Podman's usual sockets.
+pub async fn connect(engine: Option<&str>) -> Result<Docker, String> {
+    let candidates: Vec<String> = match engine {
+        Some(e) => vec![e.to_string()],
+        None => {
+            let mut c: Vec<String> = std::env::var("DOCKER_HOST").into_iter().collect();
+            c.push("unix:///var/run/docker.sock".into());
+            c.push("unix:///run/podman/podman.sock".into());
+            if let Ok(dir) = std::env::var("XDG_RUNTIME_DIR") {
+                c.push(format!("unix://{dir}/podman/podman.sock"));
+            }
+            c
+        }
+    };
+    let mut last = String::from("no engine address to try");
+    for addr in &candidates {
+        let docker = if let Some(path) = addr.strip_prefix("unix://") {
+            if !std::path::Path::new(path).exists() {
+                last = format!("no socket at {path}");
+                continue;
+            }
+            Docker::connect_with_unix(addr, CALL_TIMEOUT, API_DEFAULT_VERSION)
+        } else {
+            Docker::connect_with_http(addr, CALL_TIMEOUT, API_DEFAULT_VERSION)
+        };
+        // Negotiation picks the highest API version both sides speak (Podman 4 speaks 1.41).
+        match docker.map_err(|e| e.to_string()) {
+            Ok(d) => match d.negotiate_version().await {
+                Ok(d) => return Ok(d),
+                Err(e) => last = format!("{addr}: {e}"),
+            },
+            Err(e) => last = format!("{addr}: {e}"),
+        }
+    }
+    Err(format!("cannot reach a container engine ({last})"))
+}
+
+fn not_found(e: &DockerError) -> bool {
+    matches!(e, DockerError::DockerResponseServerError { status_code: 404, .. })
+}
+
+/// Starts the container (creating it from `image` if it does not exist; adopting it if it already
+/// runs). Returns once the engine reports it running; health is the caller's to wait for.
+pub async fn start(spec: &ContainerSpec) -> Result<ContainerHandle, String> {
+    let docker = connect(spec.engine.as_deref()).await?;
+    let name = spec.container.clone();
+    // Subscribe before starting, so an immediate death is not missed.
+    let filters = HashMap::from([
+        ("type".to_string(), vec!["container".to_string()]),
+        ("container".to_string(), vec![name.clone()]),
+    ]);
+    let events = docker.events(Some(EventsOptions { filters: Some(filters), ..Default::default() })).boxed();
+    match docker.inspect_container(&name, None::<InspectContainerOptions>).await {
+        Ok(info) if info.state.as_ref().and_then(|s| s.running) == Some(true) => {}
+        Ok(_) => {
+            docker.start_container(&name, None).await.map_err(|e| format!("cannot start container {name}: {e}"))?
+        }
+        Err(e) if not_found(&e) => {
+            let Some(image) = &spec.image else {
+                return Err(format!("container {name} does not exist and no image is configured to create it"));
+            };
+            create(&docker, spec, image).await?;
+            docker.start_container(&name, None).await.map_err(|e| format!("cannot start container {name}: {e}"))?;
+        }
+        Err(e) => return Err(format!("cannot inspect container {name}: {e}")),
+    }
+    let info = docker
+        .inspect_container(&name, None::<InspectContainerOptions>)
+        .await
+        .map_err(|e| format!("cannot inspect container {name}: {e}"))?;
+    let pid = info.state.and_then(|s| s.pid).filter(|&p| p > 0).map(|p| p as u32);
+    Ok(ContainerHandle { docker, name, pid, events: std::sync::Mutex::new(events) })
+}
+
+async fn create(docker: &Docker, spec: &ContainerSpec, image: &str) -> Result<(), String> {
+    let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+    for p in &spec.ports {
+        bindings
+            .entry(format!("{}/tcp", p.container_port))
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_default()
+            .push(PortBinding { host_ip: p.host_ip.clone(), host_port: Some(p.host_port.to_string()) });
+    }
+    let body = ContainerCreateBody {
+        image: Some(image.to_string()),
+        env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        exposed_ports: Some(bindings.keys().cloned().collect()),
+        host_config: Some(HostConfig { port_bindings: Some(bindings), ..Default::default() }),
+        ..Default::default()
+    };
+    let options = CreateContainerOptions { name: Some(spec.container.clone()), ..Default::default() };
+    docker
+        .create_container(Some(options), body)
+        .await
+        .map_err(|e| format!("cannot create container {} from {image}: {e}", spec.container))?;
+    Ok(())
+}
+
+impl ContainerHandle {
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    pub fn meter(&self) -> super::Meter {
+        super::Meter::Container { docker: self.docker.clone(), name: self.name.clone() }
+    }
+
+    /// Resolves when the container stops behind warden's back; says how (OOM kills by name).
+    pub async fn exited(&mut self) -> String {
+        let mut oom = false;
+        loop {
+            let events = self.events.get_mut().unwrap_or_else(|p| p.into_inner());
+            match events.next().await {
+                Some(Ok(event)) => match event.action.as_deref() {
+                    Some("oom") => oom = true,
+                    Some("die" | "died") => {
+                        let attrs = event.actor.and_then(|a| a.attributes).unwrap_or_default();
+                        let code = attrs.get("exitCode").cloned().unwrap_or_else(|| "?".into());
+                        let oom_killed = oom || self.oom_killed().await;
+                        return if oom_killed {
+                            format!("container OOM-killed (exit code {code})")
+                        } else {
+                            format!("container stopped (exit code {code})")
+                        };
+                    }
+                    _ => {}
+                },
+                // The event stream broke (engine restart?): look directly, then listen again.
+                Some(Err(_)) | None => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    match self.docker.inspect_container(&self.name, None::<InspectContainerOptions>).await {
+                        Ok(info) if info.state.as_ref().and_then(|s| s.running) == Some(true) => {
+                            let filters = HashMap::from([
+                                ("type".to_string(), vec!["container".to_string()]),
+                                ("container".to_string(), vec![self.name.clone()]),
+                            ]);
+                            let fresh = self
+                                .docker
+                                .events(Some(EventsOptions { filters: Some(filters), ..Default::default() }));
+                            *self.events.get_mut().unwrap_or_else(|p| p.into_inner()) = fresh.boxed();
+                        }
+                        Ok(_) => return "container is no longer running".into(),
+                        Err(e) => return format!("container engine lost: {e}"),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn oom_killed(&self) -> bool {
+        let info = self.docker.inspect_container(&self.name, None::<InspectContainerOptions>).await;
+        info.ok().and_then(|i| i.state).and_then(|s| s.oom_killed) == Some(true)
+    }
+
+    /// The container's own HEALTHCHECK says healthy.
+    pub async fn docker_healthy(&self) -> bool {
+        let info = self.docker.inspect_container(&self.name, None::<InspectContainerOptions>).await;
+        info.ok().and_then(|i| i.state).and_then(|s| s.health).and_then(|h| h.status) == Some(HealthStatusEnum::HEALTHY)
+    }
+
+    /// Asks the engine to stop it (SIGTERM, then SIGKILL after `timeout`); bounded.
+    pub async fn stop(self, timeout: Duration) -> Result<(), String> {
+        let options = StopContainerOptions { t: Some(timeout.as_secs().max(1) as i32), ..Default::default() };
+        let call = self.docker.stop_container(&self.name, Some(options));
+        match tokio::time::timeout(timeout + Duration::from_secs(10), call).await {
+            Ok(Ok(())) => Ok(()),
+            // 304: already stopped.
+            Ok(Err(DockerError::DockerResponseServerError { status_code: 304, .. })) => Ok(()),
+            Ok(Err(e)) => Err(format!("cannot stop container {}: {e}", self.name)),
+            Err(_) => Err(format!("container {} did not stop in time", self.name)),
+        }
+    }
+}
+
+pub async fn memory_of(docker: &Docker, name: &str) -> Option<u64> {
+    let options = StatsOptions { stream: false, one_shot: true };
+    let stats =
+        tokio::time::timeout(Duration::from_secs(5), docker.stats(name, Some(options)).next()).await.ok()??.ok()?;
+    let mem = stats.memory_stats?;
+    let usage = mem.usage?;
+    let stats = mem.stats.unwrap_or_default();
+    // cgroup v2 names it inactive_file; v1 total_inactive_file.
+    let inactive = stats.get("inactive_file").or_else(|| stats.get("total_inactive_file")).copied().unwrap_or(0);
+    Some(usage.saturating_sub(inactive))
+}

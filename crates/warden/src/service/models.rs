@@ -1,0 +1,208 @@
+//! The owner's handling of models inside a multi-model server (llama.cpp router, Ollama):
+//! one load per model however many requests want it, unloads that never cut a request in
+//! flight, and reconciling with what the server says it has loaded.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use super::lifecycle::State;
+use super::owner::{IdleStop, Owner, StopWaiter, Waiter};
+use super::{StopReason, Unavailable};
+use crate::driver::models;
+
+/// A model operation's result, sent back to the owner by the task that ran it.
+pub(crate) enum ModelResult {
+    Loaded { generation: u64, model: usize, result: Result<(), String>, took: Duration },
+    Unloaded { generation: u64, model: usize, result: Result<(), String>, idle: bool },
+    Listed { generation: u64, loaded: Vec<String> },
+}
+
+impl Owner {
+    fn model_name(&self, model: usize) -> &str {
+        &self.shared.config.models[model].name
+    }
+
+    /// Holds `waiter` until `model` is loaded, starting the load if none is under way.
+    pub(super) fn wait_for_model(&mut self, model: usize, waiter: Waiter) {
+        self.model_waiters[model].push(waiter);
+        let already = {
+            let mut live = self.shared.live();
+            std::mem::replace(&mut live.models[model].changing, true)
+        };
+        if !already {
+            self.begin_load(model);
+        }
+    }
+
+    fn begin_load(&mut self, model: usize) {
+        let Some(upstream) = self.shared.live().upstream.clone() else { return };
+        let (client, api, name) = (self.ctx.client.clone(), self.shared.config.api, self.model_name(model).to_string());
+        let (tx, generation, within) = (self.results_tx.clone(), self.generation, self.shared.config.start_timeout);
+        info!("Loading model {name} into service {}", self.name());
+        self.ctx.tasks.spawn(async move {
+            let t0 = Instant::now();
+            let result = models::load(&client, api, &upstream, &name, within).await;
+            let _ = tx.send(ModelResult::Loaded { generation, model, result, took: t0.elapsed() });
+        });
+    }
+
+    pub(super) fn on_unload_model(
+        &mut self,
+        model: usize,
+        reason: StopReason,
+        done: oneshot::Sender<Result<(), String>>,
+    ) {
+        let idle = matches!(reason, StopReason::Idle { .. });
+        if !self.shared.config.api.multi_model() {
+            // A single-model service unloads its model by stopping.
+            let label = IdleStop::Model(self.model_name(model).to_string());
+            self.on_stop(reason, StopWaiter::Unload(done), label);
+            return;
+        }
+        let upstream = {
+            let mut live = self.shared.live();
+            let m = &live.models[model];
+            if live.state != State::Running || !m.loaded {
+                drop(live);
+                let _ = done.send(Ok(()));
+                return;
+            }
+            if m.changing {
+                drop(live);
+                let _ = done.send(Err(format!("model {} is being loaded or unloaded", self.model_name(model))));
+                return;
+            }
+            // An idle unload re-checks under the lease lock; marking the model as changing keeps
+            // new requests off the fast path until it is done.
+            if idle && (m.in_flight > 0 || !self.model_waiters[model].is_empty()) {
+                drop(live);
+                let _ = done.send(Ok(()));
+                return;
+            }
+            live.models[model].changing = true;
+            live.upstream.clone()
+        };
+        let Some(upstream) = upstream else { return };
+        let name = self.model_name(model).to_string();
+        if idle {
+            info!("Model {name} keep-alive expired, unloading...");
+        } else {
+            info!("Unloading model {name} (requested)");
+        }
+        self.unload_waiters[model].push(done);
+        let (client, api, tx, generation) =
+            (self.ctx.client.clone(), self.shared.config.api, self.results_tx.clone(), self.generation);
+        let within = self.shared.config.stop_timeout + Duration::from_secs(10);
+        self.ctx.tasks.spawn(async move {
+            let result = models::unload(&client, api, &upstream, &name, within).await;
+            let _ = tx.send(ModelResult::Unloaded { generation, model, result, idle });
+        });
+    }
+
+    /// Asks the server what it has loaded (it may load or evict on its own).
+    pub(super) fn reconcile(&mut self) {
+        if !self.shared.config.api.multi_model() {
+            return;
+        }
+        let Some(upstream) = self.shared.live().upstream.clone() else { return };
+        let (client, api, tx, generation) =
+            (self.ctx.client.clone(), self.shared.config.api, self.results_tx.clone(), self.generation);
+        self.ctx.tasks.spawn(async move {
+            if let Ok(loaded) = models::loaded(&client, api, &upstream).await {
+                let _ = tx.send(ModelResult::Listed { generation, loaded });
+            }
+        });
+    }
+
+    pub(super) fn on_model_result(&mut self, result: ModelResult) {
+        match result {
+            ModelResult::Loaded { generation, model, result, took } if generation == self.generation => {
+                let name = self.model_name(model).to_string();
+                {
+                    let mut live = self.shared.live();
+                    let m = &mut live.models[model];
+                    m.changing = false;
+                    m.loaded = result.is_ok();
+                    m.idle_since = Some(Instant::now());
+                }
+                let waiters = std::mem::take(&mut self.model_waiters[model]);
+                match result {
+                    Ok(()) => {
+                        info!("Model {name} loaded in {} ms", took.as_millis());
+                        self.lease_to(waiters.into_iter().map(|w| (Some(model), w)).collect());
+                    }
+                    Err(e) => {
+                        warn!("Model {name} failed to load: {e}");
+                        for w in waiters {
+                            let _ = w.send(Err(Unavailable::StartFailed {
+                                reason: format!("model {name} failed to load: {e}"),
+                                log_tail: self.shared.log.tail(20),
+                                retry_after: Duration::from_secs(1),
+                            }));
+                        }
+                    }
+                }
+                self.publish_queue();
+            }
+            ModelResult::Unloaded { generation, model, result, idle } if generation == self.generation => {
+                let name = self.model_name(model).to_string();
+                {
+                    let mut live = self.shared.live();
+                    live.models[model].changing = false;
+                    if result.is_ok() {
+                        live.models[model].loaded = false;
+                        // A multi-model server's own idle clock restarts when a model leaves.
+                        if live.in_flight == 0 {
+                            live.idle_since = Some(Instant::now());
+                        }
+                    }
+                }
+                match &result {
+                    Ok(()) if idle => info!("Successfully unloaded idle model {name}"),
+                    Ok(()) => info!("Unloaded model {name}"),
+                    Err(e) => warn!("Model {name} failed to unload: {e}"),
+                }
+                for w in self.unload_waiters[model].drain(..) {
+                    let _ = w.send(result.clone());
+                }
+                // Requests that arrived during the unload load it again.
+                if !self.model_waiters[model].is_empty() {
+                    self.shared.live().models[model].changing = true;
+                    self.begin_load(model);
+                }
+            }
+            ModelResult::Listed { generation, loaded } if generation == self.generation => {
+                let mut live = self.shared.live();
+                for (i, cfg) in self.shared.config.models.iter().enumerate() {
+                    let m = &mut live.models[i];
+                    if m.changing {
+                        continue;
+                    }
+                    let now_loaded = loaded.iter().any(|l| models::same_model(l, &cfg.name));
+                    if m.loaded != now_loaded {
+                        info!(
+                            "Model {} is {} according to its server",
+                            cfg.name,
+                            if now_loaded { "loaded" } else { "unloaded" }
+                        );
+                        m.loaded = now_loaded;
+                        m.idle_since = Some(Instant::now());
+                    }
+                }
+            }
+            // From a run that has since ended.
+            _ => {}
+        }
+    }
+
+    pub(super) fn fail_model_waiters(&mut self, error: impl Fn() -> Unavailable) {
+        for waiters in &mut self.model_waiters {
+            for w in waiters.drain(..) {
+                let _ = w.send(Err(error()));
+            }
+        }
+        self.publish_queue();
+    }
+}
