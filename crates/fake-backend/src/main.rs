@@ -4,8 +4,9 @@
 //! be told to start slowly, hold resident memory, stream at a set pace, fail to start, crash,
 //! or ignore SIGTERM — the behaviours warden must cope with in real servers.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
@@ -54,11 +55,19 @@ struct Args {
     /// Model name reported by /v1/models.
     #[arg(long, default_value = "fake")]
     model: String,
+    /// Resident memory each model loaded through the Ollama or llama.cpp-router endpoints holds.
+    #[arg(long, default_value_t = 0)]
+    model_mb: usize,
+    /// How long loading a model takes.
+    #[arg(long, default_value_t = 0)]
+    load_delay_ms: u64,
 }
 
 struct Fake {
     args: Args,
     requests: AtomicU64,
+    /// Models loaded through the multi-model endpoints, with the memory each holds.
+    loaded: Mutex<BTreeMap<String, Vec<u8>>>,
 }
 
 fn unix_ns() -> u128 {
@@ -99,7 +108,7 @@ async fn main() {
     }
     eprintln!("fake-backend: listening on {addr} (pid {})", std::process::id());
     let health = args.health_path.clone();
-    let state = Arc::new(Fake { args, requests: AtomicU64::new(0) });
+    let state = Arc::new(Fake { args, requests: AtomicU64::new(0), loaded: Mutex::default() });
     let app = Router::new()
         .route(&health, get(|| async { Json(json!({"status": "ok"})) }))
         .route("/v1/models", get(models))
@@ -107,6 +116,13 @@ async fn main() {
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/stats", get(stats))
+        // Ollama's model endpoints.
+        .route("/api/generate", post(ollama_generate))
+        .route("/api/ps", get(ollama_ps))
+        // llama.cpp router mode's model endpoints.
+        .route("/models", get(router_models))
+        .route("/models/load", post(router_load))
+        .route("/models/unload", post(router_unload))
         .fallback(echo)
         .with_state(state);
     axum::serve(listener, app).await.expect("serve");
@@ -270,4 +286,77 @@ async fn embeddings(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
     let tokens = prompt_tokens(&body);
     Json(json!({"object": "list", "data": data, "model": body["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
         .into_response()
+}
+
+impl Fake {
+    async fn load(&self, model: &str) {
+        if self.loaded.lock().unwrap().contains_key(model) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(self.args.load_delay_ms)).await;
+        let mut block = vec![0u8; self.args.model_mb << 20];
+        for page in block.chunks_mut(4096) {
+            page[0] = 1;
+        }
+        self.loaded.lock().unwrap().insert(model.to_string(), block);
+    }
+
+    /// Dropping the block returns its pages to the OS (large blocks are mmapped).
+    fn unload(&self, model: &str) -> bool {
+        self.loaded.lock().unwrap().remove(model).is_some()
+    }
+}
+
+async fn ollama_generate(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
+    let body = match parse(&body) {
+        Ok(v) => v,
+        Err(bad) => return bad.into_response(),
+    };
+    let Some(model) = body["model"].as_str() else {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "model is required"}))).into_response();
+    };
+    if body["keep_alive"] == json!(0) || body["keep_alive"] == json!("0") {
+        fake.unload(model);
+        return Json(json!({"model": model, "response": "", "done": true, "done_reason": "unload"})).into_response();
+    }
+    fake.load(model).await;
+    Json(json!({"model": model, "response": "", "done": true, "done_reason": "load"})).into_response()
+}
+
+async fn ollama_ps(State(fake): State<Arc<Fake>>) -> Json<Value> {
+    let loaded = fake.loaded.lock().unwrap();
+    let models: Vec<Value> = loaded
+        .iter()
+        .map(|(name, block)| json!({"name": name, "model": name, "size": block.len(), "size_vram": 0}))
+        .collect();
+    Json(json!({"models": models}))
+}
+
+async fn router_models(State(fake): State<Arc<Fake>>) -> Json<Value> {
+    let loaded = fake.loaded.lock().unwrap();
+    let data: Vec<Value> =
+        loaded.keys().map(|name| json!({"id": name, "object": "model", "status": {"value": "loaded"}})).collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+async fn router_load(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
+    match parse(&body).map(|v| v["model"].as_str().map(str::to_string)) {
+        Ok(Some(model)) => {
+            fake.load(&model).await;
+            Json(json!({"success": true})).into_response()
+        }
+        Ok(None) => (StatusCode::BAD_REQUEST, Json(json!({"error": "model is required"}))).into_response(),
+        Err(bad) => bad.into_response(),
+    }
+}
+
+async fn router_unload(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
+    match parse(&body).map(|v| v["model"].as_str().map(str::to_string)) {
+        Ok(Some(model)) if fake.unload(&model) => Json(json!({"success": true})).into_response(),
+        Ok(Some(model)) => {
+            (StatusCode::BAD_REQUEST, Json(json!({"error": format!("model {model} is not loaded")}))).into_response()
+        }
+        Ok(None) => (StatusCode::BAD_REQUEST, Json(json!({"error": "model is required"}))).into_response(),
+        Err(bad) => bad.into_response(),
+    }
 }
