@@ -158,19 +158,3 @@ async fn passthrough_reaches_any_path_with_method_query_and_body() {
     let root: Value = reqwest::get(w.url("/svc/qdrant")).await.unwrap().json().await.unwrap();
     assert_eq!(root["path"], "/");
 }
-
-/// Processes whose parent is `pid`.
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut kids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) {
-            let rest = stat.rsplit(')').next().unwrap_or("");
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) && fields.first() != Some(&"Z") {
-                kids.push(child);
-            }
-        }
-    }
-    kids
-}

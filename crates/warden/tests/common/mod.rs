@@ -182,3 +182,48 @@ pub fn process_alive(pid: u32) -> bool {
 pub fn chat(model: &str) -> Value {
     serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hello there"}]})
 }
+
+/// The real llama-server and a Python with `gguf`, as `scripts/test` provides them.
+pub struct Llama {
+    pub server: String,
+    pub python: String,
+}
+
+pub fn llama() -> Llama {
+    let get = |var: &str| {
+        std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: run these tests through scripts/test"))
+    };
+    Llama { server: get("WARDEN_LLAMA_SERVER"), python: get("WARDEN_TEST_PYTHON") }
+}
+
+impl Llama {
+    /// Generates a tiny random-weight GGUF model `dir/NAME.gguf` of the given width.
+    pub fn make_model(&self, dir: &std::path::Path, name: &str, width: u32) -> PathBuf {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/make-tiny-gguf.py");
+        let out = dir.join(format!("{name}.gguf"));
+        let status = Command::new(&self.python)
+            .arg(script)
+            .arg(&out)
+            .args(["--width", &width.to_string(), "--ff", &(width * 4).to_string(), "--name", name])
+            .status()
+            .unwrap();
+        assert!(status.success(), "generating {name}.gguf failed");
+        out
+    }
+}
+
+/// Live processes whose parent is `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut kids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) {
+            let rest = stat.rsplit(')').next().unwrap_or("");
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) && fields.first() != Some(&"Z") {
+                kids.push(child);
+            }
+        }
+    }
+    kids
+}

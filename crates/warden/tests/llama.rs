@@ -1,0 +1,131 @@
+//! End to end against the real llama.cpp llama-server (single-model and router mode) on tiny
+//! GGUF models generated at test time. Needs scripts/test (it builds llama-server once).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs llama-server: run scripts/test"]
+async fn llama_server_wakes_answers_streams_and_sleeps() {
+    let llama = llama();
+    let models = tempfile::tempdir().unwrap();
+    let model = llama.make_model(models.path(), "tiny", 64);
+    let w = Warden::start(&format!(
+        r#"
+[idle]
+check_interval = "100ms"
+
+[services.llama]
+kind = "process"
+command = ["{server}", "-m", "{model}", "--port", "${{PORT}}", "-c", "512", "-t", "1"]
+env = {{ LLAMA_ARG_CTX_SIZE = "512" }}
+health = "/health"
+start_timeout = "60s"
+models = ["tiny", "tiny-alias"]
+idle_timeout = "1500ms"
+"#,
+        server = llama.server,
+        model = model.display()
+    ));
+    let body = json!({"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8});
+    let resp = w.post("/v1/chat/completions", body).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().contains_key("x-warden-cold-start-ms"));
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(answer["object"], "chat.completion");
+    assert_eq!(answer["usage"]["completion_tokens"], 8);
+    let pid = w.service("llama").await["pid"].as_u64().unwrap() as u32;
+    assert!(w.service("llama").await["rss_bytes"].as_u64().unwrap() > 5 << 20);
+
+    // Streaming through the alias, with usage in the last chunk.
+    let body = json!({"model": "tiny-alias", "stream": true, "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "hello"}], "max_tokens": 6});
+    let resp = w.post("/v1/chat/completions", body).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let mut text = String::new();
+    let mut chunks = 0;
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        chunks += 1;
+    }
+    assert!(chunks > 1, "streamed in pieces");
+    assert!(text.contains("\"usage\""), "{text}");
+    assert!(text.contains("\"completion_tokens\":6"), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+
+    // Idle sleep ends the process.
+    assert!(w.wait_state("llama", "stopped", Duration::from_secs(10)).await, "{}", w.log());
+    assert!(wait_until(Duration::from_secs(3), || !process_alive(pid)), "llama-server {pid} still running");
+    assert!(w.log().contains("Successfully stopped idle service llama"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs llama-server: run scripts/test"]
+async fn llama_router_loads_models_on_demand_and_unloads_them() {
+    let llama = llama();
+    let models = tempfile::tempdir().unwrap();
+    llama.make_model(models.path(), "tiny-a", 64);
+    llama.make_model(models.path(), "tiny-b", 256);
+    let w = Warden::start(&format!(
+        r#"
+[idle]
+check_interval = "100ms"
+
+[services.router]
+kind = "process"
+api = "llamacpp-router"
+command = ["{server}", "--models-dir", "{dir}", "--models-max", "4", "--port", "${{PORT}}", "-c", "512", "-t", "1"]
+start_timeout = "60s"
+idle_timeout = "1s"
+
+[models.tiny-a]
+service = "router"
+keep_alive = "1s"
+
+[models.tiny-b]
+service = "router"
+keep_alive = "60m"
+"#,
+        server = llama.server,
+        dir = models.path().display()
+    ));
+    for model in ["tiny-a", "tiny-b"] {
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
+        let resp = w.post("/v1/chat/completions", body).await;
+        assert_eq!(resp.status(), 200, "{model}");
+        let answer: Value = resp.json().await.unwrap();
+        assert_eq!(answer["usage"]["completion_tokens"], 4);
+    }
+    let svc = w.service("router").await;
+    assert_eq!(svc["loaded_models"], json!(["tiny-a", "tiny-b"]));
+    let router_pid = svc["pid"].as_u64().unwrap() as u32;
+    assert_eq!(children_of(router_pid).len(), 2, "one child process per loaded model");
+    let both = svc["rss_bytes"].as_u64().unwrap();
+
+    // tiny-a's keep-alive ends: its child process goes, measured memory goes down.
+    assert!(w.wait_log("Successfully unloaded idle model tiny-a", Duration::from_secs(10)), "{}", w.log());
+    assert!(w.log().contains("Model tiny-a keep-alive expired, unloading..."));
+    assert!(wait_until(Duration::from_secs(5), || children_of(router_pid).len() == 1));
+    let svc = w.service("router").await;
+    assert_eq!(svc["loaded_models"], json!(["tiny-b"]));
+    let one = svc["rss_bytes"].as_u64().unwrap();
+    assert!(one + (5 << 20) < both, "memory down after the unload: {both} -> {one}");
+    let status = w.get("/admin/idle-status").await;
+    assert_eq!(status["models"]["tiny-a"]["loaded"], false);
+    assert_eq!(status["models"]["tiny-b"]["loaded"], true);
+    assert_eq!(status["models"]["tiny-b"]["provider"], "llamacpp-router");
+
+    // Admin unload of the last model; then the router itself sleeps.
+    let resp = reqwest::Client::new().post(w.url("/admin/models/tiny-b/unload")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(wait_until(Duration::from_secs(5), || children_of(router_pid).is_empty()));
+    assert!(w.wait_state("router", "stopped", Duration::from_secs(10)).await);
+    assert!(wait_until(Duration::from_secs(3), || !process_alive(router_pid)));
+}
