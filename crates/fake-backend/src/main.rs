@@ -21,9 +21,9 @@ use serde_json::{json, Value};
 #[derive(Parser, Debug, Clone)]
 #[command(about = "A fake OpenAI-compatible backend for tests")]
 struct Args {
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "PORT", default_value_t = 0)]
     port: u16,
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
     host: String,
     /// Wait this long before listening (a slow model load).
     #[arg(long, default_value_t = 0)]
@@ -88,6 +88,15 @@ async fn main() {
             nix::sys::signal::signal(nix::sys::signal::Signal::SIGTERM, nix::sys::signal::SigHandler::SigIgn)
                 .expect("ignore SIGTERM");
         }
+    } else {
+        // Exit on SIGTERM explicitly: as PID 1 in a container, the default action would not apply.
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::spawn(async move {
+            term.recv().await;
+            eprintln!("fake-backend: SIGTERM, exiting");
+            std::process::exit(0);
+        });
     }
     if args.rss_mb > 0 {
         let mut block = vec![0u8; args.rss_mb << 20];
@@ -116,6 +125,7 @@ async fn main() {
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/stats", get(stats))
+        .route("/allocate/{mb}", post(allocate))
         // Ollama's model endpoints.
         .route("/api/generate", post(ollama_generate))
         .route("/api/ps", get(ollama_ps))
@@ -359,4 +369,14 @@ async fn router_unload(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
         Ok(None) => (StatusCode::BAD_REQUEST, Json(json!({"error": "model is required"}))).into_response(),
         Err(bad) => bad.into_response(),
     }
+}
+
+/// Allocates and touches `mb` MiB more, kept until exit: to push a container over its memory limit.
+async fn allocate(axum::extract::Path(mb): axum::extract::Path<usize>) -> Json<Value> {
+    let mut block = vec![0u8; mb << 20];
+    for page in block.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    Box::leak(block.into_boxed_slice());
+    Json(json!({"allocated_mb": mb}))
 }

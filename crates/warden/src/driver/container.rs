@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, EventMessage, HealthStatusEnum, HostConfig, PortBinding};
@@ -12,7 +12,9 @@ use bollard::query_parameters::{
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::{Stream, StreamExt};
+use tokio::sync::oneshot;
 
+use super::Exit;
 use crate::config::ContainerSpec;
 
 type Events = Pin<Box<dyn Stream<Item = Result<EventMessage, DockerError>> + Send>>;
@@ -24,8 +26,17 @@ pub struct ContainerHandle {
     docker: Docker,
     name: String,
     pid: Option<u32>,
-    /// In a mutex only to make the handle Sync; it is polled through `&mut self`.
-    events: std::sync::Mutex<Events>,
+    /// The watcher's report of how the container ended. Awaiting a receiver is cancel-safe,
+    /// which matters: the owner polls `exited()` afresh on every turn of its loop.
+    exit: oneshot::Receiver<Exit>,
+    /// Watches the engine's events for this container; aborted when the handle goes.
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ContainerHandle {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
 }
 
 /// Connects to `engine`, else DOCKER_HOST, /var/run/docker.sock, or Podman's usual sockets.
@@ -74,12 +85,8 @@ fn not_found(e: &DockerError) -> bool {
 pub async fn start(spec: &ContainerSpec) -> Result<ContainerHandle, String> {
     let docker = connect(spec.engine.as_deref()).await?;
     let name = spec.container.clone();
-    // Subscribe before starting, so an immediate death is not missed.
-    let filters = HashMap::from([
-        ("type".to_string(), vec!["container".to_string()]),
-        ("container".to_string(), vec![name.clone()]),
-    ]);
-    let events = docker.events(Some(EventsOptions { filters: Some(filters), ..Default::default() })).boxed();
+    // Events are read from this instant on, so a death right after the start is not missed.
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     match docker.inspect_container(&name, None::<InspectContainerOptions>).await {
         Ok(info) if info.state.as_ref().and_then(|s| s.running) == Some(true) => {}
         Ok(_) => {
@@ -99,7 +106,69 @@ pub async fn start(spec: &ContainerSpec) -> Result<ContainerHandle, String> {
         .await
         .map_err(|e| format!("cannot inspect container {name}: {e}"))?;
     let pid = info.state.and_then(|s| s.pid).filter(|&p| p > 0).map(|p| p as u32);
-    Ok(ContainerHandle { docker, name, pid, events: std::sync::Mutex::new(events) })
+    let (tx, exit) = oneshot::channel();
+    let watcher = tokio::spawn(watch(docker.clone(), name.clone(), since, tx));
+    Ok(ContainerHandle { docker, name, pid, exit, watcher })
+}
+
+fn events_since(docker: &Docker, name: &str, since: Duration) -> Events {
+    let filters = HashMap::from([
+        ("type".to_string(), vec!["container".to_string()]),
+        ("container".to_string(), vec![name.to_string()]),
+    ]);
+    let since = format!("{}.{:09}", since.as_secs(), since.subsec_nanos());
+    docker.events(Some(EventsOptions { since: Some(since), filters: Some(filters), ..Default::default() })).boxed()
+}
+
+/// Reports how the container ended, from its `die` event (an `oom` event before it marks an OOM
+/// kill). If the event stream breaks, it looks directly and listens again.
+async fn watch(docker: Docker, name: String, since: Duration, report: oneshot::Sender<Exit>) {
+    let mut events = events_since(&docker, &name, since);
+    let mut oom_event = false;
+    let exit = loop {
+        match events.next().await {
+            Some(Ok(event)) => match event.action.as_deref() {
+                Some("oom") => oom_event = true,
+                Some("die" | "died") => break describe_exit(&docker, &name, oom_event).await,
+                _ => {}
+            },
+            Some(Err(_)) | None => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match docker.inspect_container(&name, None::<InspectContainerOptions>).await {
+                    Ok(info) if info.state.as_ref().and_then(|s| s.running) == Some(true) => {
+                        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+                        events = events_since(&docker, &name, now);
+                    }
+                    Ok(_) => break describe_exit(&docker, &name, false).await,
+                    Err(e) => break Exit { reason: format!("container engine lost: {e}"), failed: true },
+                }
+            }
+        }
+    };
+    let _ = report.send(exit);
+}
+
+/// Docker reports OOM kills (an `oom` event, `State.OOMKilled`); Podman on cgroup v1 does not,
+/// so a SIGKILL (exit 137) under a memory limit is reported as a likely OOM kill.
+async fn describe_exit(docker: &Docker, name: &str, oom_event: bool) -> Exit {
+    let info = docker.inspect_container(name, None::<InspectContainerOptions>).await.ok();
+    let state = info.as_ref().and_then(|i| i.state.clone());
+    let code = state.as_ref().and_then(|s| s.exit_code);
+    let limit = info.and_then(|i| i.host_config).and_then(|h| h.memory).filter(|&m| m > 0);
+    let code_text = code.map_or("?".to_string(), |c| c.to_string());
+    if oom_event || state.as_ref().and_then(|s| s.oom_killed) == Some(true) {
+        return Exit { reason: format!("container OOM-killed (exit code {code_text})"), failed: true };
+    }
+    match (code, limit) {
+        (Some(137), Some(limit)) => Exit {
+            reason: format!(
+                "container killed (exit code 137) at its {} MiB memory limit: likely OOM-killed",
+                limit >> 20
+            ),
+            failed: true,
+        },
+        _ => Exit { reason: format!("container stopped outside warden (exit code {code_text})"), failed: false },
+    }
 }
 
 async fn create(docker: &Docker, spec: &ContainerSpec, image: &str) -> Result<(), String> {
@@ -135,51 +204,13 @@ impl ContainerHandle {
         super::Meter::Container { docker: self.docker.clone(), name: self.name.clone() }
     }
 
-    /// Resolves when the container stops behind warden's back; says how (OOM kills by name).
-    pub async fn exited(&mut self) -> String {
-        let mut oom = false;
-        loop {
-            let events = self.events.get_mut().unwrap_or_else(|p| p.into_inner());
-            match events.next().await {
-                Some(Ok(event)) => match event.action.as_deref() {
-                    Some("oom") => oom = true,
-                    Some("die" | "died") => {
-                        let attrs = event.actor.and_then(|a| a.attributes).unwrap_or_default();
-                        let code = attrs.get("exitCode").cloned().unwrap_or_else(|| "?".into());
-                        let oom_killed = oom || self.oom_killed().await;
-                        return if oom_killed {
-                            format!("container OOM-killed (exit code {code})")
-                        } else {
-                            format!("container stopped (exit code {code})")
-                        };
-                    }
-                    _ => {}
-                },
-                // The event stream broke (engine restart?): look directly, then listen again.
-                Some(Err(_)) | None => {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    match self.docker.inspect_container(&self.name, None::<InspectContainerOptions>).await {
-                        Ok(info) if info.state.as_ref().and_then(|s| s.running) == Some(true) => {
-                            let filters = HashMap::from([
-                                ("type".to_string(), vec!["container".to_string()]),
-                                ("container".to_string(), vec![self.name.clone()]),
-                            ]);
-                            let fresh = self
-                                .docker
-                                .events(Some(EventsOptions { filters: Some(filters), ..Default::default() }));
-                            *self.events.get_mut().unwrap_or_else(|p| p.into_inner()) = fresh.boxed();
-                        }
-                        Ok(_) => return "container is no longer running".into(),
-                        Err(e) => return format!("container engine lost: {e}"),
-                    }
-                }
-            }
+    /// Resolves when the container stops behind warden's back; says how. Cancel-safe.
+    pub async fn exited(&mut self) -> Exit {
+        match (&mut self.exit).await {
+            Ok(exit) => exit,
+            // The watcher was aborted: only when the handle is going away.
+            Err(_) => std::future::pending().await,
         }
-    }
-
-    async fn oom_killed(&self) -> bool {
-        let info = self.docker.inspect_container(&self.name, None::<InspectContainerOptions>).await;
-        info.ok().and_then(|i| i.state).and_then(|s| s.oom_killed) == Some(true)
     }
 
     /// The container's own HEALTHCHECK says healthy.

@@ -28,6 +28,14 @@ pub struct StartFailure {
     pub log_tail: Vec<String>,
 }
 
+/// How a running service ended on its own.
+#[derive(Debug, Clone)]
+pub struct Exit {
+    pub reason: String,
+    /// A crash or kill (state `failed`), as opposed to a clean stop by someone else.
+    pub failed: bool,
+}
+
 /// A started service, whatever runs it.
 pub enum Running {
     Process(ProcessHandle),
@@ -93,10 +101,10 @@ pub async fn start(ctx: StartContext<'_>) -> Result<Running, StartFailure> {
             return Ok(running);
         }
         tokio::select! {
-            why = running.exited() => {
+            exit = running.exited() => {
                 // Let the log pumps catch the last lines before reporting them.
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                return Err(fail(format!("exited before becoming healthy ({why})")));
+                return Err(fail(format!("exited before becoming healthy ({})", exit.reason)));
             }
             _ = tokio::time::sleep(delay) => delay = health::next_delay(delay),
         }
@@ -126,9 +134,10 @@ impl Running {
     }
 
     /// Resolves when the service ends on its own; says how.
-    pub async fn exited(&mut self) -> String {
+    pub async fn exited(&mut self) -> Exit {
         match self {
-            Running::Process(p) => p.exited().await,
+            // A managed process has no business ending by itself: always a failure.
+            Running::Process(p) => Exit { reason: p.exited().await, failed: true },
             Running::Container(c) => c.exited().await,
         }
     }

@@ -33,8 +33,10 @@ pub enum Event {
     Demand,
     StartSucceeded,
     StartFailed,
-    /// The running service ended on its own.
+    /// The running service ended on its own: a crash.
     Exited,
+    /// The running service was stopped cleanly by someone else (e.g. `docker stop`).
+    StoppedOutside,
     /// An operator, the idle monitor or shutdown asks it to stop.
     StopRequested,
     StopFinished,
@@ -117,6 +119,7 @@ impl Machine {
                 self.state = Failed;
                 self.retry_at = None;
             }
+            (Running, Event::StoppedOutside) => self.state = Stopped,
 
             (Running, Event::StopRequested) => {
                 self.state = Stopping;
@@ -137,7 +140,14 @@ impl Machine {
                 }
             }
             // Results that arrive after the machine has moved on are stale; ignore them.
-            (_, Event::StartSucceeded | Event::StartFailed | Event::Exited | Event::StopFinished) => {}
+            (
+                _,
+                Event::StartSucceeded
+                | Event::StartFailed
+                | Event::Exited
+                | Event::StoppedOutside
+                | Event::StopFinished,
+            ) => {}
         }
         fx
     }
@@ -181,7 +191,8 @@ mod tests {
     }
 
     const ALL_STATES: [State; 5] = [State::Stopped, State::Starting, State::Running, State::Stopping, State::Failed];
-    const ALL_EVENTS: [Event; 6] = [Demand, StartSucceeded, StartFailed, Exited, StopRequested, StopFinished];
+    const ALL_EVENTS: [Event; 7] =
+        [Demand, StartSucceeded, StartFailed, Exited, StoppedOutside, StopRequested, StopFinished];
 
     #[test]
     fn every_transition() {
@@ -198,6 +209,7 @@ mod tests {
                     (State::Starting, StartSucceeded) => (State::Running, false, false, true, false),
                     (State::Starting, StartFailed) => (State::Failed, false, false, false, true),
                     (State::Running, Exited) => (State::Failed, false, false, false, false),
+                    (State::Running, StoppedOutside) => (State::Stopped, false, false, false, false),
                     (State::Running, StopRequested) => (State::Stopping, false, true, false, false),
                     (State::Starting, StopRequested) => (State::Stopping, false, true, false, true),
                     (State::Failed, StopRequested) => (State::Stopped, false, false, false, false),

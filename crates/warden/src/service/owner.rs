@@ -19,7 +19,7 @@ use super::models::ModelResult;
 use super::{Command, ServiceHandle, Shared, StopReason, Unavailable};
 use crate::config::{Desired, ServiceConfig, ServiceKind};
 use crate::driver::logs::ServiceLog;
-use crate::driver::{self, Running, StartContext, StartFailure};
+use crate::driver::{self, Exit, Running, StartContext, StartFailure};
 use crate::idle::policy::human_idle;
 use crate::proxy::HttpClient;
 
@@ -123,7 +123,7 @@ async fn maybe<F: Future + Unpin>(f: &mut Option<F>) -> F::Output {
     }
 }
 
-async fn exited(running: &mut Option<Running>) -> String {
+async fn exited(running: &mut Option<Running>) -> Exit {
     match running {
         Some(r) => r.exited().await,
         None => std::future::pending().await,
@@ -156,7 +156,7 @@ impl Owner {
                     self.stopping = None;
                     self.on_stopped();
                 }
-                why = exited(&mut self.running) => self.on_exit(why),
+                exit = exited(&mut self.running) => self.on_exit(exit),
                 () = maybe(&mut self.restart_timer) => {
                     self.restart_timer = None;
                     if !self.shutting_down && self.machine.state() == State::Failed {
@@ -306,13 +306,14 @@ impl Owner {
         }
     }
 
-    fn on_exit(&mut self, why: String) {
+    fn on_exit(&mut self, exit: Exit) {
         self.running = None;
-        warn!("Service {} exited unexpectedly ({why})", self.name());
-        self.shared.log.note(&format!("exited unexpectedly ({why})"));
+        let what = if exit.failed { "exited unexpectedly" } else { "was stopped" };
+        warn!("Service {} {what} ({})", self.name(), exit.reason);
+        self.shared.log.note(&format!("{what} ({})", exit.reason));
         self.clear_running();
-        self.shared.live().last_error = Some(format!("exited unexpectedly ({why})"));
-        self.apply(Event::Exited);
+        self.shared.live().last_error = Some(format!("{what} ({})", exit.reason));
+        self.apply(if exit.failed { Event::Exited } else { Event::StoppedOutside });
         if self.shared.config.desired == Desired::On && !self.shutting_down {
             self.restart_timer = Some(Box::pin(tokio::time::sleep(PINNED_RESTART_DELAY)));
         }
