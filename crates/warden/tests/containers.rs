@@ -58,6 +58,17 @@ impl Drop for Name {
     }
 }
 
+/// Creates (not starts) a container of the fake image answering on `port`, as docker compose
+/// would have; `podman_args` go before the image, `fake_args` to the fake backend.
+fn create(name: &str, port: u16, podman_args: &[&str], fake_args: &[&str]) {
+    let publish = format!("127.0.0.1:{port}:8000");
+    let mut args = vec!["create", "--name", name, "-p", &publish, "-e", "PORT=8000", "-e", "HOST=0.0.0.0"];
+    args.extend_from_slice(podman_args);
+    args.push(IMAGE);
+    args.extend_from_slice(fake_args);
+    podman(&args);
+}
+
 fn service(name: &str, port: u16, extra: &str) -> String {
     format!(
         r#"
@@ -85,22 +96,7 @@ async fn an_existing_container_wakes_sleeps_and_an_outside_stop_is_noticed() {
     image();
     let name = Name::new("existing");
     let port = free_port();
-    // As docker compose would have made it: created, not running.
-    let publish = format!("127.0.0.1:{port}:8000");
-    podman(&[
-        "create",
-        "--name",
-        &name.0,
-        "-p",
-        &publish,
-        "-e",
-        "PORT=8000",
-        "-e",
-        "HOST=0.0.0.0",
-        IMAGE,
-        "--rss-mb",
-        "32",
-    ]);
+    create(&name.0, port, &[], &["--rss-mb", "32"]);
     let w = Warden::start(&service(&name.0, port, ""));
     assert!(!running(&name.0));
 
@@ -155,21 +151,7 @@ async fn a_container_killed_at_its_memory_limit_is_failed_as_oom() {
     image();
     let name = Name::new("oom");
     let port = free_port();
-    let publish = format!("127.0.0.1:{port}:8000");
-    podman(&[
-        "create",
-        "--name",
-        &name.0,
-        "--memory",
-        "64m",
-        "-p",
-        &publish,
-        "-e",
-        "PORT=8000",
-        "-e",
-        "HOST=0.0.0.0",
-        IMAGE,
-    ]);
+    create(&name.0, port, &["--memory", "64m"], &[]);
     let w = Warden::start(&service(&name.0, port, ""));
     assert_eq!(reqwest::get(w.url("/svc/q/health")).await.unwrap().status(), 200);
     let resp = reqwest::Client::new().post(w.url("/svc/q/allocate/256")).send().await.unwrap();

@@ -105,21 +105,7 @@ async fn wait_for(
 
 /// Loads `model` and returns once the server reports it loaded (bounded by `within`).
 pub async fn load(client: &HttpClient, api: Api, upstream: &str, model: &str, within: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + within;
-    match api {
-        Api::Single => Ok(()),
-        Api::LlamacppRouter => {
-            let body = json!({"model": model});
-            call(client, Method::POST, format!("http://{upstream}/models/load"), Some(body), within).await?;
-            wait_for(client, api, upstream, model, true, deadline).await
-        }
-        Api::Ollama => {
-            // warden decides when to unload, so the model is loaded to stay.
-            let body = json!({"model": model, "keep_alive": -1});
-            call(client, Method::POST, format!("http://{upstream}/api/generate"), Some(body), within).await?;
-            wait_for(client, api, upstream, model, true, deadline).await
-        }
-    }
+    change(client, api, upstream, model, true, within).await
 }
 
 /// Unloads `model` and returns once the server no longer lists it as loaded (bounded).
@@ -130,20 +116,28 @@ pub async fn unload(
     model: &str,
     within: Duration,
 ) -> Result<(), String> {
+    change(client, api, upstream, model, false, within).await
+}
+
+async fn change(
+    client: &HttpClient,
+    api: Api,
+    upstream: &str,
+    model: &str,
+    load: bool,
+    within: Duration,
+) -> Result<(), String> {
     let deadline = Instant::now() + within;
-    match api {
-        Api::Single => Ok(()),
-        Api::LlamacppRouter => {
-            let body = json!({"model": model});
-            call(client, Method::POST, format!("http://{upstream}/models/unload"), Some(body), within).await?;
-            wait_for(client, api, upstream, model, false, deadline).await
-        }
-        Api::Ollama => {
-            let body = json!({"model": model, "keep_alive": 0});
-            call(client, Method::POST, format!("http://{upstream}/api/generate"), Some(body), within).await?;
-            wait_for(client, api, upstream, model, false, deadline).await
-        }
-    }
+    let (path, body) = match (api, load) {
+        (Api::Single, _) => return Ok(()),
+        (Api::LlamacppRouter, true) => ("/models/load", json!({"model": model})),
+        (Api::LlamacppRouter, false) => ("/models/unload", json!({"model": model})),
+        // warden decides when to unload, so an Ollama model is loaded to stay.
+        (Api::Ollama, true) => ("/api/generate", json!({"model": model, "keep_alive": -1})),
+        (Api::Ollama, false) => ("/api/generate", json!({"model": model, "keep_alive": 0})),
+    };
+    call(client, Method::POST, format!("http://{upstream}{path}"), Some(body), within).await?;
+    wait_for(client, api, upstream, model, load, deadline).await
 }
 
 #[cfg(test)]
