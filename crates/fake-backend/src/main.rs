@@ -61,6 +61,9 @@ struct Args {
     /// How long loading a model takes.
     #[arg(long, default_value_t = 0)]
     load_delay_ms: u64,
+    /// Models this server offers (listed unloaded by `GET /models` and `GET /api/tags`).
+    #[arg(long, value_delimiter = ',')]
+    models: Vec<String>,
 }
 
 struct Fake {
@@ -129,6 +132,7 @@ async fn main() {
         // Ollama's model endpoints.
         .route("/api/generate", post(ollama_generate))
         .route("/api/ps", get(ollama_ps))
+        .route("/api/tags", get(ollama_tags))
         // llama.cpp router mode's model endpoints.
         .route("/models", get(router_models))
         .route("/models/load", post(router_load))
@@ -299,6 +303,15 @@ async fn embeddings(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
 }
 
 impl Fake {
+    /// `--models` and whatever has been loaded, sorted.
+    fn offered(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.args.models.clone();
+        all.extend(self.loaded.lock().unwrap().keys().cloned());
+        all.sort();
+        all.dedup();
+        all
+    }
+
     async fn load(&self, model: &str) {
         if self.loaded.lock().unwrap().contains_key(model) {
             return;
@@ -342,10 +355,21 @@ async fn ollama_ps(State(fake): State<Arc<Fake>>) -> Json<Value> {
     Json(json!({"models": models}))
 }
 
+async fn ollama_tags(State(fake): State<Arc<Fake>>) -> Json<Value> {
+    let models: Vec<Value> = fake.offered().iter().map(|name| json!({"name": name, "model": name})).collect();
+    Json(json!({"models": models}))
+}
+
 async fn router_models(State(fake): State<Arc<Fake>>) -> Json<Value> {
+    let offered = fake.offered();
     let loaded = fake.loaded.lock().unwrap();
-    let data: Vec<Value> =
-        loaded.keys().map(|name| json!({"id": name, "object": "model", "status": {"value": "loaded"}})).collect();
+    let data: Vec<Value> = offered
+        .iter()
+        .map(|name| {
+            let status = if loaded.contains_key(name) { "loaded" } else { "unloaded" };
+            json!({"id": name, "object": "model", "status": {"value": status}})
+        })
+        .collect();
     Json(json!({"object": "list", "data": data}))
 }
 

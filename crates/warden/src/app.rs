@@ -10,12 +10,15 @@ use crate::config::{Config, Desired, IdleConfig};
 use crate::idle::policy::{IdleInputs, ModelInputs};
 use crate::proxy::HttpClient;
 use crate::server::errors::ApiError;
+use crate::service::directory::Directory;
 use crate::service::ServiceHandle;
 
 pub struct App {
     pub config: Arc<Config>,
     /// One handle per configured service, in the order of `config.services`.
     pub services: Vec<ServiceHandle>,
+    /// Model name → service, configured and discovered.
+    pub directory: Arc<Directory>,
     pub client: HttpClient,
     /// Idle settings as now in force (changeable through `POST /admin/settings`).
     idle: Mutex<IdleConfig>,
@@ -26,11 +29,17 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(config: Arc<Config>, services: Vec<ServiceHandle>, client: HttpClient) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        services: Vec<ServiceHandle>,
+        directory: Arc<Directory>,
+        client: HttpClient,
+    ) -> Self {
         App {
             idle: Mutex::new(config.idle),
             config,
             services,
+            directory,
             client,
             idle_changed: Notify::new(),
             monitor_running: AtomicBool::new(false),
@@ -61,10 +70,10 @@ impl App {
 
     /// The service that serves `model`, and the model's index in that service.
     pub fn route_model(&self, model: &str) -> Result<(&ServiceHandle, usize), ApiError> {
-        let found = self.config.models.get(model).map(|r| (&self.services[r.service], r.index));
+        let found = self.directory.get(model).map(|r| (&self.services[r.service], r.index));
         found.ok_or_else(|| ApiError::UnknownModel {
             model: model.to_string(),
-            known: self.config.models.keys().cloned().collect(),
+            known: self.directory.all().into_iter().map(|(name, _)| name).collect(),
         })
     }
 
@@ -97,14 +106,14 @@ impl App {
             crate::idle::policy::sleep_allowed(&service)
         };
         let live = svc.shared.live();
-        cfg.models
+        live.models
             .iter()
             .enumerate()
             .map(|(i, m)| ModelInputs {
                 loaded: live.model_loaded(i),
-                changing: live.models[i].changing,
-                in_flight: live.models[i].in_flight,
-                idle_since: live.models[i].idle_since,
+                changing: m.changing,
+                in_flight: m.in_flight,
+                idle_since: m.idle_since,
                 keep_alive: m.keep_alive.unwrap_or(settings.keep_alive),
                 allowed,
             })

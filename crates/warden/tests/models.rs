@@ -38,7 +38,8 @@ async fn loaded_on_server(w: &Warden, api: &str) -> Vec<String> {
         ps["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_string()).collect()
     } else {
         let list = w.get("/svc/mm/models").await;
-        list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect()
+        let loaded = list["data"].as_array().unwrap().iter().filter(|m| m["status"]["value"] == "loaded");
+        loaded.map(|m| m["id"].as_str().unwrap().to_string()).collect()
     }
 }
 
@@ -137,4 +138,43 @@ keep_alive = "300ms"
     assert!(w.wait_log("Successfully unloaded idle model solo", Duration::from_secs(1)));
     assert!(!w.log().contains("Service one has been idle"));
     assert_eq!(model_status(&w, "solo").await["loaded"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_a_server_offers_are_discovered_once_it_has_run() {
+    for api in ["ollama", "llamacpp-router"] {
+        let w = Warden::start(&format!(
+            r#"
+[services.mm]
+kind = "process"
+api = "{api}"
+command = ["FAKE", "--port", "${{PORT}}", "--models", "found-a,found-b:latest"]
+models = ["named"]
+"#
+        ));
+        // Asleep, the server's own models are not known yet.
+        assert_eq!(w.post("/v1/chat/completions", chat("found-a")).await.status(), 404);
+        let resp = reqwest::Client::new().post(w.url("/admin/services/mm/start")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(
+            eventually(Duration::from_secs(3), || async {
+                let list = w.get("/v1/models").await;
+                let ids: Vec<&str> = list["data"].as_array().unwrap().iter().filter_map(|m| m["id"].as_str()).collect();
+                ids.contains(&"found-a") && ids.contains(&"found-b:latest") && ids.contains(&"named")
+            })
+            .await,
+            "{api}: {}",
+            w.log()
+        );
+        assert!(w.log().contains("Discovered model found-a on service mm"));
+        // A discovered model is routed, loaded on demand and reported like a configured one.
+        assert_eq!(w.post("/v1/chat/completions", chat("found-a")).await.status(), 200);
+        assert_eq!(loaded_on_server(&w, api).await, vec!["found-a"]);
+        let status = model_status(&w, "found-a").await;
+        assert_eq!((status["loaded"].clone(), status["discovered"].clone()), (Value::Bool(true), Value::Bool(true)));
+        if api == "ollama" {
+            // "found-b" reaches "found-b:latest".
+            assert_eq!(w.post("/v1/chat/completions", chat("found-b")).await.status(), 200);
+        }
+    }
 }

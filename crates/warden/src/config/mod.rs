@@ -217,10 +217,6 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 impl Config {
-    pub fn model_names(&self, service: usize) -> Vec<&str> {
-        self.services[service].models.iter().map(|m| m.name.as_str()).collect()
-    }
-
     pub fn service_index(&self, name: &str) -> Option<usize> {
         self.services.binary_search_by(|s| s.name.as_str().cmp(name)).ok()
     }

@@ -49,6 +49,31 @@ pub fn same_model(a: &str, b: &str) -> bool {
     a == b || a.strip_suffix(":latest") == Some(b) || b.strip_suffix(":latest") == Some(a)
 }
 
+/// What a server offers and what it has loaded now.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    pub available: Vec<String>,
+    pub loaded: Vec<String>,
+}
+
+pub async fn listing(client: &HttpClient, api: Api, upstream: &str) -> Result<Listing, String> {
+    let within = Duration::from_secs(10);
+    let names = |list: &Value, key: &str| -> Vec<String> {
+        list.as_array().into_iter().flatten().filter_map(|m| m[key].as_str().map(str::to_string)).collect()
+    };
+    match api {
+        Api::Single => Ok(Listing::default()),
+        Api::LlamacppRouter => {
+            let v = call(client, Method::GET, format!("http://{upstream}/models"), None, within).await?;
+            Ok(Listing { available: names(&v["data"], "id"), loaded: loaded(client, api, upstream).await? })
+        }
+        Api::Ollama => {
+            let tags = call(client, Method::GET, format!("http://{upstream}/api/tags"), None, within).await?;
+            Ok(Listing { available: names(&tags["models"], "name"), loaded: loaded(client, api, upstream).await? })
+        }
+    }
+}
+
 /// The models the server has loaded now.
 pub async fn loaded(client: &HttpClient, api: Api, upstream: &str) -> Result<Vec<String>, String> {
     let within = Duration::from_secs(10);

@@ -53,15 +53,16 @@ pub async fn service_status(svc: &ServiceHandle) -> Value {
     };
     let cfg = &svc.shared.config;
     let live = svc.shared.live();
+    let models: Vec<&str> = live.models.iter().map(|m| &*m.name).collect();
     let loaded: Vec<&str> =
-        cfg.models.iter().enumerate().filter(|&(i, _)| live.model_loaded(i)).map(|(_, m)| m.name.as_str()).collect();
+        live.models.iter().enumerate().filter(|&(i, _)| live.model_loaded(i)).map(|(_, m)| &*m.name).collect();
     json!({
         "name": cfg.name,
         "kind": cfg.kind.name(),
         "state": live.state.as_str(),
         "pid": live.pid,
         "port": live.port,
-        "models": cfg.models.iter().map(|m| &m.name).collect::<Vec<_>>(),
+        "models": models,
         "last_used": unix_secs(live.last_used),
         "in_flight": live.in_flight,
         "queued": live.queued,
@@ -119,22 +120,25 @@ fn models_status(app: &App, settings: &crate::config::IdleConfig, now: Instant) 
     for svc in &app.services {
         let cfg = &svc.shared.config;
         let inputs = app.model_inputs(svc, settings);
-        for (i, m) in cfg.models.iter().enumerate() {
-            let unloads_in = match decide_model(&inputs[i], now) {
+        let models: Vec<(Arc<str>, Option<SystemTime>, bool)> =
+            svc.shared.live().models.iter().map(|m| (m.name.clone(), m.last_used, m.discovered)).collect();
+        for (i, (name, last_used, discovered)) in models.into_iter().enumerate() {
+            let Some(inputs) = inputs.get(i) else { continue };
+            let unloads_in = match decide_model(inputs, now) {
                 ModelDecision::UnloadsIn(d) => Some(d),
                 ModelDecision::Unload { .. } => Some(Duration::ZERO),
                 ModelDecision::NotLoaded | ModelDecision::Stays => None,
             };
-            let last_used = svc.shared.live().models[i].last_used;
             out.insert(
-                m.name.clone(),
+                name.to_string(),
                 json!({
                     "last_used": unix_secs(last_used),
                     "keep_alive_until": unix_secs(unloads_in.map(|d| wall + d)),
                     "will_unload_in_minutes": unloads_in.map(minutes),
                     "provider": cfg.api.name(),
                     "service": cfg.name,
-                    "loaded": inputs[i].loaded,
+                    "loaded": inputs.loaded,
+                    "discovered": discovered,
                 }),
             );
         }

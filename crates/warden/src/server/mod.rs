@@ -19,6 +19,7 @@ use tracing::{info, warn, Instrument};
 use crate::app::App;
 use crate::config::Config;
 use crate::driver::orphans;
+use crate::service::directory::Directory;
 use crate::service::{spawn_owner, OwnerContext};
 use errors::ApiError;
 
@@ -56,10 +57,18 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let tasks = TaskTracker::new();
     let shutdown = CancellationToken::new();
     let client = crate::proxy::client();
-    let ctx = OwnerContext { state_dir, client: client.clone(), tasks: tasks.clone(), shutdown: shutdown.clone() };
+    let directory = Arc::new(Directory::new(config.models.clone()));
+    let ctx = OwnerContext {
+        state_dir,
+        directory: directory.clone(),
+        client: client.clone(),
+        tasks: tasks.clone(),
+        shutdown: shutdown.clone(),
+    };
     let config = Arc::new(config);
-    let services = config.services.iter().map(|s| spawn_owner(Arc::new(s.clone()), ctx.clone())).collect();
-    let app = Arc::new(App::new(config.clone(), services, client));
+    let services =
+        config.services.iter().enumerate().map(|(i, s)| spawn_owner(i, Arc::new(s.clone()), ctx.clone())).collect();
+    let app = Arc::new(App::new(config.clone(), services, directory, client));
     tasks.spawn(
         crate::idle::monitor::run(app.clone(), shutdown.clone()).instrument(tracing::info_span!("idle monitor")),
     );

@@ -62,20 +62,22 @@ pub async fn by_model(State(app): State<Arc<App>>, req: Request<Body>) -> Result
     proxy::forward(&app.client, Request::from_parts(parts, Body::from(bytes)), &target, acquired).await
 }
 
-/// Every configured model, sleeping ones too.
+/// Every configured (and discovered) model, sleeping ones too.
 pub async fn list_models(State(app): State<Arc<App>>) -> Json<Value> {
     let data: Vec<Value> = app
-        .config
-        .models
-        .iter()
+        .directory
+        .all()
+        .into_iter()
         .map(|(model, r)| {
             let svc = &app.services[r.service];
+            let live = svc.shared.live();
             json!({
                 "id": model,
                 "object": "model",
                 "owned_by": "warden",
                 "service": svc.name(),
-                "state": svc.shared.live().state.as_str(),
+                "state": live.state.as_str(),
+                "loaded": live.model_loaded(r.index),
             })
         })
         .collect();

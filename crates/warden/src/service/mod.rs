@@ -5,6 +5,7 @@
 //! leases alone change `in_flight` and the idle clock. Both happen under one small mutex, which
 //! is what makes "stop only when no lease is held" race-free.
 
+pub mod directory;
 pub mod lease;
 pub mod lifecycle;
 mod models;
@@ -23,9 +24,15 @@ use lease::Lease;
 use lifecycle::State;
 pub use owner::{spawn_owner, OwnerContext};
 
-/// What everyone may read about one model of a service.
-#[derive(Debug, Default, Clone)]
+/// What everyone may read about one model of a service. Append-only per service: a model's
+/// index never changes, so leases and the directory may hold it.
+#[derive(Debug, Clone)]
 pub struct ModelLive {
+    pub name: Arc<str>,
+    /// None = the global `[idle].keep_alive`, as now set.
+    pub keep_alive: Option<Duration>,
+    /// Reported by the server rather than named in the config.
+    pub discovered: bool,
     /// Loaded in a multi-model server. (A single-model service's model is loaded while the
     /// service runs; see [`Live::model_loaded`].)
     pub loaded: bool,
@@ -58,6 +65,21 @@ pub struct Live {
     /// One entry per model in the service's config, same order.
     pub models: Vec<ModelLive>,
     multi_model: bool,
+}
+
+impl ModelLive {
+    pub fn new(name: &str, keep_alive: Option<Duration>, discovered: bool) -> Self {
+        ModelLive {
+            name: name.into(),
+            keep_alive,
+            discovered,
+            loaded: false,
+            changing: false,
+            in_flight: 0,
+            last_used: None,
+            idle_since: None,
+        }
+    }
 }
 
 impl Live {
@@ -230,7 +252,7 @@ impl Shared {
                 upstream: None,
                 meter: None,
                 last_error: None,
-                models: vec![ModelLive::default(); config.models.len()],
+                models: config.models.iter().map(|m| ModelLive::new(&m.name, m.keep_alive, false)).collect(),
                 multi_model: config.api.multi_model(),
             }),
             log,

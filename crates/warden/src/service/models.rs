@@ -9,19 +9,20 @@ use tracing::{info, warn};
 
 use super::lifecycle::State;
 use super::owner::{IdleStop, Owner, StopWaiter, Waiter};
-use super::{StopReason, Unavailable};
+use super::{ModelLive, StopReason, Unavailable};
+use crate::config::ModelRef;
 use crate::driver::models;
 
 /// A model operation's result, sent back to the owner by the task that ran it.
 pub(crate) enum ModelResult {
     Loaded { generation: u64, model: usize, result: Result<(), String>, took: Duration },
     Unloaded { generation: u64, model: usize, result: Result<(), String>, idle: bool },
-    Listed { generation: u64, loaded: Vec<String> },
+    Listed { generation: u64, listing: models::Listing },
 }
 
 impl Owner {
-    fn model_name(&self, model: usize) -> &str {
-        &self.shared.config.models[model].name
+    fn model_name(&self, model: usize) -> String {
+        self.shared.live().models[model].name.to_string()
     }
 
     /// Holds `waiter` until `model` is loaded, starting the load if none is under way.
@@ -38,7 +39,7 @@ impl Owner {
 
     fn begin_load(&mut self, model: usize) {
         let Some(upstream) = self.shared.live().upstream.clone() else { return };
-        let (client, api, name) = (self.ctx.client.clone(), self.shared.config.api, self.model_name(model).to_string());
+        let (client, api, name) = (self.ctx.client.clone(), self.shared.config.api, self.model_name(model));
         let (tx, generation, within) = (self.results_tx.clone(), self.generation, self.shared.config.start_timeout);
         info!("Loading model {name} into service {}", self.name());
         self.ctx.tasks.spawn(async move {
@@ -57,10 +58,11 @@ impl Owner {
         let idle = matches!(reason, StopReason::Idle { .. });
         if !self.shared.config.api.multi_model() {
             // A single-model service unloads its model by stopping.
-            let label = IdleStop::Model(self.model_name(model).to_string());
+            let label = IdleStop::Model(self.model_name(model));
             self.on_stop(reason, StopWaiter::Unload(done), label);
             return;
         }
+        let name = self.model_name(model);
         let upstream = {
             let mut live = self.shared.live();
             let m = &live.models[model];
@@ -71,7 +73,7 @@ impl Owner {
             }
             if m.changing {
                 drop(live);
-                let _ = done.send(Err(format!("model {} is being loaded or unloaded", self.model_name(model))));
+                let _ = done.send(Err(format!("model {name} is being loaded or unloaded")));
                 return;
             }
             // An idle unload re-checks under the lease lock; marking the model as changing keeps
@@ -85,7 +87,6 @@ impl Owner {
             live.upstream.clone()
         };
         let Some(upstream) = upstream else { return };
-        let name = self.model_name(model).to_string();
         if idle {
             info!("Model {name} keep-alive expired, unloading...");
         } else {
@@ -101,7 +102,7 @@ impl Owner {
         });
     }
 
-    /// Asks the server what it has loaded (it may load or evict on its own).
+    /// Asks the server what it offers and has loaded (it may load or evict on its own).
     pub(super) fn reconcile(&mut self) {
         if !self.shared.config.api.multi_model() {
             return;
@@ -110,8 +111,8 @@ impl Owner {
         let (client, api, tx, generation) =
             (self.ctx.client.clone(), self.shared.config.api, self.results_tx.clone(), self.generation);
         self.ctx.tasks.spawn(async move {
-            if let Ok(loaded) = models::loaded(&client, api, &upstream).await {
-                let _ = tx.send(ModelResult::Listed { generation, loaded });
+            if let Ok(listing) = models::listing(&client, api, &upstream).await {
+                let _ = tx.send(ModelResult::Listed { generation, listing });
             }
         });
     }
@@ -119,7 +120,7 @@ impl Owner {
     pub(super) fn on_model_result(&mut self, result: ModelResult) {
         match result {
             ModelResult::Loaded { generation, model, result, took } if generation == self.generation => {
-                let name = self.model_name(model).to_string();
+                let name = self.model_name(model);
                 {
                     let mut live = self.shared.live();
                     let m = &mut live.models[model];
@@ -147,7 +148,7 @@ impl Owner {
                 self.publish_queue();
             }
             ModelResult::Unloaded { generation, model, result, idle } if generation == self.generation => {
-                let name = self.model_name(model).to_string();
+                let name = self.model_name(model);
                 {
                     let mut live = self.shared.live();
                     live.models[model].changing = false;
@@ -173,18 +174,20 @@ impl Owner {
                     self.begin_load(model);
                 }
             }
-            ModelResult::Listed { generation, loaded } if generation == self.generation => {
+            ModelResult::Listed { generation, listing } if generation == self.generation => {
+                for name in listing.available.iter().chain(&listing.loaded) {
+                    self.discover(name);
+                }
                 let mut live = self.shared.live();
-                for (i, cfg) in self.shared.config.models.iter().enumerate() {
-                    let m = &mut live.models[i];
+                for m in &mut live.models {
                     if m.changing {
                         continue;
                     }
-                    let now_loaded = loaded.iter().any(|l| models::same_model(l, &cfg.name));
+                    let now_loaded = listing.loaded.iter().any(|l| models::same_model(l, &m.name));
                     if m.loaded != now_loaded {
                         info!(
                             "Model {} is {} according to its server",
-                            cfg.name,
+                            m.name,
                             if now_loaded { "loaded" } else { "unloaded" }
                         );
                         m.loaded = now_loaded;
@@ -194,6 +197,31 @@ impl Owner {
             }
             // From a run that has since ended.
             _ => {}
+        }
+    }
+
+    /// A model the server offers that the config does not name: track it and route to it.
+    fn discover(&mut self, name: &str) {
+        let index = {
+            let mut live = self.shared.live();
+            if live.models.iter().any(|m| models::same_model(&m.name, name)) {
+                return;
+            }
+            live.models.push(ModelLive::new(name, None, true));
+            live.models.len() - 1
+        };
+        self.model_waiters.push(Vec::new());
+        self.unload_waiters.push(Vec::new());
+        let at = ModelRef { service: self.index, index };
+        let routed = self.ctx.directory.add(name, at);
+        // Ollama clients say "llama3" for "llama3:latest".
+        if let Some(short) = name.strip_suffix(":latest") {
+            self.ctx.directory.add(short, at);
+        }
+        if routed {
+            info!("Discovered model {name} on service {}", self.name());
+        } else {
+            info!("Service {} also offers model {name}, which another service serves", self.name());
         }
     }
 

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
+use super::directory::Directory;
 use super::lease::Lease;
 use super::lifecycle::{start_backoff, Event, Machine, State};
 use super::models::ModelResult;
@@ -27,6 +28,8 @@ use crate::proxy::HttpClient;
 #[derive(Clone)]
 pub struct OwnerContext {
     pub state_dir: PathBuf,
+    /// Where discovered models are published for routing.
+    pub directory: Arc<Directory>,
     pub client: HttpClient,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
@@ -57,6 +60,8 @@ pub(super) enum IdleStop {
 
 pub(super) struct Owner {
     pub(super) shared: Arc<Shared>,
+    /// This service's place in the config, for the directory.
+    pub(super) index: usize,
     rx: mpsc::UnboundedReceiver<Command>,
     rx_closed: bool,
     pub(super) ctx: OwnerContext,
@@ -83,7 +88,7 @@ pub(super) struct Owner {
     shutting_down: bool,
 }
 
-pub fn spawn_owner(config: Arc<ServiceConfig>, ctx: OwnerContext) -> ServiceHandle {
+pub fn spawn_owner(index: usize, config: Arc<ServiceConfig>, ctx: OwnerContext) -> ServiceHandle {
     let log = ServiceLog::new(ctx.state_dir.join("logs").join(format!("{}.log", config.name)));
     let models = config.models.len();
     let shared = Arc::new(Shared::new(config, log));
@@ -91,6 +96,7 @@ pub fn spawn_owner(config: Arc<ServiceConfig>, ctx: OwnerContext) -> ServiceHand
     let (results_tx, results_rx) = mpsc::unbounded_channel();
     let owner = Owner {
         shared: shared.clone(),
+        index,
         rx,
         rx_closed: false,
         ctx: ctx.clone(),
@@ -276,6 +282,8 @@ impl Owner {
                 self.running = Some(running);
                 self.last_failure = None;
                 self.apply(Event::StartSucceeded);
+                // Learn what a multi-model server offers and has loaded.
+                self.reconcile();
             }
             Err(failure) => {
                 warn!("Service {} failed to start: {}", self.name(), failure.reason);

@@ -1,0 +1,36 @@
+//! Which service serves which model: the config's models, plus those a multi-model server
+//! reports once it has run. Read on every request by model; written rarely (discovery).
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+use crate::config::ModelRef;
+
+pub struct Directory {
+    map: RwLock<BTreeMap<String, ModelRef>>,
+}
+
+impl Directory {
+    pub fn new(configured: BTreeMap<String, ModelRef>) -> Self {
+        Directory { map: RwLock::new(configured) }
+    }
+
+    pub fn get(&self, model: &str) -> Option<ModelRef> {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).get(model).copied()
+    }
+
+    /// Adds a discovered model; a name already routed elsewhere keeps its first service.
+    pub fn add(&self, model: &str, at: ModelRef) -> bool {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        if map.contains_key(model) {
+            return false;
+        }
+        map.insert(model.to_string(), at);
+        true
+    }
+
+    /// Every routed model, in name order.
+    pub fn all(&self) -> Vec<(String, ModelRef)> {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
