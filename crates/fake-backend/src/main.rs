@@ -119,6 +119,9 @@ async fn main() {
         let _ = std::fs::write(path, json!({"exec_unix_ns": exec_ns, "listen_unix_ns": unix_ns()}).to_string());
     }
     eprintln!("fake-backend: listening on {addr} (pid {})", std::process::id());
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let health = args.health_path.clone();
     let state = Arc::new(Fake { args, requests: AtomicU64::new(0), loaded: Mutex::default() });
     let app = Router::new()

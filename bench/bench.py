@@ -1,0 +1,704 @@
+#!/usr/bin/env python3
+"""warden's benchmark suite: measures side by side in one run and writes BENCHMARKS.md.
+
+Run through bench/run (it installs the tools and builds release binaries). Every figure is
+written with the command, load, duration, machine and date that produced it.
+"""
+import argparse
+import atexit
+import http.client
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAT = {"model": "bench", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 8}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+SPAWNED = []
+
+
+def spawn(cmd, **kw):
+    """Starts a process in a session of its own; every one is killed when the run ends."""
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True, **kw)
+    SPAWNED.append(p)
+    return p
+
+
+@atexit.register
+def _cleanup():
+    for p in SPAWNED:
+        kill(p, wait=5)
+
+
+def kill(p, sig=signal.SIGTERM, wait=15):
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(wait)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def wait_http(url, within=60.0):
+    deadline = time.time() + within
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status < 500:
+                    return True
+        except Exception:
+            time.sleep(0.02)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def post(url, body, timeout=120):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.status, r.read(), dict(r.headers)
+
+
+def proc_status(pid, key):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def group_rss(pgid):
+    total = 0
+    page = os.sysconf("SC_PAGE_SIZE")
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            fields = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            total += int(fields[21]) * page
+    return total
+
+
+def group_alive(pgid):
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                fields = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
+
+
+def pct(values, p):
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, int(round(p / 100 * (len(s) - 1)))))
+    return s[k]
+
+
+class Warden:
+    """A warden on a free port with the given services config."""
+
+    def __init__(self, bins, services_toml, extra_server=""):
+        self.dir = tempfile.mkdtemp(prefix="warden-bench-")
+        self.port = free_port()
+        cfg = f'[server]\nlisten = "127.0.0.1:{self.port}"\nstate_dir = "state"\n{extra_server}\n{services_toml}'
+        path = Path(self.dir) / "warden.toml"
+        path.write_text(cfg.replace("FAKE", str(bins / "fake-backend")))
+        self.log = Path(self.dir) / "warden.log"
+        self.proc = spawn([str(bins / "warden"), "serve", "--config", str(path)], stdout=subprocess.DEVNULL,
+                          stderr=open(self.log, "w"), env={**os.environ, "WARDEN_LOG": "warn"})
+        self.base = f"http://127.0.0.1:{self.port}"
+        wait_http(self.base + "/health")
+
+    def admin(self, path, method="POST"):
+        req = urllib.request.Request(self.base + path, method=method, data=b"" if method == "POST" else None)
+        with urllib.request.urlopen(req, timeout=300) as r:
+            return json.loads(r.read())
+
+    def service(self, name):
+        return next(s for s in self.admin("/admin/services", "GET") if s["name"] == name)
+
+    def close(self):
+        kill(self.proc)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- P1: proxy overhead
+
+def oha(args, url, body):
+    out = subprocess.run([OHA, "--no-tui", "--output-format", "json", "-m", "POST", "-H",
+                          "content-type: application/json", "-d", json.dumps(body)] + args + [url],
+                         capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout)
+    lat = r["latencyPercentiles"]
+    codes = r.get("statusCodeDistribution", {})
+    ok = sum(v for k, v in codes.items() if k.startswith("2"))
+    errors = sum(v for k, v in codes.items() if not k.startswith("2")) + sum(r.get("errorDistribution", {}).values())
+    return {"p50": lat["p50"] * 1e3, "p99": lat["p99"] * 1e3, "max": r["summary"]["slowest"] * 1e3,
+            "rps": r["summary"]["requestsPerSec"], "ok": ok, "errors": errors}
+
+
+def mini_load(url, body, seconds, threads=4):
+    """A small closed-loop load in Python, for --smoke when oha is absent."""
+    lat, errors, stop = [], [0], time.time() + seconds
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    path = "/" + url.split("//")[1].split("/", 1)[1]
+    data = json.dumps(body)
+
+    def worker():
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        while time.time() < stop:
+            t0 = time.perf_counter()
+            try:
+                conn.request("POST", path, data, {"content-type": "application/json"})
+                r = conn.getresponse()
+                r.read()
+                if r.status != 200:
+                    errors[0] += 1
+                lat.append((time.perf_counter() - t0) * 1e3)
+            except Exception:
+                errors[0] += 1
+                conn = http.client.HTTPConnection(host, int(port), timeout=10)
+
+    with ThreadPoolExecutor(threads) as ex:
+        for _ in range(threads):
+            ex.submit(worker)
+    return {"p50": pct(lat, 50), "p99": pct(lat, 99), "max": max(lat, default=float("nan")),
+            "rps": len(lat) / seconds, "ok": len(lat) - errors[0], "errors": errors[0]}
+
+
+def stream_times(url, n):
+    """Time to first byte and to last byte of SSE chat completions, sequential on one connection."""
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    path = "/" + url.split("//")[1].split("/", 1)[1]
+    body = json.dumps({**CHAT, "stream": True, "stream_options": {"include_usage": True}})
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    first, last = [], []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        conn.request("POST", path, body, {"content-type": "application/json"})
+        r = conn.getresponse()
+        chunk = r.read1(65536)
+        first.append((time.perf_counter() - t0) * 1e3)
+        while chunk:
+            chunk = r.read1(65536)
+        last.append((time.perf_counter() - t0) * 1e3)
+    return {"ttfb_p50": pct(first, 50), "ttfb_p99": pct(first, 99), "ttlb_p50": pct(last, 50), "ttlb_p99": pct(last, 99)}
+
+
+def start_nginx(upstream_port):
+    d = tempfile.mkdtemp(prefix="nginx-bench-")
+    port = free_port()
+    conf = f"""
+worker_processes auto;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+daemon off;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};
+  upstream backend {{ server 127.0.0.1:{upstream_port}; keepalive 256; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
+"""
+    Path(d, "nginx.conf").write_text(conf)
+    p = spawn(["nginx", "-c", f"{d}/nginx.conf", "-p", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_http(f"http://127.0.0.1:{port}/health")
+    return p, port
+
+
+def start_litellm(upstream_port):
+    d = tempfile.mkdtemp(prefix="litellm-bench-")
+    port = free_port()
+    Path(d, "config.yaml").write_text(f"""
+model_list:
+  - model_name: bench
+    litellm_params:
+      model: openai/bench
+      api_base: http://127.0.0.1:{upstream_port}/v1
+      api_key: none
+litellm_settings:
+  telemetry: false
+""")
+    env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    p = spawn([LITELLM, "--config", f"{d}/config.yaml", "--port", str(port), "--num_workers", "1"],
+              stdout=subprocess.DEVNULL, stderr=open(f"{d}/litellm.log", "w"), env=env)
+    wait_http(f"http://127.0.0.1:{port}/health/liveliness", within=180)
+    return p, port
+
+
+def p1(bins, a):
+    upstream_port = free_port()
+    up = spawn([str(bins / "fake-backend"), "--port", str(upstream_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_http(f"http://127.0.0.1:{upstream_port}/health")
+    w = Warden(bins, """
+[services.bench]
+kind = "process"
+command = ["FAKE", "--port", "${PORT}"]
+models = ["bench"]
+desired = "on"
+""")
+    w.admin("/admin/services/bench/start")
+    targets = {"direct": f"http://127.0.0.1:{upstream_port}/v1/chat/completions",
+               "warden": w.base + "/v1/chat/completions"}
+    procs = [up]
+    if not a.smoke and shutil.which("nginx"):
+        ng, ngport = start_nginx(upstream_port)
+        procs.append(ng)
+        targets["nginx"] = f"http://127.0.0.1:{ngport}/v1/chat/completions"
+    if not a.smoke and LITELLM:
+        try:
+            ll, llport = start_litellm(upstream_port)
+            procs.append(ll)
+            targets["litellm"] = f"http://127.0.0.1:{llport}/v1/chat/completions"
+        except Exception as e:
+            print(f"litellm skipped: {e}", file=sys.stderr)
+    for url in targets.values():  # warm every path
+        post(url, CHAT)
+    names = list(targets)
+    fixed = {n: [] for n in names}
+    warden_rss = []
+    for r in range(a.rounds):
+        order = names[r % len(names):] + names[:r % len(names)]  # interleaved, rotated each round
+        for n in order:
+            if OHA:
+                res = oha(["-z", f"{a.seconds}s", "-q", str(a.rate), "-c", "32", "--latency-correction"], targets[n], CHAT)
+            else:
+                res = mini_load(targets[n], CHAT, a.seconds)
+            if n == "warden":
+                warden_rss.append(proc_status(w.proc.pid, "VmRSS"))
+            fixed[n].append(res)
+    saturation = {}
+    for n in names:
+        if OHA:
+            saturation[n] = oha(["-z", f"{a.seconds}s", "-c", "32"], targets[n], CHAT)
+        else:
+            saturation[n] = mini_load(targets[n], CHAT, a.seconds, threads=8)
+    streams = {n: stream_times(targets[n], a.stream_n) for n in names if n != "litellm"}
+    hwm = proc_status(w.proc.pid, "VmHWM")
+    for p in procs:
+        kill(p)
+    w.close()
+
+    def med(n, k):
+        return statistics.median(x[k] for x in fixed[n])
+    summary = {n: {k: med(n, k) for k in ("p50", "p99", "max", "rps")} | {"errors": sum(x["errors"] for x in fixed[n])}
+               for n in names}
+    return {"fixed": summary, "rounds": fixed, "saturation": saturation, "stream": streams,
+            "warden_rss_under_load": max(warden_rss, default=0), "warden_hwm": hwm,
+            "tool": "oha" if OHA else "python closed loop (smoke)"}
+
+
+# ---------------------------------------------------------------- P2: wake overhead
+
+def p2(bins, a):
+    d = tempfile.mkdtemp(prefix="wake-")
+    ready = Path(d) / "ready.json"
+    w = Warden(bins, f"""
+[services.bench]
+kind = "process"
+command = ["FAKE", "--port", "${{PORT}}", "--ready-file", "{ready}"]
+models = ["bench"]
+""")
+    host, port = "127.0.0.1", w.port
+    body = json.dumps(CHAT)
+    # The request's own cost when warm, to subtract.
+    w.admin("/admin/services/bench/start")
+    warm = []
+    conn = http.client.HTTPConnection(host, port)
+    for _ in range(50):
+        t0 = time.perf_counter_ns()
+        conn.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+        r = conn.getresponse()
+        r.read()
+        warm.append(time.perf_counter_ns() - t0)
+    conn.close()
+    warm_ms = statistics.median(warm) / 1e6
+    overheads, backend = [], []
+    for _ in range(a.wakes):
+        w.admin("/admin/services/bench/stop")
+        ready.unlink(missing_ok=True)
+        conn = http.client.HTTPConnection(host, port)
+        conn.connect()
+        t0 = time.time_ns()
+        conn.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+        r = conn.getresponse()
+        t1 = time.time_ns()  # the status line and headers: the first bytes of the answer
+        r.read()
+        conn.close()
+        rec = json.loads(ready.read_text())
+        own = (rec["listen_unix_ns"] - rec["exec_unix_ns"]) / 1e6
+        backend.append(own)
+        overheads.append((t1 - t0) / 1e6 - own - warm_ms)
+    w.close()
+    out = {"fake": {"median": statistics.median(overheads), "p90": pct(overheads, 90), "n": len(overheads),
+                    "backend_exec_to_listen_median": statistics.median(backend), "warm_request_ms": warm_ms}}
+    if LLAMA and not a.smoke:
+        out["llama"] = p2_llama(bins, a)
+    return out
+
+
+def make_model(path, width):
+    subprocess.run([PYTHON, str(ROOT / "scripts/make-tiny-gguf.py"), str(path), "--width", str(width), "--ff", str(width * 4)],
+                   check=True, capture_output=True)
+
+
+def p2_llama(bins, a):
+    d = Path(tempfile.mkdtemp(prefix="wake-llama-"))
+    model = d / "tiny.gguf"
+    make_model(model, 64)
+    args = ["-m", str(model), "-c", "512", "-t", "1"]
+    # llama-server on its own: exec until /health answers 200, polled every millisecond.
+    alone = []
+    for _ in range(a.llama_wakes):
+        port = free_port()
+        t0 = time.time_ns()
+        p = spawn([LLAMA, *args, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except Exception:
+                time.sleep(0.001)
+        alone.append((time.time_ns() - t0) / 1e6)
+        kill(p)
+    cmd = json.dumps([LLAMA, *args, "--port", "${PORT}"])
+    w = Warden(bins, f"""
+[services.llama]
+kind = "process"
+command = {cmd}
+models = ["bench"]
+""")
+    w.admin("/admin/services/llama/start")
+    warm = []
+    for _ in range(10):
+        t0 = time.time_ns()
+        post(w.base + "/v1/chat/completions", CHAT)
+        warm.append((time.time_ns() - t0) / 1e6)
+    through = []
+    for _ in range(a.llama_wakes):
+        w.admin("/admin/services/llama/stop")
+        t0 = time.time_ns()
+        post(w.base + "/v1/chat/completions", CHAT)
+        through.append((time.time_ns() - t0) / 1e6)
+    w.close()
+    wm = statistics.median(warm)
+    return {"alone_exec_to_healthy_median": statistics.median(alone), "through_warden_median": statistics.median(through),
+            "warm_request_median": wm,
+            "overhead_median": statistics.median(through) - statistics.median(alone) - wm,
+            "overhead_p90": pct(through, 90) - statistics.median(alone) - wm, "n": len(through)}
+
+
+# ---------------------------------------------------------------- P3: footprint
+
+def p3(bins, a):
+    services = "".join(f'\n[services.s{i}]\nkind = "process"\ncommand = ["FAKE", "--port", "${{PORT}}"]\nmodels = ["m{i}"]\n'
+                       for i in range(a.services))
+    w = Warden(bins, services)
+    time.sleep(1)
+    w.admin("/admin/services", "GET")
+    urllib.request.urlopen(w.base + "/admin/idle-status").read()
+    time.sleep(0.5)
+    rss = proc_status(w.proc.pid, "VmRSS")
+    w.close()
+    return {"services": a.services, "idle_rss": rss}
+
+
+# ---------------------------------------------------------------- P4: reclaim
+
+def p4(bins, a):
+    out = {}
+    d = Path(tempfile.mkdtemp(prefix="reclaim-"))
+    if LLAMA and not a.smoke:
+        make_model(d / "tiny-a.gguf", 64)
+        make_model(d / "tiny-b.gguf", 256)
+        single = json.dumps([LLAMA, "-m", str(d / "tiny-b.gguf"), "-c", "512", "-t", "1", "--port", "${PORT}"])
+        router = json.dumps([LLAMA, "--models-dir", str(d), "-c", "512", "-t", "1", "--port", "${PORT}"])
+        services = f"""
+[services.single]
+kind = "process"
+command = {single}
+models = ["single"]
+
+[services.router]
+kind = "process"
+api = "llamacpp-router"
+command = {router}
+models = ["tiny-a", "tiny-b"]
+"""
+        label = "llama-server"
+    else:
+        services = """
+[services.single]
+kind = "process"
+command = ["FAKE", "--port", "${PORT}", "--rss-mb", "256"]
+models = ["single"]
+
+[services.router]
+kind = "process"
+api = "llamacpp-router"
+command = ["FAKE", "--port", "${PORT}", "--model-mb", "128"]
+models = ["tiny-a", "tiny-b"]
+"""
+        label = "fake-backend"
+    w = Warden(bins, services)
+    # A sleeping service: all of its process group's memory, and how long after the decision.
+    post(w.base + "/v1/chat/completions", {**CHAT, "model": "single"})
+    pid = w.service("single")["pid"]
+    before = group_rss(pid)
+    t0 = time.perf_counter()
+    threading.Thread(target=w.admin, args=("/admin/services/single/stop",)).start()
+    while group_alive(pid):
+        time.sleep(0.0005)
+    took = time.perf_counter() - t0
+    out["sleep"] = {"held": before, "returned": before - group_rss(pid), "seconds": took}
+    # A model unloading in router mode: its share of the group.
+    post(w.base + "/v1/chat/completions", {**CHAT, "model": "tiny-a"})
+    post(w.base + "/v1/chat/completions", {**CHAT, "model": "tiny-b"})
+    rpid = w.service("router")["pid"]
+    before = group_rss(rpid)
+    t0 = time.perf_counter()
+    w.admin("/admin/models/tiny-a/unload")
+    took_api = time.perf_counter() - t0
+    # Settled: RSS measured after the unload call returned (the server reported it unloaded).
+    after = group_rss(rpid)
+    alone = w.service("router")
+    w.admin("/admin/models/tiny-b/unload")
+    base = group_rss(rpid)  # the router with nothing loaded
+    w.close()
+    held_a = before - base - (after - base)  # tiny-a's part of the group before the unload
+    out["unload"] = {"group_before": before, "group_after": after, "router_alone": base,
+                     "held": held_a, "seconds": took_api, "loaded_after": alone["loaded_models"]}
+    out["backend"] = label
+    return out
+
+
+# ---------------------------------------------------------------- P5: held load
+
+def p5(bins, a):
+    w = Warden(bins, f"""
+[services.cold]
+kind = "process"
+command = ["FAKE", "--port", "${{PORT}}", "--startup-delay-ms", "1000"]
+models = ["bench"]
+max_queue = {a.held}
+start_timeout = "5m"
+""")
+    body = CHAT
+    if OHA:
+        t0 = time.time()
+        res = oha(["-n", str(a.held), "-c", str(a.held), "-t", "300s"], w.base + "/v1/chat/completions", body)
+        wall = time.time() - t0
+    else:
+        lat, errors = [], [0]
+
+        def one():
+            t = time.perf_counter()
+            try:
+                post(w.base + "/v1/chat/completions", body)
+                lat.append((time.perf_counter() - t) * 1e3)
+            except Exception:
+                errors[0] += 1
+        t0 = time.time()
+        with ThreadPoolExecutor(a.held) as ex:
+            for _ in range(a.held):
+                ex.submit(one)
+        wall = time.time() - t0
+        res = {"ok": len(lat), "errors": errors[0], "max": max(lat, default=float("nan"))}
+    hwm = proc_status(w.proc.pid, "VmHWM")
+    w.close()
+    return {"requests": a.held, "answered": res["ok"], "refused_or_failed": res["errors"], "slowest_ms": res["max"],
+            "wall_s": wall, "warden_peak_rss": hwm}
+
+
+# ---------------------------------------------------------------- P6: criterion
+
+def p6(a):
+    out = subprocess.run(["cargo", "bench", "-p", "warden", "--bench", "hot_paths", "--", "--warm-up-time", "1",
+                          "--measurement-time", "3"], cwd=ROOT, capture_output=True, text=True, check=True)
+    results, name = [], None
+    for line in out.stdout.splitlines():
+        if line and not line.startswith(" ") and "time:" not in line:
+            name = line.strip()
+        if "time:" in line:
+            parts = line.split("time:")[1].strip().strip("[]").split()
+            if name is None:
+                name = line.split("time:")[0].strip()
+            results.append({"name": name, "median": f"{parts[2]} {parts[3]}"})
+            name = None
+    return results
+
+
+# ---------------------------------------------------------------- report
+
+def mib(b):
+    return f"{b / 2**20:.1f} MiB"
+
+
+def report(r, a):
+    m = r["machine"]
+    L = [f"# Benchmarks\n",
+         f"Written by `bench/run` on {m['date']} at commit `{m['commit']}`, on {m['cpu']} ({m['cores']} cores), "
+         f"{m['mem_gib']:.0f} GiB, {m['os']}. Reproduce with `bench/run` (it installs oha, nginx and LiteLLM "
+         f"and builds release binaries). All runs of one section happen in the same run, interleaved where "
+         f"they compare, so ratios hold on a noisy shared machine; absolute numbers vary between runs.\n"]
+    if "p1" in r:
+        p = r["p1"]
+        d = p["fixed"]["direct"]
+        L += [f"## P1 — proxy overhead\n",
+              f"An instant upstream (fake-backend, 8-token chat completion) called {a.rounds} times × {a.seconds} s "
+              f"per target at a fixed {a.rate} requests/s with {p['tool']} (`-q {a.rate} -c 32 --latency-correction`), "
+              f"targets interleaved and rotated each round; figures are medians over rounds. Added = target − direct.\n",
+              "| target | p50 ms | p99 ms | max ms | added p50 ms | added p99 ms | rps | errors |",
+              "|---|---|---|---|---|---|---|---|"]
+        for n, s in p["fixed"].items():
+            L.append(f"| {n} | {s['p50']:.3f} | {s['p99']:.3f} | {s['max']:.2f} | {s['p50'] - d['p50']:+.3f} | "
+                     f"{s['p99'] - d['p99']:+.3f} | {s['rps']:.0f} | {s['errors']} |")
+        if "nginx" in p["fixed"]:
+            wa = p["fixed"]["warden"]["p99"] - d["p99"]
+            ng = p["fixed"]["nginx"]["p99"] - d["p99"]
+            L.append(f"\nwarden's added p99 is {wa:.3f} ms (target ≤ 0.2 ms); nginx's {ng:.3f} ms; ratio "
+                     f"{(wa / ng) if ng > 0 else float('nan'):.2f} (target ≤ 1.5).")
+        L += ["\nSaturation (no rate limit, 32 connections, same duration):\n",
+              "| target | rps | p50 ms | p99 ms | errors |", "|---|---|---|---|---|"]
+        for n, s in p["saturation"].items():
+            L.append(f"| {n} | {s['rps']:.0f} | {s['p50']:.3f} | {s['p99']:.3f} | {s['errors']} |")
+        L += [f"\nStreaming (SSE, `stream_options.include_usage`), {a.stream_n} sequential requests on one "
+              f"keep-alive connection from Python's http.client:\n",
+              "| target | first byte p50 ms | p99 | last byte p50 ms | p99 |", "|---|---|---|---|---|"]
+        for n, s in p["stream"].items():
+            L.append(f"| {n} | {s['ttfb_p50']:.3f} | {s['ttfb_p99']:.3f} | {s['ttlb_p50']:.3f} | {s['ttlb_p99']:.3f} |")
+    if "p2" in r:
+        f = r["p2"]["fake"]
+        L += [f"\n## P2 — wake overhead\n",
+              f"A stopped service is woken by a chat completion, {f['n']} times. Overhead = time to the answer's "
+              f"first bytes − the backend's own exec-to-listening time (the fake backend records both instants) − "
+              f"a warm request's time ({f['warm_request_ms']:.3f} ms). It includes spawning the process and "
+              f"noticing it is healthy (probes start at 2 ms and back off ×1.5 to 50 ms).\n",
+              "| backend | overhead median ms | p90 ms | backend's own start median ms |", "|---|---|---|---|",
+              f"| fake-backend | {f['median']:.2f} | {f['p90']:.2f} | {f['backend_exec_to_listen_median']:.2f} |"]
+        if "llama" in r["p2"]:
+            l = r["p2"]["llama"]
+            L.append(f"| llama-server (tiny GGUF) | {l['overhead_median']:.2f} | {l['overhead_p90']:.2f} | "
+                     f"{l['alone_exec_to_healthy_median']:.2f} |")
+            L.append(f"\nFor llama-server the backend's own time cannot be read from inside it: it is the median "
+                     f"exec-to-healthy time of {l['n']} standalone starts polled every millisecond, so the "
+                     f"llama figure is a difference of medians. Target: ≤ 10 ms median.")
+    if "p3" in r:
+        p = r["p3"]
+        L += [f"\n## P3 — footprint\n",
+              f"- warden idle with {p['services']} services configured (none running): VmRSS {mib(p['idle_rss'])} "
+              f"(target ≤ 15 MB)."]
+        if "p1" in r:
+            L.append(f"- under the P1 load: VmRSS up to {mib(r['p1']['warden_rss_under_load'])}, "
+                     f"peak (VmHWM) {mib(r['p1']['warden_hwm'])}.")
+    if "p4" in r:
+        p = r["p4"]
+        s, u = p["sleep"], p["unload"]
+        share = s["returned"] / s["held"] * 100 if s["held"] else float("nan")
+        L += [f"\n## P4 — reclaim ({p['backend']})\n",
+              f"- service sleep: its process group held {mib(s['held'])}; {share:.1f} % returned "
+              f"{s['seconds'] * 1e3:.0f} ms after the stop decision (measured: the group's processes gone).",
+              f"- model unload (router mode): the group went {mib(u['group_before'])} → {mib(u['group_after'])}; "
+              f"with nothing loaded the router alone holds {mib(u['router_alone'])}. The unloaded model's child "
+              f"process ({mib(u['held'])}) is gone when the unload call returns, {u['seconds'] * 1e3:.0f} ms after "
+              f"the decision (the call returns once the server reports it unloaded). Loaded after: {u['loaded_after']}.",
+              "\nTarget: ≥ 99 % within 1 s."]
+    if "p5" in r:
+        p = r["p5"]
+        L += [f"\n## P5 — held load\n",
+              f"{p['requests']} concurrent chat completions arrive for a stopped service whose backend takes 1 s to "
+              f"listen (`max_queue = {p['requests']}`), sent at once by {'oha -n N -c N' if OHA else 'Python threads'}.\n",
+              f"- answered: {p['answered']}; refused or failed: {p['refused_or_failed']}",
+              f"- the slowest took {p['slowest_ms']:.0f} ms; the whole burst {p['wall_s']:.1f} s",
+              f"- warden's peak RSS (VmHWM): {mib(p['warden_peak_rss'])}",
+              "\nTarget: all answered."]
+    if "p6" in r:
+        L += ["\n## P6 — hot paths (criterion)\n",
+              "`cargo bench -p warden --bench hot_paths` (1 s warm-up, 3 s measurement); median time per iteration.\n",
+              "| benchmark | median |", "|---|---|"]
+        for b in r["p6"]:
+            L.append(f"| {b['name']} | {b['median']} |")
+        L.append("\nThe priority queue and eviction planner benchmarks come with those features (issues 4 and 5).")
+    return "\n".join(L) + "\n"
+
+
+def machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
+    mem = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")) / 2**20
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    osname = next((l.split("=", 1)[1].strip().strip('"') for l in open("/etc/os-release") if l.startswith("PRETTY_NAME")), "")
+    return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": mem, "commit": commit, "os": osname,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bins", default=str(ROOT / "target/release"))
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, no external tools; checks the harness works")
+    ap.add_argument("--only", default="p1,p2,p3,p4,p5,p6")
+    ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    ap.add_argument("--json", default=str(ROOT / "bench/results.json"))
+    a = ap.parse_args()
+    a.rounds, a.seconds, a.rate, a.stream_n, a.wakes, a.llama_wakes, a.services, a.held = \
+        (1, 1, 200, 10, 3, 0, 5, 50) if a.smoke else (3, 10, 1000, 300, 25, 20, 50, 10000)
+    global OHA, LITELLM, LLAMA, PYTHON
+    OHA = None if a.smoke else (os.environ.get("OHA") or shutil.which("oha"))
+    LITELLM = None if a.smoke else os.environ.get("LITELLM")
+    LLAMA = os.environ.get("WARDEN_LLAMA_SERVER")
+    PYTHON = os.environ.get("WARDEN_TEST_PYTHON", sys.executable)
+    bins = Path(a.bins).resolve()
+    r = {"machine": machine()}
+    steps = {"p1": lambda: p1(bins, a), "p2": lambda: p2(bins, a), "p3": lambda: p3(bins, a),
+             "p4": lambda: p4(bins, a), "p5": lambda: p5(bins, a), "p6": lambda: p6(a)}
+    for key in a.only.split(","):
+        if key == "p6" and a.smoke:
+            continue
+        print(f"== {key}", file=sys.stderr, flush=True)
+        r[key] = steps[key]()
+    Path(a.json).write_text(json.dumps(r, indent=1))
+    Path(a.out).write_text(report(r, a))
+    print(f"wrote {a.out} and {a.json}", file=sys.stderr)
+
+
+OHA = LITELLM = LLAMA = PYTHON = None
+
+if __name__ == "__main__":
+    main()
