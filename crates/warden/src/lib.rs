@@ -7,5 +7,6 @@ pub mod config;
 pub mod driver;
 pub mod idle;
 pub mod proxy;
+pub mod resources;
 pub mod server;
 pub mod service;
