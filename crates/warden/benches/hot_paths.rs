@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion};
 use warden::config::ModelRef;
 use warden::idle::policy::{decide, IdleInputs};
+use warden::resources::planner::{plan, Capacity, Newcomer, Resident};
 use warden::server::openai_model_of;
 use warden::service::directory::Directory;
 use warden::service::lifecycle::{Event, Machine, State};
@@ -66,5 +67,28 @@ fn lifecycle(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, routing, idle_policy, lifecycle);
+fn eviction_planner(c: &mut Criterion) {
+    let t0 = Instant::now();
+    let residents: Vec<Resident> = (0..200)
+        .map(|i| Resident {
+            id: i,
+            bytes: (64 + (i as u64 * 37) % 512) << 20,
+            priority: (i % 5) as i32 * 10,
+            last_used: Some(t0 + Duration::from_millis((i as u64 * 7919) % 1000)),
+            may_sleep: i % 9 != 0,
+            in_flight: (i % 4 == 0) as u32,
+            running_since: t0,
+            group: (i % 13 == 0).then(|| "gpu-big".to_string()),
+        })
+        .collect();
+    let total: u64 = residents.iter().map(|r| r.bytes).sum();
+    let cap = Capacity { total, threshold: 0.9, reserve: 1 << 30 };
+    let newcomer = Newcomer { id: 999, need: 8 << 30, group: Some("gpu-big".into()) };
+    let now = t0 + Duration::from_secs(60);
+    c.bench_function("eviction planner: 200 running services", |b| {
+        b.iter(|| plan(black_box(cap), black_box(&residents), black_box(&newcomer), Duration::from_secs(30), now))
+    });
+}
+
+criterion_group!(benches, routing, idle_policy, lifecycle, eviction_planner);
 criterion_main!(benches);

@@ -22,6 +22,40 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// Model name → its service and its place in that service's `models`.
     pub models: BTreeMap<String, ModelRef>,
+    pub resources: ResourcesConfig,
+}
+
+/// A device's capacity as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapacitySetting {
+    /// Detect it (RAM: /proc/meminfo and the cgroup limit; VRAM: NVML).
+    Auto,
+    /// Not managed.
+    None,
+    Bytes(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ResourcesConfig {
+    pub ram: CapacitySetting,
+    pub vram: CapacitySetting,
+    pub threshold: f64,
+    pub reserve: u64,
+    pub min_residency: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    Cpu,
+    Gpu,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemorySetting {
+    Bytes(u64),
+    /// From the GGUF file the command names.
+    Auto,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +192,15 @@ pub struct ServiceConfig {
     pub idle_timeout: Option<Duration>,
     pub desired: Desired,
     pub max_queue: usize,
+    /// The estimate until measured; None = unknown (counts as 0 until measured).
+    pub memory: Option<MemorySetting>,
+    pub device: Device,
+    /// Higher = kept longer when choosing what to offload.
+    pub priority: i32,
+    /// Bring it back after it was offloaded.
+    pub reload: bool,
+    /// Services in one exclusive group never run together.
+    pub group: Option<String>,
 }
 
 /// A config error for people: `services.llama.start_timeout: invalid duration "5 minutes" at line 14`.

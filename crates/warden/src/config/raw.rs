@@ -20,6 +20,28 @@ pub struct RawConfig {
     pub services: BTreeMap<String, RawService>,
     #[serde(default)]
     pub models: BTreeMap<String, RawModel>,
+    #[serde(default)]
+    pub resources: RawResources,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResources {
+    /// "auto" or a size.
+    pub ram: Option<String>,
+    /// "auto", "none" or a size.
+    pub vram: Option<String>,
+    pub threshold: Option<f64>,
+    pub reserve: Option<HumanSize>,
+    /// A service started to make room is not offloaded again for this long (no thrash).
+    pub min_residency: Option<HumanDuration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawDevice {
+    Gpu,
+    Cpu,
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,6 +123,13 @@ pub struct RawService {
     pub url: Option<String>,
     pub image: Option<String>,
     pub ports: Option<Vec<String>>,
+    // memory orchestration
+    /// A size, or "auto" (llama.cpp: from the GGUF file named by -m/--model).
+    pub memory: Option<String>,
+    pub device: Option<RawDevice>,
+    pub priority: Option<i32>,
+    pub reload: Option<bool>,
+    pub group: Option<String>,
 }
 
 /// A duration written as a human string; rejected at deserialization so the error carries the

@@ -5,10 +5,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use super::raw::{RawApi, RawConfig, RawDesired, RawKind, RawService};
+use super::raw::{RawApi, RawConfig, RawDesired, RawDevice, RawKind, RawResources, RawService};
+use super::units::parse_size;
 use super::{
-    Api, Config, ConfigError, ContainerSpec, Desired, Health, IdleConfig, ModelConfig, ModelRef, PortMap, ProcessSpec,
-    ServerConfig, ServiceConfig, ServiceKind,
+    Api, CapacitySetting, Config, ConfigError, ContainerSpec, Desired, Device, Health, IdleConfig, MemorySetting,
+    ModelConfig, ModelRef, PortMap, ProcessSpec, ResourcesConfig, ServerConfig, ServiceConfig, ServiceKind,
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -79,7 +80,8 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             }
         }
     }
-    Ok(Config { server, idle, services, models })
+    let resources = resources(raw.resources)?;
+    Ok(Config { server, idle, services, models, resources })
 }
 
 fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, ConfigError> {
@@ -180,6 +182,40 @@ fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, Co
             _ => Desired::Off,
         },
         max_queue: raw.max_queue.unwrap_or(DEFAULT_MAX_QUEUE),
+        memory: match raw.memory.as_deref() {
+            None => None,
+            Some("auto") => Some(MemorySetting::Auto),
+            Some(t) => Some(MemorySetting::Bytes(parse_size(t).map_err(|e| err(at("memory"), e))?)),
+        },
+        device: match raw.device {
+            Some(RawDevice::Gpu) => Device::Gpu,
+            _ => Device::Cpu,
+        },
+        priority: raw.priority.unwrap_or(50),
+        reload: raw.reload.unwrap_or(true),
+        group: raw.group.filter(|g| !g.is_empty()),
+    })
+}
+
+fn capacity(key: &str, text: Option<&str>, allow_none: bool) -> Result<CapacitySetting, ConfigError> {
+    match text {
+        None | Some("auto") => Ok(CapacitySetting::Auto),
+        Some("none") if allow_none => Ok(CapacitySetting::None),
+        Some(t) => parse_size(t).map(CapacitySetting::Bytes).map_err(|e| err(key, e)),
+    }
+}
+
+fn resources(raw: RawResources) -> Result<ResourcesConfig, ConfigError> {
+    let threshold = raw.threshold.unwrap_or(0.75);
+    if !(threshold > 0.0 && threshold <= 1.0) {
+        return Err(err("resources.threshold", format!("{threshold} must be above 0 and at most 1")));
+    }
+    Ok(ResourcesConfig {
+        ram: capacity("resources.ram", raw.ram.as_deref(), false)?,
+        vram: capacity("resources.vram", raw.vram.as_deref(), true)?,
+        threshold,
+        reserve: raw.reserve.map_or(1 << 30, |s| s.0),
+        min_residency: raw.min_residency.map_or(Duration::from_secs(30), |d| d.0),
     })
 }
 
@@ -305,5 +341,26 @@ desired = "on"
         assert!(msg.starts_with("services.q.command: only applies to kind = \"process\""), "{msg}");
         let msg = parse_err("[services.p]\nkind = \"process\"\ncommand = [\"x\"]\nhealth = \"docker\"\n");
         assert!(msg.starts_with("services.p.health:"), "{msg}");
+    }
+
+    #[test]
+    fn resources_and_memory_settings() {
+        let text = format!(
+            "[resources]\nram = \"16GiB\"\nvram = \"none\"\nthreshold = 0.8\nreserve = \"512MiB\"\n{GOOD}memory = \"8.5GiB\"\ndevice = \"gpu\"\npriority = 70\nreload = false\ngroup = \"gpu-big\"\n"
+        );
+        let cfg = parse(&text, Path::new(".")).unwrap();
+        assert_eq!(cfg.resources.ram, super::CapacitySetting::Bytes(16 << 30));
+        assert_eq!(cfg.resources.vram, super::CapacitySetting::None);
+        assert_eq!(cfg.resources.reserve, 512 << 20);
+        let s = &cfg.services[0];
+        assert_eq!(s.memory, Some(super::MemorySetting::Bytes((8.5 * (1u64 << 30) as f64) as u64)));
+        assert_eq!((s.device, s.priority, s.reload, s.group.as_deref()), (super::Device::Gpu, 70, false, Some("gpu-big")));
+        let msg = parse_err(&text.replace("threshold = 0.8", "threshold = 1.5"));
+        assert_eq!(msg, "resources.threshold: 1.5 must be above 0 and at most 1 at line 4");
+        let msg = parse_err(&text.replace("\"8.5GiB\"", "\"lots\""));
+        assert!(msg.starts_with("services.llama.memory: invalid size \"lots\""), "{msg}");
+        let msg = parse_err(&text.replace("\"16GiB\"", "\"none\""));
+        assert!(msg.starts_with("resources.ram: invalid size"), "{msg}");
+        assert_eq!(parse(GOOD, Path::new(".")).unwrap().resources.ram, super::CapacitySetting::Auto);
     }
 }

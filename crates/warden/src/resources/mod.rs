@@ -1,4 +1,7 @@
-//! Memory orchestration: the pure eviction planner (more to come: capacity detection, the
-//! coordinator that offloads and reloads).
+//! Memory orchestration: how much there is (`capacity`), what a service needs (`estimate`, then
+//! measured), what to offload (`planner`, pure), and the coordinator that offloads, starts and
+//! reloads (`coordinator`).
 
+pub mod capacity;
+pub mod estimate;
 pub mod planner;
