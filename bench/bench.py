@@ -25,6 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAT = {"model": "bench", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 8}
+# LiteLLM's proxy refuses to start without a master key; every target gets the same header.
+KEY = "sk-warden-bench"
+HEADERS = {"content-type": "application/json", "authorization": f"Bearer {KEY}"}
 
 
 def free_port():
@@ -62,9 +65,11 @@ def kill(p, sig=signal.SIGTERM, wait=15):
             p.wait()
 
 
-def wait_http(url, within=60.0):
+def wait_http(url, within=60.0, proc=None):
     deadline = time.time() + within
     while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the process serving {url} exited ({proc.returncode})")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status < 500:
@@ -75,7 +80,7 @@ def wait_http(url, within=60.0):
 
 
 def post(url, body, timeout=120):
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=HEADERS)
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return r.status, r.read(), dict(r.headers)
 
@@ -154,7 +159,8 @@ class Warden:
 
 def oha(args, url, body):
     out = subprocess.run([OHA, "--no-tui", "--output-format", "json", "-m", "POST", "-H",
-                          "content-type: application/json", "-d", json.dumps(body)] + args + [url],
+                          "content-type: application/json", "-H", f"authorization: Bearer {KEY}",
+                          "-d", json.dumps(body)] + args + [url],
                          capture_output=True, text=True, check=True)
     r = json.loads(out.stdout)
     lat = r["latencyPercentiles"]
@@ -177,7 +183,7 @@ def mini_load(url, body, seconds, threads=4):
         while time.time() < stop:
             t0 = time.perf_counter()
             try:
-                conn.request("POST", path, data, {"content-type": "application/json"})
+                conn.request("POST", path, data, HEADERS)
                 r = conn.getresponse()
                 r.read()
                 if r.status != 200:
@@ -203,7 +209,7 @@ def stream_times(url, n):
     first, last = [], []
     for _ in range(n):
         t0 = time.perf_counter()
-        conn.request("POST", path, body, {"content-type": "application/json"})
+        conn.request("POST", path, body, HEADERS)
         r = conn.getresponse()
         chunk = r.read1(65536)
         first.append((time.perf_counter() - t0) * 1e3)
@@ -256,10 +262,10 @@ model_list:
 litellm_settings:
   telemetry: false
 """)
-    env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MASTER_KEY": KEY}
     p = spawn([LITELLM, "--config", f"{d}/config.yaml", "--port", str(port), "--num_workers", "1"],
               stdout=subprocess.DEVNULL, stderr=open(f"{d}/litellm.log", "w"), env=env)
-    wait_http(f"http://127.0.0.1:{port}/health/liveliness", within=180)
+    wait_http(f"http://127.0.0.1:{port}/health/liveliness", within=180, proc=p)
     return p, port
 
 

@@ -79,6 +79,7 @@ fn eviction_planner(c: &mut Criterion) {
             in_flight: (i % 4 == 0) as u32,
             running_since: t0,
             group: (i % 13 == 0).then(|| "gpu-big".to_string()),
+            starting: false,
         })
         .collect();
     let total: u64 = residents.iter().map(|r| r.bytes).sum();

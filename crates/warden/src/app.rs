@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 use crate::config::{Config, Desired, IdleConfig};
 use crate::idle::policy::{IdleInputs, ModelInputs};
 use crate::proxy::HttpClient;
+use crate::resources::coordinator::Coordinator;
 use crate::server::errors::ApiError;
 use crate::service::directory::Directory;
 use crate::service::ServiceHandle;
@@ -19,6 +20,7 @@ pub struct App {
     pub services: Vec<ServiceHandle>,
     /// Model name → service, configured and discovered.
     pub directory: Arc<Directory>,
+    pub coordinator: Arc<Coordinator>,
     pub client: HttpClient,
     /// Idle settings as now in force (changeable through `POST /admin/settings`).
     idle: Mutex<IdleConfig>,
@@ -33,6 +35,7 @@ impl App {
         config: Arc<Config>,
         services: Vec<ServiceHandle>,
         directory: Arc<Directory>,
+        coordinator: Arc<Coordinator>,
         client: HttpClient,
     ) -> Self {
         App {
@@ -40,6 +43,7 @@ impl App {
             config,
             services,
             directory,
+            coordinator,
             client,
             idle_changed: Notify::new(),
             monitor_running: AtomicBool::new(false),

@@ -39,6 +39,17 @@ enum Cmd {
     Wake { name: String },
     /// Stop a service now.
     Sleep { name: String },
+    /// What starting a service now would do (which services it would offload); changes nothing.
+    Plan {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Memory capacity and use per device, and each service's estimate and measured footprint.
+    Resources {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -81,6 +92,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Cmd::Status { json } => cli::status(&client(), json).await,
+        Cmd::Plan { name, json } => cli::plan(&client(), &name, json).await,
+        Cmd::Resources { json } => cli::resources(&client(), json).await,
         Cmd::Wake { name } => {
             let svc = client().call(Method::POST, &format!("/admin/services/{name}/start")).await?;
             println!("{name} is {} (pid {})", svc["state"].as_str().unwrap_or("?"), svc["pid"]);

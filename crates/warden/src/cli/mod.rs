@@ -98,3 +98,71 @@ pub async fn status(client: &Client, as_json: bool) -> Result<(), String> {
     );
     Ok(())
 }
+
+/// `warden resources`: capacity and use per device, then each service's memory.
+pub async fn resources(client: &Client, as_json: bool) -> Result<(), String> {
+    let r = client.call(Method::GET, "/admin/resources").await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&r).expect("JSON"));
+        return Ok(());
+    }
+    for (name, d) in r["devices"].as_object().into_iter().flatten() {
+        if d.is_null() {
+            println!("{name}: not managed");
+        } else {
+            println!(
+                "{name}: {} used of {} allowed ({} free; capacity {}, threshold {}, reserve {})",
+                fmt_bytes(&d["used_bytes"]),
+                fmt_bytes(&d["limit_bytes"]),
+                fmt_bytes(&d["free_bytes"]),
+                fmt_bytes(&d["capacity_bytes"]),
+                d["threshold"],
+                fmt_bytes(&d["reserve_bytes"])
+            );
+        }
+    }
+    println!(
+        "\n{:<20} {:<9} {:<6} {:>11} {:>11} {:>8}  GROUP",
+        "SERVICE", "STATE", "DEVICE", "ESTIMATE", "MEASURED", "PRIORITY"
+    );
+    for (name, s) in r["services"].as_object().into_iter().flatten() {
+        println!(
+            "{:<20} {:<9} {:<6} {:>11} {:>11} {:>8}  {}",
+            name,
+            s["state"].as_str().unwrap_or("?"),
+            s["device"].as_str().unwrap_or("?"),
+            fmt_bytes(&s["estimate_bytes"]),
+            fmt_bytes(&s["measured_bytes"]),
+            s["priority"],
+            s["group"].as_str().unwrap_or("-"),
+        );
+    }
+    Ok(())
+}
+
+/// `warden plan NAME`: what starting it now would do.
+pub async fn plan(client: &Client, name: &str, as_json: bool) -> Result<(), String> {
+    let p = client.call(Method::GET, &format!("/admin/plan/{name}")).await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&p).expect("JSON"));
+        return Ok(());
+    }
+    if p["managed"] == false {
+        println!("{name}: its device is not managed; it starts without a plan");
+        return Ok(());
+    }
+    let victims: Vec<&str> = p["victims"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    match (p["fits"].as_bool(), victims.is_empty()) {
+        (Some(true), true) => {
+            println!("{name} fits: needs {}, {} free", fmt_bytes(&p["need_bytes"]), fmt_bytes(&p["free_bytes"]))
+        }
+        (Some(true), false) => println!(
+            "{name} fits after offloading {}: needs {}, {} free now",
+            victims.join(", "),
+            fmt_bytes(&p["need_bytes"]),
+            fmt_bytes(&p["free_bytes"])
+        ),
+        _ => println!("{name} does not fit: {}", p["reason"].as_str().unwrap_or("no room")),
+    }
+    Ok(())
+}

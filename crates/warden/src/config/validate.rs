@@ -354,7 +354,10 @@ desired = "on"
         assert_eq!(cfg.resources.reserve, 512 << 20);
         let s = &cfg.services[0];
         assert_eq!(s.memory, Some(super::MemorySetting::Bytes((8.5 * (1u64 << 30) as f64) as u64)));
-        assert_eq!((s.device, s.priority, s.reload, s.group.as_deref()), (super::Device::Gpu, 70, false, Some("gpu-big")));
+        assert_eq!(
+            (s.device, s.priority, s.reload, s.group.as_deref()),
+            (super::Device::Gpu, 70, false, Some("gpu-big"))
+        );
         let msg = parse_err(&text.replace("threshold = 0.8", "threshold = 1.5"));
         assert_eq!(msg, "resources.threshold: 1.5 must be above 0 and at most 1 at line 4");
         let msg = parse_err(&text.replace("\"8.5GiB\"", "\"lots\""));

@@ -159,7 +159,7 @@ mod tests {
         write_gguf(&model, 8);
         assert_eq!(gguf_block_count(&model), Some(8));
         let size = std::fs::metadata(&model).unwrap().len() as f64;
-        let text = format!(
+        let text = String::from(
             "[services.l]\nkind = \"process\"\ncommand = [\"llama-server\", \"-m\", \"m.gguf\", \"-ngl\", \"2\"]\nmemory = \"auto\"\ndevice = \"gpu\"\n"
         );
         let cfg = crate::config::parse(&text, dir.path()).unwrap();

@@ -3,5 +3,6 @@
 //! reloads (`coordinator`).
 
 pub mod capacity;
+pub mod coordinator;
 pub mod estimate;
 pub mod planner;

@@ -14,6 +14,9 @@
 
 use std::time::{Duration, Instant};
 
+/// How soon to look again when only a starting service could make room.
+pub const STARTING_RECHECK: Duration = Duration::from_millis(100);
+
 /// A running service on the same device as the newcomer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resident {
@@ -29,6 +32,9 @@ pub struct Resident {
     pub in_flight: u32,
     pub running_since: Instant,
     pub group: Option<String>,
+    /// Still starting: holds its memory but cannot be offloaded until it has run (its held
+    /// requests would fail); a plan that needs it says to wait.
+    pub starting: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -79,11 +85,21 @@ pub fn plan(cap: Capacity, residents: &[Resident], new: &Newcomer, min_residency
     let others: Vec<&Resident> = residents.iter().filter(|r| r.id != new.id).collect();
     let used: u64 = others.iter().map(|r| r.bytes).sum();
     let free = limit.saturating_sub(used);
-    let may_go = |r: &Resident| r.may_sleep && now.saturating_duration_since(r.running_since) >= min_residency;
+    let may_go =
+        |r: &Resident| r.may_sleep && !r.starting && now.saturating_duration_since(r.running_since) >= min_residency;
+    // When the earliest blocker could go: after its residency; a starting one, once it has run
+    // its residency (at least a moment, to look again).
     let retry_in = |blocking: &mut dyn Iterator<Item = &&Resident>| {
         blocking
             .filter(|r| r.may_sleep)
-            .map(|r| min_residency.saturating_sub(now.saturating_duration_since(r.running_since)))
+            .map(|r| {
+                let left = min_residency.saturating_sub(now.saturating_duration_since(r.running_since));
+                if r.starting {
+                    left.max(STARTING_RECHECK)
+                } else {
+                    left
+                }
+            })
             .min()
     };
 
@@ -154,6 +170,7 @@ mod tests {
             in_flight: 0,
             running_since: t0,
             group: None,
+            starting: false,
         }
     }
 
@@ -206,7 +223,7 @@ mod tests {
     fn never_offloads_pinned_or_no_sleep_services() {
         let t0 = Instant::now();
         let pinned = Resident { may_sleep: false, ..res(1, 10, t0) };
-        let p = plan(cap(16), &[pinned.clone()], &new(2, 8), Duration::ZERO, t0);
+        let p = plan(cap(16), std::slice::from_ref(&pinned), &new(2, 8), Duration::ZERO, t0);
         assert_eq!(p, Plan::Wait { retry_in: None, need: 8 * GIB, free: 6 * GIB });
         // 6 GiB pinned + 4 GiB idle + 8 GiB needed > 16: the idle one goes, the pinned one stays.
         let pinned = Resident { bytes: 6 * GIB, ..pinned };
@@ -255,10 +272,20 @@ mod tests {
         let t0 = Instant::now();
         let fresh = res(1, 10, t0);
         let min = Duration::from_secs(30);
-        let p = plan(cap(16), &[fresh.clone()], &new(2, 8), min, t0 + Duration::from_secs(10));
+        let p = plan(cap(16), std::slice::from_ref(&fresh), &new(2, 8), min, t0 + Duration::from_secs(10));
         assert_eq!(p, Plan::Wait { retry_in: Some(Duration::from_secs(20)), need: 8 * GIB, free: 6 * GIB });
         let p = plan(cap(16), &[fresh], &new(2, 8), min, t0 + Duration::from_secs(30));
         assert!(go(&[1])(&p), "{p:?}");
+    }
+
+    #[test]
+    fn a_starting_service_is_waited_for_not_offloaded() {
+        let t0 = Instant::now();
+        let starting = Resident { starting: true, running_since: t0, ..res(1, 10, t0) };
+        let p = plan(cap(16), std::slice::from_ref(&starting), &new(2, 8), Duration::ZERO, t0);
+        assert_eq!(p, Plan::Wait { retry_in: Some(STARTING_RECHECK), need: 8 * GIB, free: 6 * GIB });
+        let p = plan(cap(16), &[starting], &new(2, 8), Duration::from_secs(2), t0);
+        assert_eq!(p, Plan::Wait { retry_in: Some(Duration::from_secs(2)), need: 8 * GIB, free: 6 * GIB });
     }
 
     #[test]
@@ -280,7 +307,7 @@ mod tests {
                 .map(|i| {
                     let bits = (mask >> (i * 3)) & 0b111;
                     Resident {
-                        id: i as usize,
+                        id: i,
                         bytes: sizes[i] * GIB,
                         priority: (bits & 1) as i32 * 10,
                         last_used: Some(t0 + Duration::from_secs(i as u64)),
@@ -288,6 +315,7 @@ mod tests {
                         in_flight: (bits >> 2) & 1,
                         running_since: t0,
                         group: None,
+                        starting: false,
                     }
                 })
                 .collect();

@@ -2,6 +2,7 @@
 //! daemon's start-up and bounded shutdown.
 
 pub mod admin;
+mod admin_resources;
 mod auth;
 pub mod errors;
 mod openai;
@@ -21,12 +22,15 @@ use tracing::{info, warn, Instrument};
 use crate::app::App;
 use crate::config::Config;
 use crate::driver::orphans;
+use crate::resources::coordinator::Coordinator;
 use crate::service::directory::Directory;
 use crate::service::{spawn_owner, OwnerContext};
 use errors::ApiError;
 
 pub fn routes(app: Arc<App>) -> Router {
-    let admin = admin::routes().route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::admin_auth));
+    let admin = admin::routes()
+        .merge(admin_resources::routes())
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::admin_auth));
     Router::new()
         .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .route("/v1/models", get(openai::list_models))
@@ -60,17 +64,21 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let shutdown = CancellationToken::new();
     let client = crate::proxy::client();
     let directory = Arc::new(Directory::new(config.models.clone()));
+    let coordinator = Arc::new(Coordinator::new(&config));
     let ctx = OwnerContext {
         state_dir,
+        coordinator: coordinator.clone(),
         directory: directory.clone(),
         client: client.clone(),
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
     };
     let config = Arc::new(config);
-    let services =
+    let services: Vec<_> =
         config.services.iter().enumerate().map(|(i, s)| spawn_owner(i, Arc::new(s.clone()), ctx.clone())).collect();
-    let app = Arc::new(App::new(config.clone(), services, directory, client));
+    coordinator.set_services(services.clone());
+    tasks.spawn(coordinator.clone().run(tasks.clone(), shutdown.clone()).instrument(tracing::info_span!("reloader")));
+    let app = Arc::new(App::new(config.clone(), services, directory, coordinator, client));
     tasks.spawn(
         crate::idle::monitor::run(app.clone(), shutdown.clone()).instrument(tracing::info_span!("idle monitor")),
     );

@@ -54,6 +54,8 @@ pub struct Live {
     pub last_used: Option<SystemTime>,
     /// When the idle clock started: the last lease dropped, or the service became ready.
     pub idle_since: Option<Instant>,
+    /// When the current run became ready (for the minimum residency before an offload).
+    pub running_since: Option<Instant>,
     pub pid: Option<u32>,
     /// The port warden picked for a process service.
     pub port: Option<u16>,
@@ -176,6 +178,8 @@ pub enum StopReason {
     Admin,
     /// The idle monitor found it idle this long; stop only if still idle.
     Idle { idle_for: Duration },
+    /// The coordinator needs its memory; stop only if no request is in flight.
+    Offload,
 }
 
 /// The handle everyone else holds: shared state to read, a mailbox to the owner.
@@ -247,6 +251,7 @@ impl Shared {
                 queued: 0,
                 last_used: None,
                 idle_since: None,
+                running_since: None,
                 pid: None,
                 port: None,
                 upstream: None,

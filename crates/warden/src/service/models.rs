@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::lifecycle::State;
-use super::owner::{IdleStop, Owner, StopWaiter, Waiter};
+use super::owner::{Owner, StopLabel, StopWaiter, Waiter};
 use super::{ModelLive, StopReason, Unavailable};
 use crate::config::ModelRef;
 use crate::driver::models;
@@ -58,7 +58,7 @@ impl Owner {
         let idle = matches!(reason, StopReason::Idle { .. });
         if !self.shared.config.api.multi_model() {
             // A single-model service unloads its model by stopping.
-            let label = IdleStop::Model(self.model_name(model));
+            let label = StopLabel::IdleModel(self.model_name(model));
             self.on_stop(reason, StopWaiter::Unload(done), label);
             return;
         }

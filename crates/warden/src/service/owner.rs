@@ -23,11 +23,14 @@ use crate::driver::logs::ServiceLog;
 use crate::driver::{self, Exit, Running, StartContext, StartFailure};
 use crate::idle::policy::human_idle;
 use crate::proxy::HttpClient;
+use crate::resources::coordinator::Coordinator;
 
 /// What every owner shares: where to write, how to probe, and the shutdown signal.
 #[derive(Clone)]
 pub struct OwnerContext {
     pub state_dir: PathBuf,
+    /// Decides whether there is room to start, and offloads what must go.
+    pub coordinator: Arc<Coordinator>,
     /// Where discovered models are published for routing.
     pub directory: Arc<Directory>,
     pub client: HttpClient,
@@ -49,13 +52,15 @@ pub(super) enum StopWaiter {
     Unload(oneshot::Sender<Result<(), String>>),
 }
 
-/// What an idle stop is logged as when it finishes.
+/// What a guarded stop is logged as when it finishes.
 #[derive(PartialEq, Eq)]
-pub(super) enum IdleStop {
-    No,
-    Service,
+pub(super) enum StopLabel {
+    Plain,
+    IdleService,
     /// A single-model service stopped because its model's keep-alive ran out.
-    Model(String),
+    IdleModel(String),
+    /// Stopped by the coordinator to make room.
+    Offloaded,
 }
 
 pub(super) struct Owner {
@@ -81,7 +86,7 @@ pub(super) struct Owner {
     running: Option<Running>,
     stopping: Option<BoxFut<()>>,
     pub(super) stop_waiters: Vec<StopWaiter>,
-    pub(super) idle_stop: IdleStop,
+    pub(super) idle_stop: StopLabel,
     last_failure: Option<StartFailure>,
     start_began: Option<Instant>,
     restart_timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -111,7 +116,7 @@ pub fn spawn_owner(index: usize, config: Arc<ServiceConfig>, ctx: OwnerContext) 
         running: None,
         stopping: None,
         stop_waiters: Vec::new(),
-        idle_stop: IdleStop::No,
+        idle_stop: StopLabel::Plain,
         last_failure: None,
         start_began: None,
         restart_timer: None,
@@ -191,7 +196,7 @@ impl Owner {
     fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Acquire { model, reply } => self.on_acquire(model, reply),
-            Command::Stop { reason, done } => self.on_stop(reason, StopWaiter::Stop(done), IdleStop::Service),
+            Command::Stop { reason, done } => self.on_stop(reason, StopWaiter::Stop(done), StopLabel::IdleService),
             Command::UnloadModel { model, reason, done } => self.on_unload_model(model, reason, done),
             Command::Reconcile => self.reconcile(),
         }
@@ -226,8 +231,13 @@ impl Owner {
     }
 
     /// `label` says how a successful idle stop is logged (a service, or a single model).
-    pub(super) fn on_stop(&mut self, reason: StopReason, done: StopWaiter, label: IdleStop) {
-        if let StopReason::Idle { idle_for } = reason {
+    pub(super) fn on_stop(&mut self, reason: StopReason, done: StopWaiter, label: StopLabel) {
+        let guarded = match reason {
+            StopReason::Idle { idle_for } => Some(Some(idle_for)),
+            StopReason::Offload => Some(None),
+            StopReason::Admin => None,
+        };
+        if let Some(idle_for) = guarded {
             // Re-check under the lease lock: a request may have arrived since the monitor looked.
             // Marking the state stopping under that same lock keeps new leases off the fast path.
             let mut live = self.shared.live();
@@ -238,13 +248,17 @@ impl Owner {
             }
             live.state = State::Stopping;
             drop(live);
-            match &label {
-                IdleStop::Model(model) => info!("Model {model} keep-alive expired, unloading..."),
-                _ => info!("Service {} has been idle for {}, stopping...", self.name(), human_idle(idle_for)),
+            let label = if reason == StopReason::Offload { StopLabel::Offloaded } else { label };
+            match (&label, idle_for) {
+                (StopLabel::IdleModel(model), _) => info!("Model {model} keep-alive expired, unloading..."),
+                (StopLabel::IdleService, Some(idle_for)) => {
+                    info!("Service {} has been idle for {}, stopping...", self.name(), human_idle(idle_for))
+                }
+                _ => {}
             }
             self.idle_stop = label;
         } else {
-            self.idle_stop = IdleStop::No;
+            self.idle_stop = StopLabel::Plain;
             info!("Stopping service {} (requested)", self.name());
         }
         self.restart_timer = None;
@@ -252,7 +266,7 @@ impl Owner {
         if self.machine.state() == State::Stopping {
             self.stop_waiters.push(done);
         } else {
-            self.idle_stop = IdleStop::No;
+            self.idle_stop = StopLabel::Plain;
             done.finish();
         }
     }
@@ -274,6 +288,7 @@ impl Owner {
                     live.upstream = Some(upstream.into());
                     live.meter = Some(running.meter());
                     live.idle_since = Some(now);
+                    live.running_since = Some(now);
                     live.last_error = None;
                     for m in &mut live.models {
                         m.idle_since = Some(now);
@@ -303,10 +318,11 @@ impl Owner {
 
     fn on_stopped(&mut self) {
         self.clear_running();
-        match std::mem::replace(&mut self.idle_stop, IdleStop::No) {
-            IdleStop::Service => info!("Successfully stopped idle service {}", self.name()),
-            IdleStop::Model(model) => info!("Successfully unloaded idle model {model}"),
-            IdleStop::No => info!("Service {} stopped", self.name()),
+        match std::mem::replace(&mut self.idle_stop, StopLabel::Plain) {
+            StopLabel::IdleService => info!("Successfully stopped idle service {}", self.name()),
+            StopLabel::IdleModel(model) => info!("Successfully unloaded idle model {model}"),
+            StopLabel::Offloaded => info!("Service {} stopped (offloaded)", self.name()),
+            StopLabel::Plain => info!("Service {} stopped", self.name()),
         }
         self.apply(Event::StopFinished);
         for w in self.stop_waiters.drain(..) {
@@ -336,6 +352,7 @@ impl Owner {
             live.port = None;
             live.upstream = None;
             live.meter = None;
+            live.running_since = None;
             for m in &mut live.models {
                 m.loaded = false;
                 m.changing = false;
@@ -388,15 +405,25 @@ impl Owner {
         }
         let log = self.shared.log.clone();
         let ctx = self.ctx.clone();
+        let index = self.index;
         self.starting = Some(Box::pin(async move {
-            let start = driver::start(StartContext {
-                config: &cfg,
-                port,
-                state_dir: &ctx.state_dir,
-                log: &log,
-                client: &ctx.client,
-                tasks: &ctx.tasks,
-            });
+            let deadline = Instant::now() + cfg.start_timeout;
+            let start = async {
+                // Room first (offloading what must go), then the start itself; one deadline.
+                ctx.coordinator
+                    .make_room(index, deadline)
+                    .await
+                    .map_err(|reason| StartFailure { reason, log_tail: Vec::new() })?;
+                driver::start(StartContext {
+                    config: &cfg,
+                    port,
+                    state_dir: &ctx.state_dir,
+                    log: &log,
+                    client: &ctx.client,
+                    tasks: &ctx.tasks,
+                })
+                .await
+            };
             match tokio::time::timeout(cfg.start_timeout, start).await {
                 Ok(result) => result,
                 Err(_) => {

@@ -1,0 +1,364 @@
+//! The coordinator: the one place that decides, from measured memory, whether a service may
+//! start and what must be offloaded first; it keeps the saved state of what it offloaded and
+//! reloads it once it fits again.
+//!
+//! Room-making decisions are taken one at a time (two starts never count the same free bytes).
+//! Victims are stopped through their owners with a guarded stop that never cuts a request: a
+//! busy victim is drained first (bounded by the newcomer's start deadline).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use super::capacity;
+use super::estimate::estimate;
+use super::planner::{plan, Capacity, Newcomer, Plan, Resident};
+use crate::config::{Config, Desired, Device, ResourcesConfig};
+use crate::service::lifecycle::State;
+use crate::service::{ServiceHandle, StopReason};
+
+/// An offloaded service waiting to be reloaded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Saved {
+    pub service: String,
+    pub was_running: bool,
+    /// Unix seconds.
+    pub saved_at: u64,
+    pub displaced_by: String,
+}
+
+pub struct Coordinator {
+    cfg: ResourcesConfig,
+    ram: Option<u64>,
+    vram: Option<u64>,
+    services: OnceLock<Vec<ServiceHandle>>,
+    /// Last measured footprint per service; remembered across restarts.
+    measured: Mutex<Vec<Option<u64>>>,
+    saved: Mutex<Vec<Saved>>,
+    /// Number of saved entries, for `reload/wait`.
+    pending: watch::Sender<usize>,
+    deciding: tokio::sync::Mutex<()>,
+    state_dir: PathBuf,
+}
+
+/// How often the reloader looks for room, and how often running services are measured.
+const RELOAD_EVERY: Duration = Duration::from_millis(250);
+const MEASURE_EVERY: Duration = Duration::from_secs(5);
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64)
+}
+
+impl Coordinator {
+    pub fn new(config: &Config) -> Self {
+        let state_dir = config.server.state_dir.clone();
+        let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+        // Footprints measured by an earlier run, by service name.
+        let remembered: std::collections::HashMap<String, u64> =
+            std::fs::read_to_string(state_dir.join("footprints.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_default();
+        let measured = names.iter().map(|n| remembered.get(*n).copied()).collect();
+        let saved: Vec<Saved> = std::fs::read_to_string(state_dir.join("saved-state.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Vec<Saved>>(&t).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| names.contains(&s.service.as_str()))
+            .collect();
+        let (pending, _) = watch::channel(saved.len());
+        Coordinator {
+            cfg: config.resources,
+            ram: capacity::resolve(config.resources.ram, capacity::detect_ram),
+            vram: capacity::resolve(config.resources.vram, capacity::detect_vram),
+            services: OnceLock::new(),
+            measured: Mutex::new(measured),
+            saved: Mutex::new(saved),
+            pending,
+            deciding: tokio::sync::Mutex::new(()),
+            state_dir,
+        }
+    }
+
+    pub fn set_services(&self, services: Vec<ServiceHandle>) {
+        let _ = self.services.set(services);
+    }
+
+    fn services(&self) -> &[ServiceHandle] {
+        self.services.get().map_or(&[], Vec::as_slice)
+    }
+
+    pub fn capacity(&self, device: Device) -> Option<Capacity> {
+        let total = match device {
+            Device::Cpu => self.ram,
+            Device::Gpu => self.vram,
+        }?;
+        Some(Capacity { total, threshold: self.cfg.threshold, reserve: self.cfg.reserve })
+    }
+
+    fn measured(&self, i: usize) -> Option<u64> {
+        self.measured.lock().unwrap_or_else(|p| p.into_inner())[i]
+    }
+
+    /// What service `i` needs: its last measured footprint, else its estimate, else 0.
+    pub fn need(&self, i: usize) -> u64 {
+        let cfg = &self.services()[i].shared.config;
+        self.measured(i).or_else(|| estimate(cfg)).unwrap_or(0)
+    }
+
+    /// Measures service `i` now, if it runs, and remembers the figure.
+    async fn measure(&self, i: usize) -> Option<u64> {
+        let meter = self.services()[i].shared.live().meter.clone()?;
+        let bytes = meter.memory_bytes().await?;
+        let changed = {
+            let mut m = self.measured.lock().unwrap_or_else(|p| p.into_inner());
+            let old = m[i].replace(bytes);
+            old.is_none_or(|o| o.abs_diff(bytes) > o / 10)
+        };
+        if changed {
+            self.persist_footprints();
+        }
+        Some(bytes)
+    }
+
+    /// The services holding memory on `device` (running, starting or stopping), measured now.
+    async fn residents(&self, device: Device, except: usize) -> Vec<Resident> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for (i, svc) in self.services().iter().enumerate() {
+            let cfg = &svc.shared.config;
+            if i == except || cfg.device != device {
+                continue;
+            }
+            let (state, in_flight, since, idle_since) = {
+                let live = svc.shared.live();
+                (live.state, live.in_flight, live.running_since, live.idle_since)
+            };
+            if !matches!(state, State::Running | State::Starting | State::Stopping) {
+                continue;
+            }
+            let bytes = match state {
+                State::Running => self.measure(i).await,
+                _ => None,
+            }
+            .unwrap_or_else(|| self.need(i));
+            out.push(Resident {
+                id: i,
+                bytes,
+                priority: cfg.priority,
+                last_used: if in_flight > 0 { Some(now) } else { idle_since },
+                may_sleep: state != State::Stopping && svc.shared.idle_sleep() && cfg.desired == Desired::Off,
+                in_flight,
+                running_since: since.unwrap_or(now),
+                group: cfg.group.clone(),
+                starting: state == State::Starting,
+            });
+        }
+        out
+    }
+
+    /// The plan for starting service `i` now; None when its device is not managed.
+    pub async fn plan_for(&self, i: usize) -> Option<(Plan, Capacity, Vec<Resident>)> {
+        let cfg = &self.services()[i].shared.config;
+        let cap = self.capacity(cfg.device)?;
+        let residents = self.residents(cfg.device, i).await;
+        let newcomer = Newcomer { id: i, need: self.need(i), group: cfg.group.clone() };
+        let p = plan(cap, &residents, &newcomer, self.cfg.min_residency, Instant::now());
+        Some((p, cap, residents))
+    }
+
+    fn name(&self, i: usize) -> &str {
+        self.services()[i].name()
+    }
+
+    /// Makes room for service `i` before it starts: offloads what the plan says (draining busy
+    /// victims first), waits out minimum residencies, or fails with the reason. Bounded by
+    /// `deadline`.
+    pub async fn make_room(&self, i: usize, deadline: Instant) -> Result<(), String> {
+        loop {
+            let guard = self.deciding.lock().await;
+            let Some((plan, cap, _)) = self.plan_for(i).await else { return Ok(()) };
+            match plan {
+                Plan::Go { victims, .. } => {
+                    for v in victims {
+                        self.offload(v, i, deadline).await?;
+                    }
+                    return Ok(());
+                }
+                Plan::Impossible { need, limit } => {
+                    return Err(format!(
+                        "needs {} but at most {} of {} may be used (threshold {}, reserve {}): it cannot fit even alone",
+                        mib(need),
+                        mib(limit),
+                        mib(cap.total),
+                        self.cfg.threshold,
+                        mib(self.cfg.reserve)
+                    ));
+                }
+                Plan::Wait { retry_in: None, need, free } => {
+                    return Err(format!(
+                        "needs {} with {} free, and the rest is held by services that may not be offloaded (pinned or idle_sleep = false)",
+                        mib(need),
+                        mib(free)
+                    ));
+                }
+                Plan::Wait { retry_in: Some(wait), need, .. } => {
+                    if Instant::now() + wait > deadline {
+                        return Err(format!(
+                            "needs {}; the services that could make room started too recently to be offloaded again before the start timeout",
+                            mib(need)
+                        ));
+                    }
+                    info!(
+                        "Service {} waits {} ms for room (minimum residency of others)",
+                        self.name(i),
+                        wait.as_millis()
+                    );
+                    drop(guard);
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// Stops victim `v` to make room for `i`, never cutting a request: waits (bounded) until it
+    /// holds no lease, then a guarded stop that gives way if a request slips in.
+    async fn offload(&self, v: usize, i: usize, deadline: Instant) -> Result<(), String> {
+        let victim = &self.services()[v];
+        let before = self.measure(v).await.unwrap_or_else(|| self.need(v));
+        if victim.shared.config.reload {
+            self.save(Saved {
+                service: victim.name().to_string(),
+                was_running: true,
+                saved_at: unix_now(),
+                displaced_by: self.name(i).to_string(),
+            });
+        }
+        info!("Offloading service {} ({} measured) to make room for {}", victim.name(), mib(before), self.name(i));
+        loop {
+            let (state, in_flight) = {
+                let live = victim.shared.live();
+                (live.state, live.in_flight)
+            };
+            if !matches!(state, State::Running | State::Stopping) {
+                break;
+            }
+            if in_flight == 0 {
+                victim.stop(StopReason::Offload).await;
+                continue;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("service {} still had requests in flight at the start timeout", victim.name()));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        info!("Offloaded service {}: {} freed", victim.name(), mib(before));
+        Ok(())
+    }
+
+    fn save(&self, entry: Saved) {
+        let mut saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
+        saved.retain(|s| s.service != entry.service);
+        saved.push(entry);
+        self.saved_changed(&saved);
+    }
+
+    fn saved_changed(&self, saved: &[Saved]) {
+        self.pending.send_replace(saved.len());
+        if let Ok(text) = serde_json::to_string_pretty(saved) {
+            let _ = std::fs::write(self.state_dir.join("saved-state.json"), text);
+        }
+    }
+
+    fn persist_footprints(&self) {
+        let measured = self.measured.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let by_name: std::collections::BTreeMap<&str, u64> =
+            self.services().iter().zip(measured).filter_map(|(s, m)| Some((s.name(), m?))).collect();
+        if let Ok(text) = serde_json::to_string_pretty(&by_name) {
+            let _ = std::fs::write(self.state_dir.join("footprints.json"), text);
+        }
+    }
+
+    pub fn saved(&self) -> Vec<Saved> {
+        self.saved.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Forgets every offloaded service (they will not be reloaded); returns how many.
+    pub fn clear_saved(&self) -> usize {
+        let mut saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
+        let n = saved.len();
+        saved.clear();
+        self.saved_changed(&saved);
+        n
+    }
+
+    /// Waits until no reload is pending, at most `within`; returns how many still are.
+    pub async fn wait_reloads(&self, within: Duration) -> usize {
+        let mut rx = self.pending.subscribe();
+        let _ = tokio::time::timeout(within, rx.wait_for(|n| *n == 0)).await;
+        let n = *rx.borrow();
+        n
+    }
+
+    /// The reloader: brings offloaded services back once they fit without displacing anything,
+    /// and keeps measured footprints fresh. Runs until shutdown.
+    pub async fn run(self: Arc<Self>, tasks: TaskTracker, shutdown: CancellationToken) {
+        let mut last_measure = Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(RELOAD_EVERY) => {}
+            }
+            self.reload_what_fits(&tasks).await;
+            if last_measure.elapsed() >= MEASURE_EVERY {
+                last_measure = Instant::now();
+                for i in 0..self.services().len() {
+                    if self.services()[i].shared.live().state == State::Running {
+                        self.measure(i).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn reload_what_fits(&self, tasks: &TaskTracker) {
+        for entry in self.saved() {
+            let Some(i) = self.services().iter().position(|s| s.name() == entry.service) else { continue };
+            let state = self.services()[i].shared.live().state;
+            let ready = match state {
+                // Woken by a request meanwhile: nothing to reload.
+                State::Running | State::Starting => true,
+                _ => matches!(self.plan_for(i).await, Some((Plan::Go { victims, .. }, _, _)) if victims.is_empty()),
+            };
+            if !ready {
+                continue;
+            }
+            {
+                let mut saved = self.saved.lock().unwrap_or_else(|p| p.into_inner());
+                saved.retain(|s| s.service != entry.service);
+                self.saved_changed(&saved);
+            }
+            if matches!(state, State::Running | State::Starting) {
+                continue;
+            }
+            info!("Reloading service {} (offloaded to make room for {})", entry.service, entry.displaced_by);
+            let svc = self.services()[i].clone();
+            tasks.spawn(async move {
+                if let Err(e) = svc.acquire(None).await {
+                    warn!("Reloading service {} failed: {e:?}", svc.name());
+                }
+            });
+        }
+    }
+}
