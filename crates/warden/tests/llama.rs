@@ -129,3 +129,67 @@ keep_alive = "60m"
     assert!(w.wait_state("router", "stopped", Duration::from_secs(10)).await);
     assert!(wait_until(Duration::from_secs(3), || !process_alive(router_pid)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs llama-server: run scripts/test"]
+async fn llama_servers_that_do_not_fit_together_are_offloaded_and_reloaded() {
+    let llama = llama();
+    let models = tempfile::tempdir().unwrap();
+    let big = llama.make_model(models.path(), "big", 1024);
+    let small = llama.make_model(models.path(), "small", 512);
+    let big_file = std::fs::metadata(&big).unwrap().len();
+    let w = Warden::start(&format!(
+        r#"
+[idle]
+check_interval = "100ms"
+
+[resources]
+ram = "300MiB"
+threshold = 1.0
+reserve = "0"
+min_residency = "0s"
+
+[services.big]
+kind = "process"
+command = ["{server}", "-m", "{big}", "--port", "${{PORT}}", "-c", "512", "-t", "1"]
+models = ["big"]
+memory = "auto"
+start_timeout = "60s"
+
+[services.small]
+kind = "process"
+command = ["{server}", "-m", "{small}", "--port", "${{PORT}}", "-c", "512", "-t", "1"]
+models = ["small"]
+memory = "auto"
+idle_timeout = "1s"
+start_timeout = "60s"
+"#,
+        server = llama.server,
+        big = big.display(),
+        small = small.display()
+    ));
+    // Before anything ran, the plan uses the GGUF estimate: file size x 1.2 on CPU.
+    let r = w.get("/admin/resources").await;
+    assert_eq!(r["services"]["big"]["estimate_bytes"], (big_file as f64 * 1.2) as u64);
+
+    let body = |m: &str| json!({"model": m, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
+    assert_eq!(w.post("/v1/chat/completions", body("big")).await.status(), 200);
+    let big_pid = w.service("big").await["pid"].as_u64().unwrap() as u32;
+    let r = w.get("/admin/resources").await;
+    let measured = r["services"]["big"]["measured_bytes"].as_u64().unwrap();
+    assert!(measured > big_file, "llama-server holds at least its weights: {measured} vs {big_file}");
+
+    let p = w.get("/admin/plan/small").await;
+    assert_eq!(p["victims"], json!(["big"]), "{p}");
+    assert_eq!(w.post("/v1/chat/completions", body("small")).await.status(), 200);
+    assert!(wait_until(Duration::from_secs(3), || !process_alive(big_pid)), "big was offloaded: its process is gone");
+    assert_eq!(w.service("big").await["state"], "stopped");
+
+    // small sleeps after 1 s idle; big comes back by itself.
+    let resp = reqwest::Client::new().post(w.url("/admin/reload/wait?timeout=30")).send().await.unwrap();
+    assert_eq!(resp.json::<Value>().await.unwrap()["done"], true);
+    assert!(w.wait_state("big", "running", Duration::from_secs(30)).await, "{}", w.log());
+    assert_eq!(w.post("/v1/chat/completions", body("big")).await.status(), 200);
+    let footprints = std::fs::read_to_string(w.dir.path().join("state/footprints.json")).unwrap();
+    assert!(footprints.contains("\"big\"") && footprints.contains("\"small\""), "{footprints}");
+}

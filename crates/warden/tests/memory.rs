@@ -88,6 +88,21 @@ async fn a_service_that_does_not_fit_offloads_the_idle_one_which_is_reloaded_aft
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_measured_footprint_replaces_the_estimate_and_survives_a_restart() {
+    let mut w = Warden::start(&two("", "", "0s").replace("memory = \"310MiB\"", "memory = \"100MiB\""));
+    assert_eq!(w.get("/admin/resources").await["services"]["a"]["need_bytes"], 100u64 << 20);
+    assert_eq!(w.post("/v1/chat/completions", chat("a")).await.status(), 200);
+    // Measured (300 MiB held) now rules: with it, b no longer fits beside a.
+    let need = w.get("/admin/resources").await["services"]["a"]["need_bytes"].as_u64().unwrap();
+    assert!(need > 300 << 20, "{need}");
+    w.restart();
+    let after = w.get("/admin/resources").await["services"]["a"].clone();
+    assert_eq!(after["state"], "stopped");
+    assert_eq!(after["need_bytes"].as_u64().unwrap(), need, "remembered across the restart");
+    assert_eq!(after["estimate_bytes"], 100u64 << 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pinned_services_are_never_offloaded() {
     let w = Warden::start(&two("", "", "0s").replace("models = [\"a\"]", "models = [\"a\"]\ndesired = \"on\""));
     assert!(w.wait_state("a", "running", Duration::from_secs(5)).await);
@@ -159,7 +174,7 @@ async fn alternating_traffic_is_batched_instead_of_thrashing() {
         client.post(w.url("/v1/chat/completions")).json(&chat(model)).send()
     });
     for resp in futures_util::future::join_all(requests).await {
-        assert_eq!(resp.unwrap().status(), 200);
+        assert_eq!(resp.unwrap().status(), 200, "{}", w.log());
     }
     let starts = w.log().matches("Starting service").count();
     assert!(starts <= 3, "swapped {starts} times for 20 interleaved requests:\n{}", w.log());

@@ -38,8 +38,15 @@ pub struct Coordinator {
     ram: Option<u64>,
     vram: Option<u64>,
     services: OnceLock<Vec<ServiceHandle>>,
+    /// Turns true once `services` is set: owners spawned before that (a `desired = "on"`
+    /// service starts at once) wait for it.
+    ready: watch::Sender<bool>,
     /// Last measured footprint per service; remembered across restarts.
     measured: Mutex<Vec<Option<u64>>>,
+    /// Per service: its current start was granted room. A starting service holds memory only
+    /// once granted; one still waiting for room holds none (else two waiting starts would each
+    /// count the other and wait forever).
+    granted: Mutex<Vec<bool>>,
     saved: Mutex<Vec<Saved>>,
     /// Number of saved entries, for `reload/wait`.
     pending: watch::Sender<usize>,
@@ -70,6 +77,7 @@ impl Coordinator {
                 .and_then(|t| serde_json::from_str(&t).ok())
                 .unwrap_or_default();
         let measured = names.iter().map(|n| remembered.get(*n).copied()).collect();
+        let granted = Mutex::new(vec![false; names.len()]);
         let saved: Vec<Saved> = std::fs::read_to_string(state_dir.join("saved-state.json"))
             .ok()
             .and_then(|t| serde_json::from_str::<Vec<Saved>>(&t).ok())
@@ -83,7 +91,9 @@ impl Coordinator {
             ram: capacity::resolve(config.resources.ram, capacity::detect_ram),
             vram: capacity::resolve(config.resources.vram, capacity::detect_vram),
             services: OnceLock::new(),
+            ready: watch::channel(false).0,
             measured: Mutex::new(measured),
+            granted,
             saved: Mutex::new(saved),
             pending,
             deciding: tokio::sync::Mutex::new(()),
@@ -93,6 +103,7 @@ impl Coordinator {
 
     pub fn set_services(&self, services: Vec<ServiceHandle>) {
         let _ = self.services.set(services);
+        self.ready.send_replace(true);
     }
 
     fn services(&self) -> &[ServiceHandle] {
@@ -118,7 +129,7 @@ impl Coordinator {
     }
 
     /// Measures service `i` now, if it runs, and remembers the figure.
-    async fn measure(&self, i: usize) -> Option<u64> {
+    pub async fn measure(&self, i: usize) -> Option<u64> {
         let meter = self.services()[i].shared.live().meter.clone()?;
         let bytes = meter.memory_bytes().await?;
         let changed = {
@@ -145,8 +156,11 @@ impl Coordinator {
                 let live = svc.shared.live();
                 (live.state, live.in_flight, live.running_since, live.idle_since)
             };
-            if !matches!(state, State::Running | State::Starting | State::Stopping) {
-                continue;
+            let granted = self.granted.lock().unwrap_or_else(|p| p.into_inner())[i];
+            match state {
+                State::Running | State::Stopping => {}
+                State::Starting if granted => {}
+                _ => continue,
             }
             let bytes = match state {
                 State::Running => self.measure(i).await,
@@ -178,6 +192,10 @@ impl Coordinator {
         Some((p, cap, residents))
     }
 
+    fn set_granted(&self, i: usize, granted: bool) {
+        self.granted.lock().unwrap_or_else(|p| p.into_inner())[i] = granted;
+    }
+
     fn name(&self, i: usize) -> &str {
         self.services()[i].name()
     }
@@ -186,14 +204,21 @@ impl Coordinator {
     /// victims first), waits out minimum residencies, or fails with the reason. Bounded by
     /// `deadline`.
     pub async fn make_room(&self, i: usize, deadline: Instant) -> Result<(), String> {
+        let _ = self.ready.subscribe().wait_for(|ready| *ready).await;
+        self.set_granted(i, false);
         loop {
             let guard = self.deciding.lock().await;
-            let Some((plan, cap, _)) = self.plan_for(i).await else { return Ok(()) };
+            let Some((plan, cap, _)) = self.plan_for(i).await else {
+                self.set_granted(i, true);
+                return Ok(());
+            };
             match plan {
                 Plan::Go { victims, .. } => {
                     for v in victims {
                         self.offload(v, i, deadline).await?;
                     }
+                    // Granted under the decision lock: the next decision counts this start.
+                    self.set_granted(i, true);
                     return Ok(());
                 }
                 Plan::Impossible { need, limit } => {

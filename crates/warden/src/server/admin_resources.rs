@@ -55,12 +55,8 @@ async fn resources(State(app): State<Arc<App>>) -> Json<Value> {
     let mut services = BTreeMap::new();
     for (i, svc) in app.services.iter().enumerate() {
         let cfg = &svc.shared.config;
-        // Cloned out first: the lock must not be held across the measurement.
-        let meter = svc.shared.live().meter.clone();
-        let live_bytes = match meter {
-            Some(m) => m.memory_bytes().await,
-            None => None,
-        };
+        // Measured now (and remembered): it replaces the estimate from here on.
+        let live_bytes = co.measure(i).await;
         services.insert(
             cfg.name.clone(),
             json!({

@@ -44,34 +44,16 @@ impl Warden {
         );
         let path = dir.path().join("warden.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(warden_bin())
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env("WARDEN_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening on http://").nth(1) {
-                    let _ = tx.send(addr.split_whitespace().next().unwrap().to_string());
-                }
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
-            panic!("warden did not start; its log:\n{}", log.lock().unwrap());
-        });
+        let (child, base, log) = spawn_warden(&path);
         let token = server_extra.split("admin_token = \"").nth(1).and_then(|t| t.split('"').next()).map(str::to_string);
-        Warden { child, base: format!("http://{addr}"), dir, log, token }
+        Warden { child, base, dir, log, token }
+    }
+
+    /// Stops this warden (SIGTERM) and starts a new one on the same config and state dir.
+    pub fn restart(&mut self) {
+        assert!(self.terminate(Duration::from_secs(20)).is_some_and(|s| s.success()));
+        let (child, base, log) = spawn_warden(&self.dir.path().join("warden.toml"));
+        (self.child, self.base, self.log) = (child, base, log);
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -133,6 +115,37 @@ impl Warden {
         }
         false
     }
+}
+
+/// Starts `warden serve` on a config file and waits for its address.
+fn spawn_warden(path: &std::path::Path) -> (Child, String, Arc<Mutex<String>>) {
+    let mut child = Command::new(warden_bin())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("WARDEN_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(addr.split_whitespace().next().unwrap().to_string());
+            }
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
+        panic!("warden did not start; its log:\n{}", log.lock().unwrap());
+    });
+    (child, format!("http://{addr}"), log)
 }
 
 impl Drop for Warden {
