@@ -121,7 +121,7 @@ impl Warden {
 fn spawn_warden(path: &std::path::Path) -> (Child, String, Arc<Mutex<String>>) {
     let mut child = Command::new(warden_bin())
         .args(["serve", "--config"])
-        .arg(&path)
+        .arg(path)
         .env("WARDEN_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
