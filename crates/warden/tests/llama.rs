@@ -136,7 +136,8 @@ async fn llama_servers_that_do_not_fit_together_are_offloaded_and_reloaded() {
     let llama = llama();
     let models = tempfile::tempdir().unwrap();
     let big = llama.make_model(models.path(), "big", 1024);
-    let small = llama.make_model(models.path(), "small", 512);
+    // 137 MB and 105 MB of weights: about 160 and 130 MiB resident; either fits in 250 MiB alone.
+    let small = llama.make_model(models.path(), "small", 896);
     let big_file = std::fs::metadata(&big).unwrap().len();
     let w = Warden::start(&format!(
         r#"
@@ -144,7 +145,7 @@ async fn llama_servers_that_do_not_fit_together_are_offloaded_and_reloaded() {
 check_interval = "100ms"
 
 [resources]
-ram = "300MiB"
+ram = "250MiB"
 threshold = 1.0
 reserve = "0"
 min_residency = "0s"
