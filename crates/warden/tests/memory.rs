@@ -215,3 +215,49 @@ models = ["small"]
     assert_eq!(w.service("img").await["state"], "stopped");
     assert_eq!(w.service("small").await["state"], "running", "outside the group: untouched");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpu_services_are_planned_against_vram_from_estimates_without_nvml() {
+    // No NVIDIA driver here: GPU footprints cannot be measured, so the estimates rule, against
+    // the configured VRAM; RAM-side services are not involved.
+    let w = Warden::start(
+        r#"
+[resources]
+ram = "8GiB"
+vram = "1GiB"
+threshold = 1.0
+reserve = "0"
+min_residency = "0s"
+
+[services.sd]
+kind = "process"
+command = ["FAKE", "--port", "${PORT}"]
+models = ["sd"]
+memory = "600MiB"
+device = "gpu"
+
+[services.llm]
+kind = "process"
+command = ["FAKE", "--port", "${PORT}"]
+models = ["llm"]
+memory = "600MiB"
+device = "gpu"
+
+[services.cpu]
+kind = "process"
+command = ["FAKE", "--port", "${PORT}"]
+models = ["cpu"]
+"#,
+    );
+    for m in ["sd", "cpu"] {
+        assert_eq!(w.post("/v1/chat/completions", chat(m)).await.status(), 200);
+    }
+    let r = w.get("/admin/resources").await;
+    assert_eq!(r["devices"]["vram"]["capacity_bytes"], 1u64 << 30);
+    assert_eq!(r["services"]["sd"]["device"], "gpu");
+    assert_eq!(r["services"]["sd"]["need_bytes"], 600u64 << 20, "no NVML: the estimate stands");
+    assert_eq!(w.get("/admin/plan/llm").await["victims"], json!(["sd"]));
+    assert_eq!(w.post("/v1/chat/completions", chat("llm")).await.status(), 200);
+    assert_eq!(w.service("sd").await["state"], "stopped");
+    assert_eq!(w.service("cpu").await["state"], "running");
+}

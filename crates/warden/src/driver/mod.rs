@@ -47,6 +47,8 @@ pub enum Running {
 pub enum Meter {
     /// Resident memory of the whole process group.
     ProcessGroup(u32),
+    /// GPU memory (NVML) of the processes in the group: for `device = "gpu"` services.
+    GpuProcessGroup(u32),
     /// Container stats: usage minus inactive file cache.
     Container { docker: bollard::Docker, name: String },
 }
@@ -55,6 +57,11 @@ impl Meter {
     pub async fn memory_bytes(&self) -> Option<u64> {
         match self {
             Meter::ProcessGroup(pgid) => Some(procfs::group_rss_bytes(*pgid)),
+            Meter::GpuProcessGroup(pgid) => {
+                let per_pid = crate::resources::nvml::process_memory()?;
+                let pids = procfs::group_pids(*pgid);
+                Some(per_pid.iter().filter(|(pid, _)| pids.contains(pid)).map(|(_, b)| b).sum())
+            }
             Meter::Container { docker, name } => container::memory_of(docker, name).await,
         }
     }
@@ -119,8 +126,10 @@ impl Running {
         }
     }
 
-    pub fn meter(&self) -> Meter {
+    /// How to measure it: a GPU service by its GPU memory, anything else by resident memory.
+    pub fn meter(&self, device: crate::config::Device) -> Meter {
         match self {
+            Running::Process(p) if device == crate::config::Device::Gpu => Meter::GpuProcessGroup(p.pid()),
             Running::Process(p) => Meter::ProcessGroup(p.pid()),
             Running::Container(c) => c.meter(),
         }

@@ -13,6 +13,14 @@ pub fn group_rss_bytes(pgid: u32) -> u64 {
         .sum()
 }
 
+/// The processes in process group `pgid`.
+pub fn group_pids(pgid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| read_stat(pid).is_some_and(|s| s.pgrp == pgid))
+        .collect()
+}
+
 pub struct Stat {
     pub pgrp: u32,
     pub start_time: u64,

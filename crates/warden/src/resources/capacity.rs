@@ -30,53 +30,7 @@ pub fn resolve(setting: CapacitySetting, detect: impl FnOnce() -> Option<u64>) -
 
 /// Total memory of GPU 0 through NVML, if a driver is present.
 pub fn detect_vram() -> Option<u64> {
-    nvml::total_memory()
-}
-
-mod nvml {
-    //! The three NVML calls warden needs, through dlopen: no link-time dependency on the driver.
-    use std::ffi::{c_char, c_int, c_uint, c_void, CString};
-
-    #[repr(C)]
-    struct Memory {
-        total: u64,
-        free: u64,
-        used: u64,
-    }
-
-    type Init = unsafe extern "C" fn() -> c_int;
-    type HandleByIndex = unsafe extern "C" fn(c_uint, *mut *mut c_void) -> c_int;
-    type MemoryInfo = unsafe extern "C" fn(*mut c_void, *mut Memory) -> c_int;
-
-    unsafe fn symbol<T>(lib: *mut c_void, name: &str) -> Option<T> {
-        let name = CString::new(name).ok()?;
-        let ptr = libc::dlsym(lib, name.as_ptr() as *const c_char);
-        (!ptr.is_null()).then(|| std::mem::transmute_copy(&ptr))
-    }
-
-    pub fn total_memory() -> Option<u64> {
-        // SAFETY: the symbols are NVML's documented C ABI; each is checked before use, and the
-        // library stays loaded for the life of the process.
-        unsafe {
-            let name = CString::new("libnvidia-ml.so.1").ok()?;
-            let lib = libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
-            if lib.is_null() {
-                return None;
-            }
-            let init: Init = symbol(lib, "nvmlInit_v2")?;
-            let by_index: HandleByIndex = symbol(lib, "nvmlDeviceGetHandleByIndex_v2")?;
-            let memory: MemoryInfo = symbol(lib, "nvmlDeviceGetMemoryInfo")?;
-            if init() != 0 {
-                return None;
-            }
-            let mut device = std::ptr::null_mut();
-            if by_index(0, &mut device) != 0 {
-                return None;
-            }
-            let mut info = Memory { total: 0, free: 0, used: 0 };
-            (memory(device, &mut info) == 0).then_some(info.total)
-        }
-    }
+    super::nvml::total_memory()
 }
 
 #[cfg(test)]
@@ -93,9 +47,12 @@ mod tests {
     }
 
     #[test]
-    fn no_gpu_degrades_to_none() {
-        // On a machine without the NVIDIA driver this is None; with one, a positive size.
-        if let Some(total) = detect_vram() {
+    fn nvml_answers_all_or_nothing() {
+        // Without the NVIDIA driver both are None (this machine); with one, both answer.
+        let total = detect_vram();
+        let per_process = super::super::nvml::process_memory();
+        assert_eq!(total.is_some(), per_process.is_some());
+        if let Some(total) = total {
             assert!(total > 0);
         }
     }

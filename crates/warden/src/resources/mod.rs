@@ -5,4 +5,5 @@
 pub mod capacity;
 pub mod coordinator;
 pub mod estimate;
+pub mod nvml;
 pub mod planner;

@@ -286,7 +286,7 @@ impl Owner {
                     let mut live = self.shared.live();
                     live.pid = running.pid();
                     live.upstream = Some(upstream.into());
-                    live.meter = Some(running.meter());
+                    live.meter = Some(running.meter(self.shared.config.device));
                     live.idle_since = Some(now);
                     live.running_since = Some(now);
                     live.last_error = None;
