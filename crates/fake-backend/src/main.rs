@@ -189,11 +189,17 @@ async fn stats(State(fake): State<Arc<Fake>>) -> Json<Value> {
     Json(json!({"pid": std::process::id(), "requests": fake.requests.load(Ordering::SeqCst)}))
 }
 
-async fn echo(State(fake): State<Arc<Fake>>, method: Method, uri: Uri, body: Bytes) -> Json<Value> {
+async fn echo(
+    State(fake): State<Arc<Fake>>,
+    method: Method,
+    uri: Uri,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Json<Value> {
     fake.count();
-    Json(
-        json!({"method": method.as_str(), "path": uri.path(), "query": uri.query(), "body_bytes": body.len(), "pid": std::process::id()}),
-    )
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    Json(json!({"method": method.as_str(), "path": uri.path(), "query": uri.query(), "body_bytes": body.len(),
+        "pid": std::process::id(), "authorization": header("authorization"), "request_id": header("x-request-id")}))
 }
 
 async fn chat(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {

@@ -4,7 +4,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::server::auth::Caller;
+
+/// How long a request waits for one of its client's `max_concurrent` slots.
+const CLIENT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 use crate::config::{Config, Desired, IdleConfig};
 use crate::idle::policy::{IdleInputs, ModelInputs};
@@ -27,6 +32,8 @@ pub struct App {
     /// Wakes the idle monitor when the settings change, so a new interval applies at once.
     pub idle_changed: Notify,
     pub monitor_running: AtomicBool,
+    /// Per client (same order as `config.clients`): its `max_concurrent` slots.
+    client_slots: Vec<Option<Arc<Semaphore>>>,
     pub started: Instant,
 }
 
@@ -38,7 +45,10 @@ impl App {
         coordinator: Arc<Coordinator>,
         client: HttpClient,
     ) -> Self {
+        let client_slots =
+            config.clients.iter().map(|c| c.max_concurrent.map(|n| Arc::new(Semaphore::new(n as usize)))).collect();
         App {
+            client_slots,
             idle: Mutex::new(config.idle),
             config,
             services,
@@ -63,6 +73,31 @@ impl App {
         };
         self.idle_changed.notify_one();
         new
+    }
+
+    /// Lets a client's request in: a slot of its `max_concurrent`, waited for (bounded) rather
+    /// than refused; past the bound, 429 with Retry-After.
+    pub async fn admit(&self, caller: &Caller) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+        let Some(i) = caller.0 else { return Ok(None) };
+        let Some(slots) = &self.client_slots[i] else { return Ok(None) };
+        let client = &self.config.clients[i];
+        match tokio::time::timeout(CLIENT_WAIT, slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(Some(permit)),
+            _ => Err(ApiError::TooManyRequests {
+                client: client.name.clone(),
+                limit: client.max_concurrent.unwrap_or(0),
+            }),
+        }
+    }
+
+    /// 403 unless the caller may use `model`.
+    pub fn check_model(&self, caller: &Caller, model: &str) -> Result<(), ApiError> {
+        match caller.0.map(|i| &self.config.clients[i]) {
+            Some(c) if !c.may_use(model) => {
+                Err(ApiError::Forbidden { client: c.name.clone(), model: model.to_string() })
+            }
+            _ => Ok(()),
+        }
     }
 
     pub fn service(&self, name: &str) -> Result<&ServiceHandle, ApiError> {

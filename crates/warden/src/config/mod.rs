@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use validate::validate;
+pub use validate::{sha256, validate};
 
 /// The validated configuration the daemon runs on.
 #[derive(Debug, Clone)]
@@ -23,6 +23,52 @@ pub struct Config {
     /// Model name → its service and its place in that service's `models`.
     pub models: BTreeMap<String, ModelRef>,
     pub resources: ResourcesConfig,
+    pub tiers: BTreeMap<String, Tier>,
+    /// Empty: warden runs open (one anonymous client).
+    pub clients: Vec<ClientConfig>,
+}
+
+/// A secret from the environment; never printed.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tier {
+    pub priority: u32,
+    /// None = no limit.
+    pub max_concurrent: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub name: String,
+    pub key_sha256: [u8; 32],
+    pub tier: String,
+    pub priority: u32,
+    pub max_concurrent: Option<u32>,
+    /// Model patterns: exact names, `*`, or a prefix ending in `*`.
+    pub models: Vec<String>,
+}
+
+impl ClientConfig {
+    pub fn may_use(&self, model: &str) -> bool {
+        self.models.iter().any(|p| match p.strip_suffix('*') {
+            Some(prefix) => model.starts_with(prefix),
+            None => p == model,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RemoteSpec {
+    /// Sent upstream as `Authorization: Bearer …` in place of the client's.
+    pub api_key: Option<Secret>,
 }
 
 /// A device's capacity as configured.
@@ -163,6 +209,7 @@ pub struct PortMap {
 pub enum ServiceKind {
     Process(ProcessSpec),
     Container(ContainerSpec),
+    Remote(RemoteSpec),
 }
 
 impl ServiceKind {
@@ -170,6 +217,7 @@ impl ServiceKind {
         match self {
             ServiceKind::Process(_) => "process",
             ServiceKind::Container(_) => "container",
+            ServiceKind::Remote(_) => "remote",
         }
     }
 }

@@ -22,6 +22,30 @@ pub struct RawConfig {
     pub models: BTreeMap<String, RawModel>,
     #[serde(default)]
     pub resources: RawResources,
+    #[serde(default)]
+    pub tiers: BTreeMap<String, RawTier>,
+    #[serde(default)]
+    pub clients: BTreeMap<String, RawClient>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    pub priority: Option<u32>,
+    pub max_concurrent: Option<u32>,
+    pub monthly_budget_usd: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    /// Hex SHA-256 of the API key.
+    pub key_sha256: Option<String>,
+    /// Or: the environment variable holding the key.
+    pub key_env: Option<String>,
+    pub tier: Option<String>,
+    pub monthly_budget_usd: Option<f64>,
+    pub models: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -76,6 +100,8 @@ pub struct RawIdle {
 pub enum RawKind {
     Process,
     Container,
+    /// A hosted OpenAI-compatible API: always up, never started or stopped.
+    Remote,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -117,6 +143,8 @@ pub struct RawService {
     /// How the service hosts models: one fixed model ("openai", the default) or many that are
     /// loaded and unloaded through its API ("llamacpp-router", "ollama").
     pub api: Option<RawApi>,
+    // kind = "remote": the environment variable holding the upstream API key.
+    pub api_key_env: Option<String>,
     // kind = "container"
     pub container: Option<String>,
     pub engine: Option<String>,

@@ -5,11 +5,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use super::raw::{RawApi, RawConfig, RawDesired, RawDevice, RawKind, RawResources, RawService};
+use super::raw::{RawApi, RawClient, RawConfig, RawDesired, RawDevice, RawKind, RawResources, RawService, RawTier};
 use super::units::parse_size;
 use super::{
-    Api, CapacitySetting, Config, ConfigError, ContainerSpec, Desired, Device, Health, IdleConfig, MemorySetting,
-    ModelConfig, ModelRef, PortMap, ProcessSpec, ResourcesConfig, ServerConfig, ServiceConfig, ServiceKind,
+    Api, CapacitySetting, ClientConfig, Config, ConfigError, ContainerSpec, Desired, Device, Health, IdleConfig,
+    MemorySetting, ModelConfig, ModelRef, PortMap, ProcessSpec, RemoteSpec, ResourcesConfig, Secret, ServerConfig,
+    ServiceConfig, ServiceKind, Tier,
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -81,7 +82,9 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         }
     }
     let resources = resources(raw.resources)?;
-    Ok(Config { server, idle, services, models, resources })
+    let tiers = tiers(raw.tiers)?;
+    let clients = clients(raw.clients, &tiers)?;
+    Ok(Config { server, idle, services, models, resources, tiers, clients })
 }
 
 fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, ConfigError> {
@@ -102,6 +105,7 @@ fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, Co
     };
     let (kind, upstream) = match raw.kind {
         RawKind::Process => {
+            only_for("api_key_env", raw.api_key_env.is_some(), "remote")?;
             only_for("container", raw.container.is_some(), "container")?;
             only_for("engine", raw.engine.is_some(), "container")?;
             only_for("url", raw.url.is_some(), "container")?;
@@ -117,6 +121,41 @@ fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, Co
                 stop_command: raw.stop_command,
             };
             (ServiceKind::Process(spec), None)
+        }
+        RawKind::Remote => {
+            for (key, present) in [
+                ("command", raw.command.is_some()),
+                ("cwd", raw.cwd.is_some()),
+                ("port", raw.port.is_some()),
+                ("stop_command", raw.stop_command.is_some()),
+                ("container", raw.container.is_some()),
+                ("image", raw.image.is_some()),
+                ("ports", raw.ports.is_some()),
+                ("engine", raw.engine.is_some()),
+            ] {
+                if present {
+                    return Err(err(at(key), "does not apply to kind = \"remote\" (it is never started)"));
+                }
+            }
+            let url = raw.url.clone().ok_or_else(|| err(at("url"), "required for kind = \"remote\""))?;
+            let upstream = url
+                .strip_prefix("http://")
+                .map(|rest| rest.trim_end_matches('/').to_string())
+                .filter(|a| !a.is_empty() && !a.contains('/'))
+                .ok_or_else(|| {
+                    err(
+                        at("url"),
+                        format!("{url:?} must look like \"http://host:port\" (https upstreams are not supported yet)"),
+                    )
+                })?;
+            let api_key = match &raw.api_key_env {
+                None => None,
+                Some(var) => Some(Secret(
+                    std::env::var(var)
+                        .map_err(|_| err(at("api_key_env"), format!("environment variable {var} is not set")))?,
+                )),
+            };
+            (ServiceKind::Remote(RemoteSpec { api_key }), Some(upstream))
         }
         RawKind::Container => {
             only_for("command", raw.command.is_some(), "process")?;
@@ -136,6 +175,7 @@ fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, Co
                     err(format!("services.{name}.ports[{i}]"), format!("{p:?} must look like \"127.0.0.1:8080:80\""))
                 })?);
             }
+            only_for("api_key_env", raw.api_key_env.is_some(), "remote")?;
             let spec = ContainerSpec { container, engine: raw.engine, image: raw.image, ports, env: raw.env };
             (ServiceKind::Container(spec), Some(upstream))
         }
@@ -157,6 +197,7 @@ fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, Co
             return Err(err(format!("services.{name}.models[{i}]"), "model names must not be empty"));
         }
     }
+    let remote = matches!(kind, ServiceKind::Remote(_));
     let start_timeout = raw.start_timeout.map_or(DEFAULT_START_TIMEOUT, |d| d.0);
     if start_timeout.is_zero() {
         return Err(err(at("start_timeout"), "must be greater than zero"));
@@ -177,8 +218,9 @@ fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, Co
         models: raw.models.into_iter().map(|name| ModelConfig { name, keep_alive: None }).collect(),
         idle_sleep: raw.idle_sleep.unwrap_or(true),
         idle_timeout: raw.idle_timeout.map(|d| d.0),
-        desired: match raw.desired {
-            Some(RawDesired::On) => Desired::On,
+        // A remote API is always up: pinned, so idle sleep and offloading leave it alone.
+        desired: match (raw.desired, remote) {
+            (_, true) | (Some(RawDesired::On), _) => Desired::On,
             _ => Desired::Off,
         },
         max_queue: raw.max_queue.unwrap_or(DEFAULT_MAX_QUEUE),
@@ -195,6 +237,91 @@ fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, Co
         reload: raw.reload.unwrap_or(true),
         group: raw.group.filter(|g| !g.is_empty()),
     })
+}
+
+/// The four built-in tiers (priority, max concurrent), overridable and extendable.
+fn tiers(raw: BTreeMap<String, RawTier>) -> Result<BTreeMap<String, Tier>, ConfigError> {
+    let mut tiers: BTreeMap<String, Tier> =
+        [("enterprise", 40, Some(100)), ("premium", 30, Some(50)), ("standard", 20, Some(20)), ("basic", 10, Some(5))]
+            .into_iter()
+            .map(|(n, p, c)| (n.to_string(), Tier { priority: p, max_concurrent: c }))
+            .collect();
+    for (name, t) in raw {
+        if t.monthly_budget_usd.is_some() {
+            return Err(err(format!("tiers.{name}.monthly_budget_usd"), NO_BUDGETS));
+        }
+        let base = tiers.get(&name).cloned().unwrap_or(Tier { priority: 20, max_concurrent: None });
+        let priority = t.priority.unwrap_or(base.priority);
+        if priority > 40 {
+            return Err(err(format!("tiers.{name}.priority"), format!("{priority} must be between 0 and 40")));
+        }
+        if t.max_concurrent == Some(0) {
+            return Err(err(format!("tiers.{name}.max_concurrent"), "must be at least 1"));
+        }
+        tiers.insert(name, Tier { priority, max_concurrent: t.max_concurrent.or(base.max_concurrent) });
+    }
+    Ok(tiers)
+}
+
+const NO_BUDGETS: &str =
+    "budgets are not enforced by this version of warden yet; remove the key rather than rely on it";
+
+fn clients(raw: BTreeMap<String, RawClient>, tiers: &BTreeMap<String, Tier>) -> Result<Vec<ClientConfig>, ConfigError> {
+    let mut out: Vec<ClientConfig> = Vec::new();
+    for (name, c) in raw {
+        let at = |key: &str| format!("clients.{name}.{key}");
+        if c.monthly_budget_usd.is_some() {
+            return Err(err(at("monthly_budget_usd"), NO_BUDGETS));
+        }
+        let key_sha256 = match (&c.key_sha256, &c.key_env) {
+            (Some(hex), None) => parse_sha256(hex).ok_or_else(|| err(at("key_sha256"), "must be 64 hex digits"))?,
+            (None, Some(var)) => {
+                let key = std::env::var(var)
+                    .map_err(|_| err(at("key_env"), format!("environment variable {var} is not set")))?;
+                if key.is_empty() {
+                    return Err(err(at("key_env"), format!("environment variable {var} is empty")));
+                }
+                sha256(key.as_bytes())
+            }
+            _ => return Err(err(format!("clients.{name}"), "needs exactly one of key_sha256 and key_env")),
+        };
+        if let Some(other) = out.iter().find(|o| o.key_sha256 == key_sha256) {
+            return Err(err(format!("clients.{name}"), format!("has the same key as client {:?}", other.name)));
+        }
+        let tier_name = c.tier.unwrap_or_else(|| "standard".into());
+        let tier = tiers.get(&tier_name).ok_or_else(|| {
+            err(
+                at("tier"),
+                format!("unknown tier {tier_name:?}; known: {}", tiers.keys().cloned().collect::<Vec<_>>().join(", ")),
+            )
+        })?;
+        out.push(ClientConfig {
+            name,
+            key_sha256,
+            priority: tier.priority,
+            max_concurrent: tier.max_concurrent,
+            tier: tier_name,
+            models: c.models.unwrap_or_else(|| vec!["*".into()]),
+        });
+    }
+    Ok(out)
+}
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
+}
+
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 fn capacity(key: &str, text: Option<&str>, allow_none: bool) -> Result<CapacitySetting, ConfigError> {

@@ -40,6 +40,8 @@ pub struct Exit {
 pub enum Running {
     Process(ProcessHandle),
     Container(ContainerHandle),
+    /// A hosted API: nothing runs here.
+    Remote,
 }
 
 /// Measures a running service's memory; cheap to clone out of a lock and await elsewhere.
@@ -93,6 +95,8 @@ pub async fn start(ctx: StartContext<'_>) -> Result<Running, StartFailure> {
             };
             (Running::Process(process::spawn(req).map_err(fail)?), format!("127.0.0.1:{}", ctx.port))
         }
+        // Always up and not ours to probe: a hosted API's health is its answers.
+        ServiceKind::Remote(_) => return Ok(Running::Remote),
         ServiceKind::Container(spec) => {
             ctx.log.begin_run(&format!("starting container {}", spec.container));
             let handle = container::start(spec).await.map_err(|e| {
@@ -123,15 +127,17 @@ impl Running {
         match self {
             Running::Process(p) => Some(p.pid()),
             Running::Container(c) => c.pid(),
+            Running::Remote => None,
         }
     }
 
     /// How to measure it: a GPU service by its GPU memory, anything else by resident memory.
-    pub fn meter(&self, device: crate::config::Device) -> Meter {
+    pub fn meter(&self, device: crate::config::Device) -> Option<Meter> {
         match self {
-            Running::Process(p) if device == crate::config::Device::Gpu => Meter::GpuProcessGroup(p.pid()),
-            Running::Process(p) => Meter::ProcessGroup(p.pid()),
-            Running::Container(c) => c.meter(),
+            Running::Process(p) if device == crate::config::Device::Gpu => Some(Meter::GpuProcessGroup(p.pid())),
+            Running::Process(p) => Some(Meter::ProcessGroup(p.pid())),
+            Running::Container(c) => Some(c.meter()),
+            Running::Remote => None,
         }
     }
 
@@ -148,6 +154,7 @@ impl Running {
             // A managed process has no business ending by itself: always a failure.
             Running::Process(p) => Exit { reason: p.exited().await, failed: true },
             Running::Container(c) => c.exited().await,
+            Running::Remote => std::future::pending().await,
         }
     }
 
@@ -160,6 +167,7 @@ impl Running {
                     log.note(&e);
                 }
             }
+            Running::Remote => {}
         }
     }
 }

@@ -12,11 +12,13 @@ pub struct LeaseBody {
     inner: Incoming,
     /// Dropped when the stream ends, fails, or this body is dropped (client disconnect).
     lease: Option<Lease>,
+    /// The client's concurrency slot, released with the lease.
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl LeaseBody {
-    pub fn new(inner: Incoming, lease: Lease) -> Self {
-        LeaseBody { inner, lease: Some(lease) }
+    pub fn new(inner: Incoming, lease: Lease, slot: Option<tokio::sync::OwnedSemaphorePermit>) -> Self {
+        LeaseBody { inner, lease: Some(lease), slot }
     }
 }
 
@@ -28,6 +30,7 @@ impl Body for LeaseBody {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
             self.lease = None;
+            self.slot = None;
         }
         polled
     }

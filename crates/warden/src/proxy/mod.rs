@@ -11,6 +11,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use crate::config::{RemoteSpec, ServiceKind};
 use crate::server::errors::ApiError;
 use crate::service::Acquired;
 pub use body::LeaseBody;
@@ -30,6 +31,25 @@ pub fn client() -> HttpClient {
 }
 
 pub const COLD_START_HEADER: &str = "x-warden-cold-start-ms";
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// What a request carries besides its lease.
+pub struct Extras {
+    /// The client's `max_concurrent` slot, held (like the lease) until the body ends.
+    pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The client's Authorization is its warden key: never forwarded.
+    pub strip_client_auth: bool,
+}
+
+/// A process-unique request id: the process start time and a counter, in hex.
+fn request_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static EPOCH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let epoch = EPOCH.get_or_init(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+    });
+    format!("{epoch:x}-{:x}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) are for one connection and never forwarded.
 fn strip_hop_headers(headers: &mut HeaderMap) {
@@ -54,8 +74,14 @@ pub async fn forward(
     mut req: Request<Body>,
     path_and_query: &str,
     acquired: Acquired,
+    extras: Extras,
 ) -> Result<Response<Body>, ApiError> {
     let Acquired { lease, cold_start } = acquired;
+    // Keep the caller's id for correlation; otherwise make one. It goes upstream and back.
+    let id = match req.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()) {
+        Some(given) if !given.is_empty() && given.len() <= 128 => given.to_string(),
+        _ => request_id(),
+    };
     let uri: Uri = format!("http://{}{}", lease.upstream(), path_and_query)
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("invalid path {path_and_query:?}")))?;
@@ -63,6 +89,19 @@ pub async fn forward(
     strip_hop_headers(req.headers_mut());
     // The client sets Host for the service's own address.
     req.headers_mut().remove(header::HOST);
+    let headers = req.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        headers.insert(REQUEST_ID_HEADER, v);
+    }
+    if extras.strip_client_auth {
+        headers.remove(header::AUTHORIZATION);
+    }
+    // A hosted API gets warden's key for it instead of anything the client sent.
+    if let ServiceKind::Remote(RemoteSpec { api_key: Some(key) }) = &lease.config().kind {
+        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", key.0)) {
+            headers.insert(header::AUTHORIZATION, v);
+        }
+    }
     let service = lease.service().to_string();
     let resp = client
         .request(req)
@@ -73,7 +112,10 @@ pub async fn forward(
     if let Some(waited) = cold_start {
         parts.headers.insert(COLD_START_HEADER, HeaderValue::from(waited.as_millis() as u64));
     }
-    Ok(Response::from_parts(parts, Body::new(LeaseBody::new(incoming, lease))))
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        parts.headers.insert(REQUEST_ID_HEADER, v);
+    }
+    Ok(Response::from_parts(parts, Body::new(LeaseBody::new(incoming, lease, extras.slot))))
 }
 
 fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {

@@ -1,4 +1,4 @@
-//! Bearer-token check for /admin/* when `server.admin_token` is set.
+//! Who is asking: the admin token for /admin/*, and client API keys for the front door.
 
 use std::sync::Arc;
 
@@ -21,6 +21,31 @@ pub async fn admin_auth(State(app): State<Arc<App>>, req: Request, next: Next) -
             return ApiError::Unauthorized.into_response();
         }
     }
+    next.run(req).await
+}
+
+/// The client a front-door request comes from: `None` when warden runs open (no `[clients]`).
+#[derive(Clone)]
+pub struct Caller(pub Option<usize>);
+
+/// With clients configured, every front-door request needs `Authorization: Bearer KEY` of one
+/// of them (401 otherwise); the client is passed on to the handlers.
+pub async fn client_auth(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    let caller = if app.config.clients.is_empty() {
+        Caller(None)
+    } else {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|k| crate::config::sha256(k.trim().as_bytes()));
+        match given.and_then(|h| app.config.clients.iter().position(|c| c.key_sha256 == h)) {
+            Some(i) => Caller(Some(i)),
+            None => return ApiError::Unauthorized.into_response(),
+        }
+    };
+    req.extensions_mut().insert(caller);
     next.run(req).await
 }
 

@@ -38,6 +38,16 @@ pub enum ApiError {
     },
     /// The operation clashes with one under way.
     Conflict(String),
+    /// The client may not use this model.
+    Forbidden {
+        client: String,
+        model: String,
+    },
+    /// The client has too many requests in flight for too long.
+    TooManyRequests {
+        client: String,
+        limit: u32,
+    },
 }
 
 impl ApiError {
@@ -52,6 +62,8 @@ impl ApiError {
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -70,12 +82,15 @@ impl ApiError {
             ApiError::Unavailable { why: Unavailable::Stopped { .. }, .. } => "service_stopped",
             ApiError::BadGateway { .. } => "backend_error",
             ApiError::Conflict(_) => "conflict",
+            ApiError::Forbidden { .. } => "model_not_allowed",
+            ApiError::TooManyRequests { .. } => "too_many_requests",
         }
     }
 
     fn kind(&self) -> &'static str {
         match self.status_code() {
             StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::FORBIDDEN => "permission_error",
             StatusCode::NOT_FOUND => "not_found_error",
             s if s.is_client_error() => "invalid_request_error",
             _ => "server_error",
@@ -112,6 +127,10 @@ impl ApiError {
             },
             ApiError::BadGateway { service, detail } => format!("service {service} failed mid-request: {detail}"),
             ApiError::Conflict(m) => m.clone(),
+            ApiError::Forbidden { client, model } => format!("client {client} may not use model {model:?}"),
+            ApiError::TooManyRequests { client, limit } => {
+                format!("client {client} already has {limit} requests in flight (its max_concurrent); retry later")
+            }
         }
     }
 
@@ -119,7 +138,9 @@ impl ApiError {
         match self {
             ApiError::Unavailable { why: Unavailable::QueueFull { retry_after }, .. }
             | ApiError::Unavailable { why: Unavailable::StartFailed { retry_after, .. }, .. } => Some(*retry_after),
-            ApiError::Unavailable { why: Unavailable::Stopped { .. }, .. } => Some(Duration::from_secs(1)),
+            ApiError::Unavailable { why: Unavailable::Stopped { .. }, .. } | ApiError::TooManyRequests { .. } => {
+                Some(Duration::from_secs(1))
+            }
             _ => None,
         }
     }

@@ -3,7 +3,7 @@
 
 pub mod admin;
 mod admin_resources;
-mod auth;
+pub mod auth;
 pub mod errors;
 mod openai;
 pub use openai::model_of as openai_model_of;
@@ -31,14 +31,18 @@ pub fn routes(app: Arc<App>) -> Router {
     let admin = admin::routes()
         .merge(admin_resources::routes())
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::admin_auth));
-    Router::new()
-        .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+    // The front door: with [clients] configured, every route here needs a client key.
+    let front = Router::new()
         .route("/v1/models", get(openai::list_models))
         .route("/v1/chat/completions", post(openai::by_model))
         .route("/v1/completions", post(openai::by_model))
         .route("/v1/embeddings", post(openai::by_model))
         .route("/svc/{service}", any(passthrough::root))
         .route("/svc/{service}/{*path}", any(passthrough::path))
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::client_auth));
+    Router::new()
+        .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .merge(front)
         .merge(admin)
         .fallback(|uri: axum::http::Uri| async move { ApiError::NotFound(format!("route {}", uri.path())) })
         .with_state(app)

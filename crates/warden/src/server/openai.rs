@@ -7,11 +7,13 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, Request};
 use axum::response::Response;
+use axum::Extension;
 use axum::Json;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::auth::Caller;
 use super::errors::ApiError;
 use crate::app::App;
 use crate::proxy;
@@ -50,16 +52,24 @@ pub fn model_of(body: &[u8]) -> Result<Cow<'_, str>, ApiError> {
     }
 }
 
-pub async fn by_model(State(app): State<Arc<App>>, req: Request<Body>) -> Result<Response, ApiError> {
+pub async fn by_model(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let bytes = read_body(&parts.headers, body, app.config.server.max_body).await?;
-    let (service, model) = app.route_model(&model_of(&bytes)?)?;
+    let name = model_of(&bytes)?;
+    let (service, model) = app.route_model(&name)?;
+    app.check_model(&caller, &name)?;
+    let slot = app.admit(&caller).await?;
     let acquired = service
         .acquire(Some(model))
         .await
         .map_err(|why| ApiError::Unavailable { service: service.name().to_string(), why })?;
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    proxy::forward(&app.client, Request::from_parts(parts, Body::from(bytes)), &target, acquired).await
+    let extras = proxy::Extras { slot, strip_client_auth: caller.0.is_some() };
+    proxy::forward(&app.client, Request::from_parts(parts, Body::from(bytes)), &target, acquired, extras).await
 }
 
 /// Every configured (and discovered) model, sleeping ones too.

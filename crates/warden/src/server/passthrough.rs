@@ -7,28 +7,38 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, Request};
 use axum::response::Response;
+use axum::Extension;
 
+use super::auth::Caller;
 use super::errors::ApiError;
 use crate::app::App;
 use crate::proxy;
 
 pub async fn root(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Path(service): Path<String>,
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
-    pass(app, &service, "", req).await
+    pass(app, caller, &service, "", req).await
 }
 
 pub async fn path(
     State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
     Path((service, path)): Path<(String, String)>,
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
-    pass(app, &service, &path, req).await
+    pass(app, caller, &service, &path, req).await
 }
 
-async fn pass(app: Arc<App>, service: &str, path: &str, req: Request<Body>) -> Result<Response, ApiError> {
+async fn pass(
+    app: Arc<App>,
+    caller: Caller,
+    service: &str,
+    path: &str,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
     let limit = app.config.server.max_body;
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
@@ -39,8 +49,10 @@ async fn pass(app: Arc<App>, service: &str, path: &str, req: Request<Body>) -> R
         Some(q) => format!("/{path}?{q}"),
         None => format!("/{path}"),
     };
+    let slot = app.admit(&caller).await?;
     let acquired =
         svc.acquire(None).await.map_err(|why| ApiError::Unavailable { service: service.to_string(), why })?;
     let req = req.map(|body| Body::new(http_body_util::Limited::new(body, limit)));
-    proxy::forward(&app.client, req, &target, acquired).await
+    let extras = proxy::Extras { slot, strip_client_auth: caller.0.is_some() };
+    proxy::forward(&app.client, req, &target, acquired, extras).await
 }

@@ -26,6 +26,10 @@ impl Lease {
         Lease { shared, upstream, model }
     }
 
+    pub fn config(&self) -> &crate::config::ServiceConfig {
+        &self.shared.config
+    }
+
     /// "host:port" of the service.
     pub fn upstream(&self) -> &str {
         &self.upstream

@@ -278,7 +278,9 @@ impl Owner {
                 let upstream = match (&self.shared.config.kind, &self.shared.config.upstream) {
                     (_, Some(up)) => up.clone(),
                     (ServiceKind::Process(_), None) => format!("127.0.0.1:{}", self.port_in_use()),
-                    (ServiceKind::Container(_), None) => unreachable!("containers always have a url"),
+                    (ServiceKind::Container(_) | ServiceKind::Remote(_), None) => {
+                        unreachable!("containers and remotes always have a url")
+                    }
                 };
                 info!("Service {} is ready after {} ms (pid {:?})", self.name(), took.as_millis(), running.pid());
                 {
@@ -286,7 +288,7 @@ impl Owner {
                     let mut live = self.shared.live();
                     live.pid = running.pid();
                     live.upstream = Some(upstream.into());
-                    live.meter = Some(running.meter(self.shared.config.device));
+                    live.meter = running.meter(self.shared.config.device);
                     live.idle_since = Some(now);
                     live.running_since = Some(now);
                     live.last_error = None;
