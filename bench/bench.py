@@ -46,6 +46,10 @@ def spawn(cmd, **kw):
     return p
 
 
+# SIGTERM/SIGINT become a normal exit, so the cleanup below runs then too.
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 @atexit.register
 def _cleanup():
     for p in SPAWNED:

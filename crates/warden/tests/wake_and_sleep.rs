@@ -134,3 +134,18 @@ async fn a_client_that_leaves_while_queued_leaves_the_queue() {
     pending.abort();
     assert!(eventually(Duration::from_secs(2), || async { w.service("slow").await["queued"] == 0 }).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relative_programs_and_dirs_mean_the_config_files_folder() {
+    // The config names its program relative to its own folder; warden runs from elsewhere
+    // (the test's working directory is the crate), as `warden serve --config examples/…` does.
+    let w = Warden::start_relative(
+        "[services.rel]\nkind = \"process\"\ncommand = [\"bin/fake\", \"--port\", \"${PORT}\"]\nmodels = [\"rel\"]\n",
+    );
+    std::fs::create_dir_all(w.dir.path().join("bin")).unwrap();
+    std::os::unix::fs::symlink(fake_backend(), w.dir.path().join("bin/fake")).unwrap();
+    assert_ne!(std::env::current_dir().unwrap(), w.dir.path());
+    let resp = w.post("/v1/chat/completions", chat("rel")).await;
+    assert_eq!(resp.status(), 200, "{}", w.log());
+    assert!(w.dir.path().join("state/logs/rel.log").exists());
+}

@@ -304,7 +304,14 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     let base = if base.as_os_str().is_empty() { Path::new(".") } else { base };
-    parse(&text, base)
+    // Absolute, so relative `cwd`, programs and `state_dir` mean the config's folder whatever
+    // warden's own working directory (a child resolves its program after changing directory).
+    let base = std::path::absolute(base).map_err(|e| ConfigError {
+        path: String::new(),
+        message: format!("cannot resolve {}: {e}", base.display()),
+        line: None,
+    })?;
+    parse(&text, &base)
 }
 
 impl Config {

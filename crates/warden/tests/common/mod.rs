@@ -37,6 +37,16 @@ impl Warden {
     }
 
     pub fn start_with_server(rest: &str, server_extra: &str) -> Warden {
+        Self::start_inner(rest, server_extra, false)
+    }
+
+    /// Like `start`, but warden runs in the temp dir's parent and is given the config by a
+    /// relative path, as a user runs `warden serve --config examples/warden.toml`.
+    pub fn start_relative(rest: &str) -> Warden {
+        Self::start_inner(rest, "", true)
+    }
+
+    fn start_inner(rest: &str, server_extra: &str, relative: bool) -> Warden {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"state\"\n{server_extra}\n{}",
@@ -44,7 +54,13 @@ impl Warden {
         );
         let path = dir.path().join("warden.toml");
         std::fs::write(&path, config).unwrap();
-        let (child, base, log) = spawn_warden(&path);
+        let (child, base, log) = if relative {
+            let parent = dir.path().parent().unwrap().to_path_buf();
+            let rel = path.strip_prefix(&parent).unwrap().to_path_buf();
+            spawn_warden_in(&rel, Some(&parent))
+        } else {
+            spawn_warden(&path)
+        };
         let token = server_extra.split("admin_token = \"").nth(1).and_then(|t| t.split('"').next()).map(str::to_string);
         Warden { child, base, dir, log, token }
     }
@@ -119,7 +135,15 @@ impl Warden {
 
 /// Starts `warden serve` on a config file and waits for its address.
 fn spawn_warden(path: &std::path::Path) -> (Child, String, Arc<Mutex<String>>) {
-    let mut child = Command::new(warden_bin())
+    spawn_warden_in(path, None)
+}
+
+fn spawn_warden_in(path: &std::path::Path, cwd: Option<&std::path::Path>) -> (Child, String, Arc<Mutex<String>>) {
+    let mut command = Command::new(warden_bin());
+    if let Some(cwd) = cwd {
+        command.current_dir(cwd);
+    }
+    let mut child = command
         .args(["serve", "--config"])
         .arg(path)
         .env("WARDEN_LOG", "info")
