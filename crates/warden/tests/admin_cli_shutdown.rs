@@ -241,3 +241,36 @@ async fn a_restart_after_a_crash_stops_the_orphans_of_the_last_run() {
     std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
     assert!(err.contains("Stopped service alpha's processes left running by a previous warden"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_status_show_what_happened() {
+    let w = Warden::start(&format!(
+        "{TWO_SERVICES}\n[services.broken]\nkind = \"process\"\ncommand = [\"FAKE\", \"--fail-start\"]\nmodels = [\"x\"]\n"
+    ));
+    for _ in 0..3 {
+        assert_eq!(w.post("/v1/chat/completions", chat("a1")).await.status(), 200);
+    }
+    assert_eq!(w.post("/v1/chat/completions", chat("x")).await.status(), 503);
+    let resp = reqwest::get(w.url("/metrics")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = resp.text().await.unwrap();
+    for line in [
+        "warden_service_state{service=\"alpha\",state=\"running\"} 1",
+        "warden_service_state{service=\"beta\",state=\"stopped\"} 1",
+        "warden_service_state{service=\"broken\",state=\"failed\"} 1",
+        "warden_service_requests_total{service=\"alpha\"} 3",
+        "warden_service_starts_total{service=\"alpha\"} 1",
+        "warden_service_start_failures_total{service=\"broken\"} 1",
+        "warden_model_loaded{model=\"a1\",service=\"alpha\"} 1",
+        "warden_model_loaded{model=\"b1\",service=\"beta\"} 0",
+        "warden_offloads_total 0",
+        "# TYPE warden_service_requests_total counter",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+    }
+    let status = w.get("/status").await;
+    assert_eq!(status["status"], "ok");
+    assert_eq!(status["services"]["alpha"], "running");
+    assert_eq!(status["services"]["broken"], "failed");
+}

@@ -52,6 +52,8 @@ pub struct Coordinator {
     pending: watch::Sender<usize>,
     deciding: tokio::sync::Mutex<()>,
     state_dir: PathBuf,
+    /// Services offloaded since warden started, for /metrics.
+    offloads: std::sync::atomic::AtomicU64,
 }
 
 /// How often the reloader looks for room, and how often running services are measured.
@@ -98,6 +100,7 @@ impl Coordinator {
             pending,
             deciding: tokio::sync::Mutex::new(()),
             state_dir,
+            offloads: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -289,6 +292,7 @@ impl Coordinator {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         info!("Offloaded service {}: {} freed", victim.name(), mib(before));
+        self.offloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -313,6 +317,15 @@ impl Coordinator {
         if let Ok(text) = serde_json::to_string_pretty(&by_name) {
             let _ = std::fs::write(self.state_dir.join("footprints.json"), text);
         }
+    }
+
+    pub fn offloads_total(&self) -> u64 {
+        self.offloads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The last measured footprint of service `i`, without measuring now.
+    pub fn remembered(&self, i: usize) -> Option<u64> {
+        self.measured(i)
     }
 
     pub fn saved(&self) -> Vec<Saved> {

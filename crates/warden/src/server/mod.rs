@@ -5,6 +5,7 @@ pub mod admin;
 mod admin_resources;
 pub mod auth;
 pub mod errors;
+mod metrics;
 mod openai;
 pub use openai::model_of as openai_model_of;
 mod passthrough;
@@ -42,6 +43,8 @@ pub fn routes(app: Arc<App>) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::client_auth));
     Router::new()
         .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics::metrics))
+        .route("/status", get(metrics::status))
         .merge(front)
         .merge(admin)
         .fallback(|uri: axum::http::Uri| async move { ApiError::NotFound(format!("route {}", uri.path())) })

@@ -18,6 +18,7 @@ impl Lease {
     pub(super) fn take(shared: Arc<Shared>, live: &mut Live, upstream: Arc<str>, model: Option<usize>) -> Lease {
         let now = SystemTime::now();
         live.in_flight += 1;
+        live.requests_total += 1;
         live.last_used = Some(now);
         if let Some(m) = model {
             live.models[m].in_flight += 1;

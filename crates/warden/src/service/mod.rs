@@ -66,6 +66,10 @@ pub struct Live {
     pub last_error: Option<String>,
     /// One entry per model in the service's config, same order.
     pub models: Vec<ModelLive>,
+    /// Counters since warden started, for /metrics.
+    pub requests_total: u64,
+    pub starts_total: u64,
+    pub start_failures_total: u64,
     multi_model: bool,
 }
 
@@ -258,6 +262,9 @@ impl Shared {
                 meter: None,
                 last_error: None,
                 models: config.models.iter().map(|m| ModelLive::new(&m.name, m.keep_alive, false)).collect(),
+                requests_total: 0,
+                starts_total: 0,
+                start_failures_total: 0,
                 multi_model: config.api.multi_model(),
             }),
             log,

@@ -292,6 +292,7 @@ impl Owner {
                     live.idle_since = Some(now);
                     live.running_since = Some(now);
                     live.last_error = None;
+                    live.starts_total += 1;
                     for m in &mut live.models {
                         m.idle_since = Some(now);
                     }
@@ -304,7 +305,11 @@ impl Owner {
             }
             Err(failure) => {
                 warn!("Service {} failed to start: {}", self.name(), failure.reason);
-                self.shared.live().last_error = Some(failure.reason.clone());
+                {
+                    let mut live = self.shared.live();
+                    live.last_error = Some(failure.reason.clone());
+                    live.start_failures_total += 1;
+                }
                 self.last_failure = Some(failure.clone());
                 self.apply(Event::StartFailed);
                 if self.shared.config.desired == Desired::On && !self.shutting_down {

@@ -1,0 +1,76 @@
+//! `GET /metrics` (Prometheus text format) and `GET /status`: read-only views of the state
+//! the owners publish. Nothing is measured here; memory is the coordinator's last figure.
+
+use std::fmt::Write;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::json;
+
+use crate::app::App;
+
+const STATES: [&str; 5] = ["stopped", "starting", "running", "stopping", "failed"];
+
+/// Label values are quoted; backslashes, quotes and newlines escaped as the format requires.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+pub async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    let mut out = String::with_capacity(4096);
+    let mut family = |name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    family("warden_service_state", "gauge", "1 for the service's current lifecycle state.");
+    family("warden_service_in_flight", "gauge", "Requests holding a lease on the service.");
+    family("warden_service_queued", "gauge", "Requests held while the service starts or loads a model.");
+    family("warden_service_requests_total", "counter", "Requests that got a lease on the service.");
+    family("warden_service_starts_total", "counter", "Successful starts of the service.");
+    family("warden_service_start_failures_total", "counter", "Failed starts of the service.");
+    family("warden_service_memory_bytes", "gauge", "Last measured footprint of the service.");
+    family("warden_model_loaded", "gauge", "1 when the model is loaded.");
+    family("warden_offloads_total", "counter", "Services offloaded to make room for another.");
+    let mut lines = String::new();
+    for (i, svc) in app.services.iter().enumerate() {
+        let name = label(svc.name());
+        let live = svc.shared.live();
+        for state in STATES {
+            let on = (live.state.as_str() == state) as u8;
+            let _ = writeln!(lines, "warden_service_state{{service=\"{name}\",state=\"{state}\"}} {on}");
+        }
+        let _ = writeln!(lines, "warden_service_in_flight{{service=\"{name}\"}} {}", live.in_flight);
+        let _ = writeln!(lines, "warden_service_queued{{service=\"{name}\"}} {}", live.queued);
+        let _ = writeln!(lines, "warden_service_requests_total{{service=\"{name}\"}} {}", live.requests_total);
+        let _ = writeln!(lines, "warden_service_starts_total{{service=\"{name}\"}} {}", live.starts_total);
+        let _ =
+            writeln!(lines, "warden_service_start_failures_total{{service=\"{name}\"}} {}", live.start_failures_total);
+        for (m, model) in live.models.iter().enumerate() {
+            let loaded = live.model_loaded(m) as u8;
+            let _ =
+                writeln!(lines, "warden_model_loaded{{model=\"{}\",service=\"{name}\"}} {loaded}", label(&model.name));
+        }
+        drop(live);
+        if let Some(bytes) = app.coordinator.remembered(i) {
+            let _ = writeln!(lines, "warden_service_memory_bytes{{service=\"{name}\"}} {bytes}");
+        }
+    }
+    let _ = writeln!(lines, "warden_offloads_total {}", app.coordinator.offloads_total());
+    out.push_str(&lines);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+pub async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    let services: serde_json::Map<String, serde_json::Value> =
+        app.services.iter().map(|s| (s.name().to_string(), json!(s.shared.live().state.as_str()))).collect();
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": app.started.elapsed().as_secs(),
+        "services": services,
+        "clients": app.config.clients.len(),
+        "pending_reloads": app.coordinator.saved().len(),
+    }))
+}
