@@ -138,16 +138,12 @@ fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, Co
                 }
             }
             let url = raw.url.clone().ok_or_else(|| err(at("url"), "required for kind = \"remote\""))?;
-            let upstream = url
-                .strip_prefix("http://")
-                .map(|rest| rest.trim_end_matches('/').to_string())
-                .filter(|a| !a.is_empty() && !a.contains('/'))
-                .ok_or_else(|| {
-                    err(
-                        at("url"),
-                        format!("{url:?} must look like \"http://host:port\" (https upstreams are not supported yet)"),
-                    )
-                })?;
+            let upstream = http_authority(&url).ok_or_else(|| {
+                err(
+                    at("url"),
+                    format!("{url:?} must look like \"http://host:port\" (https upstreams are not supported yet)"),
+                )
+            })?;
             let api_key = match &raw.api_key_env {
                 None => None,
                 Some(var) => Some(Secret(
@@ -164,10 +160,7 @@ fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, Co
             only_for("stop_command", raw.stop_command.is_some(), "process")?;
             let container = raw.container.ok_or_else(|| err(at("container"), "required for kind = \"container\""))?;
             let url = raw.url.ok_or_else(|| err(at("url"), "required for kind = \"container\" (where it answers)"))?;
-            let upstream = url
-                .strip_prefix("http://")
-                .map(|rest| rest.trim_end_matches('/').to_string())
-                .filter(|a| !a.is_empty() && !a.contains('/'))
+            let upstream = http_authority(&url)
                 .ok_or_else(|| err(at("url"), format!("{url:?} must look like \"http://127.0.0.1:6333\"")))?;
             let mut ports = Vec::new();
             for (i, p) in raw.ports.unwrap_or_default().iter().enumerate() {
@@ -344,6 +337,12 @@ fn resources(raw: RawResources) -> Result<ResourcesConfig, ConfigError> {
         reserve: raw.reserve.map_or(1 << 30, |s| s.0),
         min_residency: raw.min_residency.map_or(Duration::from_secs(30), |d| d.0),
     })
+}
+
+/// "http://host:port" (a trailing slash allowed) → "host:port"; anything else is None.
+fn http_authority(url: &str) -> Option<String> {
+    let authority = url.strip_prefix("http://")?.trim_end_matches('/');
+    (!authority.is_empty() && !authority.contains('/')).then(|| authority.to_string())
 }
 
 /// `[IP:]HOST_PORT:CONTAINER_PORT`
