@@ -13,4 +13,6 @@ for lib in $(ldd "$BIN" | grep -o '/[^ ]*'); do
   cp -L "$lib" "$ROOT$lib"
 done
 tar -C "$ROOT" -c . | podman import --change 'ENTRYPOINT ["/bin/fake-backend"]' - localhost/warden-fake:latest >/dev/null
+# The image each earlier run built is left untagged: drop those not in use.
+podman image prune -f >/dev/null 2>&1 || true
 echo localhost/warden-fake:latest

@@ -106,8 +106,10 @@ pub async fn start(spec: &ContainerSpec) -> Result<ContainerHandle, String> {
         .await
         .map_err(|e| format!("cannot inspect container {name}: {e}"))?;
     let pid = info.state.and_then(|s| s.pid).filter(|&p| p > 0).map(|p| p as u32);
+    // Read now: once the container has died, an inspect can race the engine's cleanup.
+    let limit = info.host_config.and_then(|h| h.memory).filter(|&m| m > 0);
     let (tx, exit) = oneshot::channel();
-    let watcher = tokio::spawn(watch(docker.clone(), name.clone(), since, tx));
+    let watcher = tokio::spawn(watch(docker.clone(), name.clone(), since, limit, tx));
     Ok(ContainerHandle { docker, name, pid, exit, watcher })
 }
 
@@ -122,14 +124,19 @@ fn events_since(docker: &Docker, name: &str, since: Duration) -> Events {
 
 /// Reports how the container ended, from its `die` event (an `oom` event before it marks an OOM
 /// kill). If the event stream breaks, it looks directly and listens again.
-async fn watch(docker: Docker, name: String, since: Duration, report: oneshot::Sender<Exit>) {
+async fn watch(docker: Docker, name: String, since: Duration, limit: Option<i64>, report: oneshot::Sender<Exit>) {
     let mut events = events_since(&docker, &name, since);
     let mut oom_event = false;
     let exit = loop {
         match events.next().await {
             Some(Ok(event)) => match event.action.as_deref() {
                 Some("oom") => oom_event = true,
-                Some("die" | "died") => break describe_exit(&docker, &name, oom_event).await,
+                Some("die" | "died") => {
+                    // The event carries the exit code (Docker and Podman both); inspect may not yet.
+                    let code = event.actor.and_then(|a| a.attributes).and_then(|a| a.get("exitCode")?.parse().ok());
+                    let seen = Seen { oom_event, code, limit };
+                    break describe_exit(&docker, &name, seen).await;
+                }
                 _ => {}
             },
             Some(Err(_)) | None => {
@@ -139,7 +146,7 @@ async fn watch(docker: Docker, name: String, since: Duration, report: oneshot::S
                         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
                         events = events_since(&docker, &name, now);
                     }
-                    Ok(_) => break describe_exit(&docker, &name, false).await,
+                    Ok(_) => break describe_exit(&docker, &name, Seen { oom_event, code: None, limit }).await,
                     Err(e) => break Exit { reason: format!("container engine lost: {e}"), failed: true },
                 }
             }
@@ -148,15 +155,23 @@ async fn watch(docker: Docker, name: String, since: Duration, report: oneshot::S
     let _ = report.send(exit);
 }
 
+/// What the watcher knew when the container ended.
+struct Seen {
+    oom_event: bool,
+    /// From the `die` event.
+    code: Option<i64>,
+    /// The memory limit, read when the container started.
+    limit: Option<i64>,
+}
+
 /// Docker reports OOM kills (an `oom` event, `State.OOMKilled`); Podman on cgroup v1 does not,
 /// so a SIGKILL (exit 137) under a memory limit is reported as a likely OOM kill.
-async fn describe_exit(docker: &Docker, name: &str, oom_event: bool) -> Exit {
-    let info = docker.inspect_container(name, None::<InspectContainerOptions>).await.ok();
-    let state = info.as_ref().and_then(|i| i.state.clone());
-    let code = state.as_ref().and_then(|s| s.exit_code);
-    let limit = info.and_then(|i| i.host_config).and_then(|h| h.memory).filter(|&m| m > 0);
+async fn describe_exit(docker: &Docker, name: &str, seen: Seen) -> Exit {
+    let state = docker.inspect_container(name, None::<InspectContainerOptions>).await.ok().and_then(|i| i.state);
+    let code = seen.code.or(state.as_ref().and_then(|s| s.exit_code));
+    let limit = seen.limit;
     let code_text = code.map_or("?".to_string(), |c| c.to_string());
-    if oom_event || state.as_ref().and_then(|s| s.oom_killed) == Some(true) {
+    if seen.oom_event || state.as_ref().and_then(|s| s.oom_killed) == Some(true) {
         return Exit { reason: format!("container OOM-killed (exit code {code_text})"), failed: true };
     }
     match (code, limit) {
