@@ -45,7 +45,7 @@ async fn plan(w: &Warden, service: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_that_does_not_fit_offloads_the_idle_one_which_is_reloaded_afterwards() {
-    let w = Warden::start(&two("", "idle_timeout = \"1s\"", "0s"));
+    let w = Warden::start(&two("", "", "0s"));
     assert_eq!(w.post("/v1/chat/completions", chat("a")).await.status(), 200);
     let a_pid = w.service("a").await["pid"].as_u64().unwrap() as u32;
     let a_rss = w.service("a").await["rss_bytes"].as_u64().unwrap();
@@ -70,7 +70,9 @@ async fn a_service_that_does_not_fit_offloads_the_idle_one_which_is_reloaded_aft
     assert_eq!(saved[0]["was_running"], true);
     assert!(saved[0]["saved_at"].as_u64().unwrap() > 1_700_000_000);
 
-    // Once B sleeps (1 s idle) there is room again: A comes back by itself.
+    // Once B sleeps there is room again: A comes back by itself. (Stopped here rather than by an
+    // idle timeout, so a slow machine cannot let B sleep before the checks above.)
+    assert_eq!(w.post("/admin/services/b/stop", json!({})).await.status(), 200);
     let resp = reqwest::Client::new().post(w.url("/admin/reload/wait?timeout=15")).send().await.unwrap();
     assert_eq!(resp.json::<Value>().await.unwrap(), json!({"done": true, "pending": 0}));
     assert!(w.wait_state("a", "running", Duration::from_secs(5)).await, "{}", w.log());
