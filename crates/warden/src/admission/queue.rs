@@ -1,0 +1,334 @@
+//! The priority queue and its dispatcher: who runs next when capacity frees. Pure: time, the
+//! UTC minute of day and every limit are arguments; nothing here waits or reads a clock.
+//!
+//! Shape: one FIFO lane per (client, class, route). Within a lane every request has the same
+//! tier, urgency, fairness, service and pools, and the older one has waited longer, so the
+//! head is always the lane's best: only the k lane heads are scored, never all n requests.
+//! Push is O(1); choosing is O(k log k) in the number of non-empty lanes, independent of how
+//! many requests wait.
+
+use std::cmp::Reverse;
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use super::bucket::{From, Pool};
+use super::class::{Class, Window};
+
+pub type Id = u64;
+
+/// A request waiting for capacity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Waiting {
+    pub client: usize,
+    /// The client's tier priority, 0–40.
+    pub tier: u32,
+    pub class: Class,
+    pub service: usize,
+    /// Requests with the same route go to the same service through the same pools.
+    pub route: u32,
+    /// (pool, estimated units) this request takes.
+    pub pools: Vec<(usize, u64)>,
+    pub enqueued_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Waiting this long earns the full 20 aging points.
+    pub aging_full_ms: u64,
+    /// Waiting this long puts a request ahead of every score, oldest first: nothing starves.
+    pub starve_ms: u64,
+    /// How fast a client's recent use is forgotten for fairness.
+    pub fairness_half_life_ms: u64,
+    pub off_peak: Option<Window>,
+}
+
+/// Concurrency limits, by client and by service (None = unlimited).
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    pub client_max: Vec<Option<u32>>,
+    pub service_max: Vec<Option<u32>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// Monotonic milliseconds.
+    pub ms: u64,
+    /// UTC minute of the day, for the off-peak window.
+    pub minute_utc: u32,
+}
+
+/// A request let through, with the capacity it holds until [`Dispatcher::finish`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grant {
+    pub id: Id,
+    pub waiting: Waiting,
+    /// (pool, bucket, units taken).
+    pub taken: Vec<(usize, From, u64)>,
+}
+
+/// The score's parts, each in hundredths of a point (the total is 0–10,000 for 0–100).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Score {
+    pub tier: u32,
+    pub urgency: u32,
+    pub aging: u32,
+    pub fairness: u32,
+}
+
+impl Score {
+    pub fn total(&self) -> u32 {
+        self.tier + self.urgency + self.aging + self.fairness
+    }
+}
+
+pub fn score(w: &Waiting, now_ms: u64, fairness: u32, s: &Settings) -> Score {
+    let waited = now_ms.saturating_sub(w.enqueued_ms);
+    Score {
+        tier: w.tier.min(40) * 100,
+        urgency: w.class.urgency() * 100,
+        aging: (waited.saturating_mul(2000) / s.aging_full_ms.max(1)).min(2000) as u32,
+        fairness,
+    }
+}
+
+pub struct Dispatcher {
+    entries: HashMap<Id, Waiting>,
+    lanes: HashMap<(usize, Class, u32), VecDeque<Id>>,
+    next_id: Id,
+    client_running: Vec<u32>,
+    service_running: Vec<u32>,
+    pub pools: Vec<Pool>,
+    /// Per client: recent dispatches, decayed, and when last decayed.
+    recent: Vec<(f64, u64)>,
+    limits: Limits,
+    settings: Settings,
+    /// `/admin/scheduler/stop`: nothing is dispatched, requests keep queueing.
+    pub paused: bool,
+}
+
+impl Dispatcher {
+    pub fn new(clients: usize, limits: Limits, pools: Vec<Pool>, settings: Settings) -> Self {
+        Dispatcher {
+            entries: HashMap::new(),
+            lanes: HashMap::new(),
+            next_id: 1,
+            client_running: vec![0; clients],
+            service_running: vec![0; limits.service_max.len()],
+            pools,
+            recent: vec![(0.0, 0); clients],
+            limits,
+            settings,
+            paused: false,
+        }
+    }
+
+    pub fn push(&mut self, w: Waiting) -> Id {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.lanes.entry((w.client, w.class, w.route)).or_default().push_back(id);
+        self.entries.insert(id, w);
+        id
+    }
+
+    /// Takes a request out of the queue (it gave up or was cancelled). Its lane slot is
+    /// dropped lazily when it reaches the head.
+    pub fn cancel(&mut self, id: Id) -> Option<Waiting> {
+        self.entries.remove(&id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn get(&self, id: Id) -> Option<&Waiting> {
+        self.entries.get(&id)
+    }
+
+    pub fn waiting(&self) -> impl Iterator<Item = (&Id, &Waiting)> {
+        self.entries.iter()
+    }
+
+    pub fn running(&self, client: usize) -> u32 {
+        self.client_running.get(client).copied().unwrap_or(0)
+    }
+
+    pub fn service_running(&self, service: usize) -> u32 {
+        self.service_running.get(service).copied().unwrap_or(0)
+    }
+
+    fn decayed(&self, client: usize, now_ms: u64) -> f64 {
+        let (v, at) = self.recent[client];
+        let half = self.settings.fairness_half_life_ms.max(1) as f64;
+        v * 0.5f64.powf(now_ms.saturating_sub(at) as f64 / half)
+    }
+
+    /// Fairness points (hundredths, 0–1000) for each client: 10 for one that used nothing
+    /// recently, down to 0 for one that had it all.
+    pub fn fairness(&self, now_ms: u64) -> Vec<u32> {
+        let used: Vec<f64> = (0..self.recent.len()).map(|c| self.decayed(c, now_ms)).collect();
+        let total: f64 = used.iter().sum();
+        used.iter().map(|u| if total <= 0.0 { 1000 } else { (1000.0 * (1.0 - u / total)).round() as u32 }).collect()
+    }
+
+    fn off_peak(&self, now: Now) -> bool {
+        self.settings.off_peak.is_some_and(|w| w.contains(now.minute_utc))
+    }
+
+    /// Every waiting request in the order it would run, best first: starving ones oldest
+    /// first, then by score, then oldest.
+    fn order(&self, ids: impl Iterator<Item = Id>, now: Now) -> Vec<Id> {
+        let fairness = self.fairness(now.ms);
+        let mut keyed: Vec<_> = ids
+            .filter_map(|id| {
+                let w = self.entries.get(&id)?;
+                let starving = now.ms.saturating_sub(w.enqueued_ms) >= self.settings.starve_ms;
+                // Starving requests ignore the score: oldest first.
+                let total = if starving { 0 } else { score(w, now.ms, fairness[w.client], &self.settings).total() };
+                Some((Reverse(starving), Reverse(total), w.enqueued_ms, id))
+            })
+            .collect();
+        keyed.sort_unstable();
+        keyed.into_iter().map(|k| k.3).collect()
+    }
+
+    /// Lane heads, with cancelled requests dropped from the front of their lanes.
+    fn heads(&mut self) -> Vec<Id> {
+        let entries = &self.entries;
+        self.lanes.retain(|_, lane| {
+            while lane.front().is_some_and(|id| !entries.contains_key(id)) {
+                lane.pop_front();
+            }
+            !lane.is_empty()
+        });
+        self.lanes.values().filter_map(|l| l.front().copied()).collect()
+    }
+
+    /// Whether `w` could run now; Err carries the pools it waits for.
+    fn fits(&mut self, w: &Waiting, now: Now) -> Result<(), Vec<usize>> {
+        let client_full =
+            self.limits.client_max.get(w.client).copied().flatten().is_some_and(|m| self.running(w.client) >= m);
+        let service_full = self
+            .limits
+            .service_max
+            .get(w.service)
+            .copied()
+            .flatten()
+            .is_some_and(|m| self.service_running(w.service) >= m);
+        if client_full || service_full || (w.class == Class::Deferred && !self.off_peak(now)) {
+            return Err(Vec::new());
+        }
+        let short: Vec<usize> = w
+            .pools
+            .iter()
+            .filter(|&&(p, n)| self.pools[p].wait_ms(w.client, n, now.ms) != Some(0))
+            .map(|&(p, _)| p)
+            .collect();
+        if short.is_empty() {
+            Ok(())
+        } else {
+            Err(short)
+        }
+    }
+
+    /// The next request to run, with its capacity taken; None when nothing can run now.
+    /// A request held up by a pool keeps that pool for itself: nothing ranked below it may
+    /// take from the pool, so a large request is not starved by a stream of small ones.
+    pub fn next(&mut self, now: Now) -> Option<Grant> {
+        if self.paused || self.entries.is_empty() {
+            return None;
+        }
+        let heads = self.heads();
+        let mut held: HashSet<usize> = HashSet::new();
+        for id in self.order(heads.into_iter(), now) {
+            let w = self.entries[&id].clone();
+            if w.pools.iter().any(|(p, _)| held.contains(p)) {
+                continue;
+            }
+            match self.fits(&w, now) {
+                Ok(()) => return Some(self.start(id, w, now)),
+                Err(short) => held.extend(short),
+            }
+        }
+        None
+    }
+
+    fn start(&mut self, id: Id, w: Waiting, now: Now) -> Grant {
+        self.entries.remove(&id);
+        if let Some(lane) = self.lanes.get_mut(&(w.client, w.class, w.route)) {
+            lane.pop_front();
+        }
+        let taken = w
+            .pools
+            .iter()
+            .filter_map(|&(p, n)| {
+                let n = n.min(self.pools[p].max_take(w.client, now.ms));
+                self.pools[p].try_take(w.client, n, now.ms).map(|from| (p, from, n))
+            })
+            .collect();
+        self.client_running[w.client] += 1;
+        if let Some(s) = self.service_running.get_mut(w.service) {
+            *s += 1;
+        }
+        let decayed = self.decayed(w.client, now.ms);
+        self.recent[w.client] = (decayed + 1.0, now.ms);
+        Grant { id, waiting: w, taken }
+    }
+
+    /// The granted request ended: its slots free up, and each pool is corrected to what it
+    /// really used (`used[i]` for `taken[i]`; None = as estimated).
+    pub fn finish(&mut self, grant: &Grant, used: Option<&[u64]>, now_ms: u64) {
+        let c = &mut self.client_running[grant.waiting.client];
+        *c = c.saturating_sub(1);
+        if let Some(s) = self.service_running.get_mut(grant.waiting.service) {
+            *s = s.saturating_sub(1);
+        }
+        for (i, &(p, from, took)) in grant.taken.iter().enumerate() {
+            if let Some(&u) = used.and_then(|u| u.get(i)) {
+                self.pools[p].adjust(from, took, u, now_ms);
+            }
+        }
+    }
+
+    /// When time alone (a pool refilling, the off-peak window opening) could let a waiting
+    /// request run; None if only a finishing request can.
+    pub fn wake_in_ms(&mut self, now: Now) -> Option<u64> {
+        if self.paused {
+            return None;
+        }
+        let heads = self.heads();
+        let mut soonest: Option<u64> = None;
+        for id in heads {
+            let w = self.entries[&id].clone();
+            let at = if w.class == Class::Deferred && !self.off_peak(now) {
+                self.settings.off_peak.map(|win| u64::from(win.minutes_until_open(now.minute_utc)).max(1) * 60_000)
+            } else {
+                w.pools
+                    .iter()
+                    .filter_map(|&(p, n)| self.pools[p].wait_ms(w.client, n, now.ms))
+                    .max()
+                    .filter(|&ms| ms > 0)
+            };
+            if let Some(at) = at {
+                soonest = Some(soonest.map_or(at, |s| s.min(at)));
+            }
+        }
+        soonest
+    }
+
+    /// 1-based place of a waiting request in the order it would run now.
+    pub fn position(&self, id: Id, now: Now) -> Option<usize> {
+        self.entries.get(&id)?;
+        self.order(self.entries.keys().copied(), now).iter().position(|&i| i == id).map(|p| p + 1)
+    }
+
+    pub fn score_of(&self, id: Id, now_ms: u64) -> Option<Score> {
+        let w = self.entries.get(&id)?;
+        Some(score(w, now_ms, self.fairness(now_ms)[w.client], &self.settings))
+    }
+}
+
+#[cfg(test)]
+mod tests;
