@@ -175,13 +175,22 @@ async fn a_client_over_its_max_concurrent_waits_instead_of_failing() {
 }
 
 #[test]
-fn budgets_are_refused_rather_than_silently_unenforced() {
+fn bad_tenant_config_names_the_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("w.toml");
-    std::fs::write(&file, "[clients.acme]\nkey_sha256 = \"00\"\nmonthly_budget_usd = 250\n").unwrap();
-    let out = Command::new(warden_bin()).args(["config", "check"]).arg(&file).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("clients.acme.monthly_budget_usd: budgets are not enforced"), "{err}");
+    let check = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        let out = Command::new(warden_bin()).args(["config", "check"]).arg(&file).output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let key = "a".repeat(64);
+    let err = check(&format!("[clients.acme]\nkey_sha256 = \"{key}\"\nmonthly_budget_usd = -5\n"));
+    assert!(err.contains("clients.acme.monthly_budget_usd: -5 must be a number of US dollars, 0 or more at line 3"), "{err}");
+    let err = check("[pools.p]\ncapacity = 10\nrefill_per_sec = 1\nsharing = \"reserved\"\nreserved = { nobody = 0.2 }\n");
+    assert!(err.contains("pools.p.reserved.nobody: unknown client \"nobody\""), "{err}");
+    let err = check("[scheduler]\noff_peak = \"22:00\"\n");
+    assert!(err.contains("scheduler.off_peak: invalid window \"22:00\""), "{err}");
     std::fs::write(&file, "[clients.acme]\nkey_env = \"WARDEN_TEST_NOT_SET_ANYWHERE\"\n").unwrap();
     let out = Command::new(warden_bin()).args(["config", "check"]).arg(&file).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

@@ -3,6 +3,7 @@
 
 mod locate;
 pub mod raw;
+mod tenants;
 pub mod units;
 mod validate;
 
@@ -11,7 +12,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use validate::{sha256, validate};
+pub use tenants::sha256;
+pub use validate::validate;
 
 /// The validated configuration the daemon runs on.
 #[derive(Debug, Clone)]
@@ -26,6 +28,44 @@ pub struct Config {
     pub tiers: BTreeMap<String, Tier>,
     /// Empty: warden runs open (one anonymous client).
     pub clients: Vec<ClientConfig>,
+    /// Token buckets, in name order.
+    pub pools: Vec<PoolConfig>,
+    /// Pools and prices of models that have them.
+    pub model_terms: BTreeMap<String, ModelTerms>,
+    pub scheduler: SchedulerConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolUnit {
+    Tokens,
+    Requests,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub name: String,
+    pub unit: PoolUnit,
+    pub capacity: u64,
+    pub refill_per_sec: f64,
+    pub sharing: crate::admission::bucket::Sharing,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelTerms {
+    /// Indexes into `Config::pools`.
+    pub pools: Vec<usize>,
+    pub price: Option<crate::admission::budget::Price>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub off_peak: Option<crate::admission::class::Window>,
+    pub max_queue: usize,
+    pub queue_timeout: Duration,
+    pub aging: Duration,
+    pub starvation: Duration,
+    pub fairness_half_life: Duration,
+    pub default_max_tokens: u64,
 }
 
 /// A secret from the environment; never printed.
@@ -43,6 +83,8 @@ pub struct Tier {
     pub priority: u32,
     /// None = no limit.
     pub max_concurrent: Option<u32>,
+    /// Micro-dollars a month; None = no budget.
+    pub monthly_budget: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -52,6 +94,8 @@ pub struct ClientConfig {
     pub tier: String,
     pub priority: u32,
     pub max_concurrent: Option<u32>,
+    /// Micro-dollars a month; None = no budget.
+    pub monthly_budget: Option<i64>,
     /// Model patterns: exact names, `*`, or a prefix ending in `*`.
     pub models: Vec<String>,
 }
@@ -240,6 +284,8 @@ pub struct ServiceConfig {
     pub idle_timeout: Option<Duration>,
     pub desired: Desired,
     pub max_queue: usize,
+    /// Requests it serves at once (None = no limit); more wait in the priority queue.
+    pub max_concurrent: Option<u32>,
     /// The estimate until measured; None = unknown (counts as 0 until measured).
     pub memory: Option<MemorySetting>,
     pub device: Device,

@@ -26,6 +26,45 @@ pub struct RawConfig {
     pub tiers: BTreeMap<String, RawTier>,
     #[serde(default)]
     pub clients: BTreeMap<String, RawClient>,
+    #[serde(default)]
+    pub pools: BTreeMap<String, RawPool>,
+    #[serde(default)]
+    pub scheduler: RawScheduler,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub unit: Option<String>,
+    pub capacity: Option<u64>,
+    pub refill_per_sec: Option<f64>,
+    pub sharing: Option<String>,
+    pub reserved: Option<BTreeMap<String, f64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    pub input_per_1k: Option<f64>,
+    pub output_per_1k: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScheduler {
+    /// "22:00-06:00", UTC: when `deferred` requests run.
+    pub off_peak: Option<String>,
+    /// Requests waiting at once, all classes; past it, 503.
+    pub max_queue: Option<usize>,
+    /// The longest a request waits for its turn; past it, 503 with Retry-After.
+    pub queue_timeout: Option<HumanDuration>,
+    /// Waiting this long earns the full 20 aging points.
+    pub aging: Option<HumanDuration>,
+    /// Waiting this long runs a request before any score (oldest first).
+    pub starvation: Option<HumanDuration>,
+    pub fairness_half_life: Option<HumanDuration>,
+    /// Output tokens reserved (and sent upstream as max_tokens) when a priced request sets none.
+    pub default_max_tokens: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +112,8 @@ pub enum RawDevice {
 pub struct RawModel {
     pub service: String,
     pub keep_alive: Option<HumanDuration>,
+    pub pools: Option<Vec<String>>,
+    pub price: Option<RawPrice>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -140,6 +181,8 @@ pub struct RawService {
     pub idle_timeout: Option<HumanDuration>,
     pub desired: Option<RawDesired>,
     pub max_queue: Option<usize>,
+    /// Requests it serves at once; more wait in the priority queue.
+    pub max_concurrent: Option<u32>,
     /// How the service hosts models: one fixed model ("openai", the default) or many that are
     /// loaded and unloaded through its API ("llamacpp-router", "ollama").
     pub api: Option<RawApi>,

@@ -5,12 +5,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use super::raw::{RawApi, RawClient, RawConfig, RawDesired, RawDevice, RawKind, RawResources, RawService, RawTier};
+use super::raw::{RawApi, RawConfig, RawDesired, RawDevice, RawKind, RawResources, RawService};
+use super::tenants;
 use super::units::parse_size;
 use super::{
-    Api, CapacitySetting, ClientConfig, Config, ConfigError, ContainerSpec, Desired, Device, Health, IdleConfig,
-    MemorySetting, ModelConfig, ModelRef, PortMap, ProcessSpec, RemoteSpec, ResourcesConfig, Secret, ServerConfig,
-    ServiceConfig, ServiceKind, Tier,
+    Api, CapacitySetting, Config, ConfigError, ContainerSpec, Desired, Device, Health, IdleConfig, MemorySetting,
+    ModelConfig, ModelRef, PortMap, ProcessSpec, RemoteSpec, ResourcesConfig, Secret, ServerConfig, ServiceConfig,
+    ServiceKind,
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -19,7 +20,7 @@ const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(120);
 const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_MAX_QUEUE: usize = 1024;
 
-fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(super) fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError { path: path.into(), message: message.into(), line: None }
 }
 
@@ -59,11 +60,13 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         services.push(service(&name, raw_svc, base)?);
     }
     // `[models.X]` tables attach a keep-alive to a model, adding it to its service if needed.
+    let mut terms = Vec::new();
     for (model, raw_model) in raw.models {
         let Some(svc) = services.iter_mut().find(|s| s.name == raw_model.service) else {
             return Err(err(format!("models.{model}.service"), format!("unknown service {:?}", raw_model.service)));
         };
         let keep_alive = raw_model.keep_alive.map(|d| d.0);
+        terms.push((model.clone(), raw_model.pools, raw_model.price));
         match svc.models.iter_mut().find(|m| m.name == model) {
             Some(m) => m.keep_alive = keep_alive,
             None => svc.models.push(ModelConfig { name: model, keep_alive }),
@@ -82,9 +85,12 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         }
     }
     let resources = resources(raw.resources)?;
-    let tiers = tiers(raw.tiers)?;
-    let clients = clients(raw.clients, &tiers)?;
-    Ok(Config { server, idle, services, models, resources, tiers, clients })
+    let tiers = tenants::tiers(raw.tiers)?;
+    let clients = tenants::clients(raw.clients, &tiers)?;
+    let pools = tenants::pools(raw.pools, &clients)?;
+    let model_terms = tenants::model_terms(terms, &pools)?;
+    let scheduler = tenants::scheduler(raw.scheduler)?;
+    Ok(Config { server, idle, services, models, resources, tiers, clients, pools, model_terms, scheduler })
 }
 
 fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, ConfigError> {
@@ -217,6 +223,10 @@ fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, Co
             _ => Desired::Off,
         },
         max_queue: raw.max_queue.unwrap_or(DEFAULT_MAX_QUEUE),
+        max_concurrent: match raw.max_concurrent {
+            Some(0) => return Err(err(at("max_concurrent"), "must be at least 1")),
+            n => n,
+        },
         memory: match raw.memory.as_deref() {
             None => None,
             Some("auto") => Some(MemorySetting::Auto),
@@ -230,91 +240,6 @@ fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, Co
         reload: raw.reload.unwrap_or(true),
         group: raw.group.filter(|g| !g.is_empty()),
     })
-}
-
-/// The four built-in tiers (priority, max concurrent), overridable and extendable.
-fn tiers(raw: BTreeMap<String, RawTier>) -> Result<BTreeMap<String, Tier>, ConfigError> {
-    let mut tiers: BTreeMap<String, Tier> =
-        [("enterprise", 40, Some(100)), ("premium", 30, Some(50)), ("standard", 20, Some(20)), ("basic", 10, Some(5))]
-            .into_iter()
-            .map(|(n, p, c)| (n.to_string(), Tier { priority: p, max_concurrent: c }))
-            .collect();
-    for (name, t) in raw {
-        if t.monthly_budget_usd.is_some() {
-            return Err(err(format!("tiers.{name}.monthly_budget_usd"), NO_BUDGETS));
-        }
-        let base = tiers.get(&name).cloned().unwrap_or(Tier { priority: 20, max_concurrent: None });
-        let priority = t.priority.unwrap_or(base.priority);
-        if priority > 40 {
-            return Err(err(format!("tiers.{name}.priority"), format!("{priority} must be between 0 and 40")));
-        }
-        if t.max_concurrent == Some(0) {
-            return Err(err(format!("tiers.{name}.max_concurrent"), "must be at least 1"));
-        }
-        tiers.insert(name, Tier { priority, max_concurrent: t.max_concurrent.or(base.max_concurrent) });
-    }
-    Ok(tiers)
-}
-
-const NO_BUDGETS: &str =
-    "budgets are not enforced by this version of warden yet; remove the key rather than rely on it";
-
-fn clients(raw: BTreeMap<String, RawClient>, tiers: &BTreeMap<String, Tier>) -> Result<Vec<ClientConfig>, ConfigError> {
-    let mut out: Vec<ClientConfig> = Vec::new();
-    for (name, c) in raw {
-        let at = |key: &str| format!("clients.{name}.{key}");
-        if c.monthly_budget_usd.is_some() {
-            return Err(err(at("monthly_budget_usd"), NO_BUDGETS));
-        }
-        let key_sha256 = match (&c.key_sha256, &c.key_env) {
-            (Some(hex), None) => parse_sha256(hex).ok_or_else(|| err(at("key_sha256"), "must be 64 hex digits"))?,
-            (None, Some(var)) => {
-                let key = std::env::var(var)
-                    .map_err(|_| err(at("key_env"), format!("environment variable {var} is not set")))?;
-                if key.is_empty() {
-                    return Err(err(at("key_env"), format!("environment variable {var} is empty")));
-                }
-                sha256(key.as_bytes())
-            }
-            _ => return Err(err(format!("clients.{name}"), "needs exactly one of key_sha256 and key_env")),
-        };
-        if let Some(other) = out.iter().find(|o| o.key_sha256 == key_sha256) {
-            return Err(err(format!("clients.{name}"), format!("has the same key as client {:?}", other.name)));
-        }
-        let tier_name = c.tier.unwrap_or_else(|| "standard".into());
-        let tier = tiers.get(&tier_name).ok_or_else(|| {
-            err(
-                at("tier"),
-                format!("unknown tier {tier_name:?}; known: {}", tiers.keys().cloned().collect::<Vec<_>>().join(", ")),
-            )
-        })?;
-        out.push(ClientConfig {
-            name,
-            key_sha256,
-            priority: tier.priority,
-            max_concurrent: tier.max_concurrent,
-            tier: tier_name,
-            models: c.models.unwrap_or_else(|| vec!["*".into()]),
-        });
-    }
-    Ok(out)
-}
-
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(data).into()
-}
-
-fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.trim();
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 fn capacity(key: &str, text: Option<&str>, allow_none: bool) -> Result<CapacitySetting, ConfigError> {
