@@ -1,6 +1,7 @@
 //! warden: wakes AI services on demand, holds requests through a cold start, streams answers
 //! through, and puts idle services to sleep. See ARCHITECTURE.md for the map.
 
+pub mod account;
 pub mod admission;
 pub mod app;
 pub mod cli;

@@ -186,8 +186,12 @@ fn bad_tenant_config_names_the_key_and_line() {
     };
     let key = "a".repeat(64);
     let err = check(&format!("[clients.acme]\nkey_sha256 = \"{key}\"\nmonthly_budget_usd = -5\n"));
-    assert!(err.contains("clients.acme.monthly_budget_usd: -5 must be a number of US dollars, 0 or more at line 3"), "{err}");
-    let err = check("[pools.p]\ncapacity = 10\nrefill_per_sec = 1\nsharing = \"reserved\"\nreserved = { nobody = 0.2 }\n");
+    assert!(
+        err.contains("clients.acme.monthly_budget_usd: -5 must be a number of US dollars, 0 or more at line 3"),
+        "{err}"
+    );
+    let err =
+        check("[pools.p]\ncapacity = 10\nrefill_per_sec = 1\nsharing = \"reserved\"\nreserved = { nobody = 0.2 }\n");
     assert!(err.contains("pools.p.reserved.nobody: unknown client \"nobody\""), "{err}");
     let err = check("[scheduler]\noff_peak = \"22:00\"\n");
     assert!(err.contains("scheduler.off_peak: invalid window \"22:00\""), "{err}");

@@ -48,6 +48,20 @@ pub enum ApiError {
         client: String,
         limit: u32,
     },
+    /// The request could take the client past its monthly budget.
+    OverBudget {
+        client: String,
+        over: crate::admission::budget::OverBudget,
+    },
+    /// The priority queue holds `limit` requests already.
+    QueueFull {
+        limit: usize,
+    },
+    /// The request waited its `queue_timeout` for its turn.
+    QueueTimeout {
+        waited: Duration,
+        class: &'static str,
+    },
 }
 
 impl ApiError {
@@ -63,7 +77,9 @@ impl ApiError {
             ApiError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests { .. } | ApiError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::OverBudget { .. } => StatusCode::PAYMENT_REQUIRED,
+            ApiError::QueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -84,6 +100,9 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::Forbidden { .. } => "model_not_allowed",
             ApiError::TooManyRequests { .. } => "too_many_requests",
+            ApiError::OverBudget { .. } => "budget_exceeded",
+            ApiError::QueueFull { .. } => "priority_queue_full",
+            ApiError::QueueTimeout { .. } => "queue_timeout",
         }
     }
 
@@ -131,6 +150,25 @@ impl ApiError {
             ApiError::TooManyRequests { client, limit } => {
                 format!("client {client} already has {limit} requests in flight (its max_concurrent); retry later")
             }
+            ApiError::OverBudget { client, over } => {
+                use crate::admission::budget::micros_to_usd as usd;
+                format!(
+                    "client {client} has no budget left for this request: monthly budget ${:.6}, spent ${:.6}, \
+                     held for requests in flight ${:.6}, this request may cost up to ${:.6}; \
+                     the budget resets at the start of next month (UTC)",
+                    usd(over.limit),
+                    usd(over.spent),
+                    usd(over.reserved),
+                    usd(over.asked)
+                )
+            }
+            ApiError::QueueFull { limit } => {
+                format!("{limit} requests are already waiting for their turn; retry later")
+            }
+            ApiError::QueueTimeout { waited, class } => format!(
+                "request ({class} priority) waited {:.1} s for its turn without getting one; retry later",
+                waited.as_secs_f64()
+            ),
         }
     }
 
@@ -138,9 +176,10 @@ impl ApiError {
         match self {
             ApiError::Unavailable { why: Unavailable::QueueFull { retry_after }, .. }
             | ApiError::Unavailable { why: Unavailable::StartFailed { retry_after, .. }, .. } => Some(*retry_after),
-            ApiError::Unavailable { why: Unavailable::Stopped { .. }, .. } | ApiError::TooManyRequests { .. } => {
-                Some(Duration::from_secs(1))
-            }
+            ApiError::Unavailable { why: Unavailable::Stopped { .. }, .. }
+            | ApiError::TooManyRequests { .. }
+            | ApiError::QueueFull { .. } => Some(Duration::from_secs(1)),
+            ApiError::QueueTimeout { waited, .. } => Some((*waited / 10).max(Duration::from_secs(1))),
             _ => None,
         }
     }

@@ -1,0 +1,6 @@
+//! The last step of a request: what it used and cost (`usage`), written durably (`store`),
+//! and the alerts raised along the way (`alerts`).
+
+pub mod alerts;
+pub mod store;
+pub mod usage;

@@ -1,0 +1,300 @@
+//! The only code that runs SQL. Every finished request's usage and cost goes to SQLite under
+//! state_dir (WAL, synchronous = FULL: a committed record survives a crash). One writer thread
+//! commits whatever has arrived in one transaction, so many requests share one fsync; readers
+//! use their own connection and never block it.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+/// One finished request.
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageRecord {
+    pub request_id: String,
+    pub client: String,
+    pub model: Option<String>,
+    pub service: String,
+    pub class: String,
+    /// The upstream's status; 0 = no answer.
+    pub status: u16,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_micros: i64,
+    /// No usage came back: the tokens and cost are the estimate charged.
+    pub estimated: bool,
+    pub queued_ms: u64,
+    pub duration_ms: u64,
+    /// Unix milliseconds when it finished.
+    pub finished_at_ms: u64,
+    /// `year * 12 + month - 1`, UTC.
+    pub month: u32,
+}
+
+enum Msg {
+    Record(Box<UsageRecord>),
+    Flush(mpsc::SyncSender<()>),
+}
+
+pub struct Store {
+    tx: Mutex<Option<mpsc::Sender<Msg>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    reader: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS usage (
+    request_id TEXT NOT NULL,
+    client TEXT NOT NULL,
+    model TEXT,
+    service TEXT NOT NULL,
+    class TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost_micros INTEGER NOT NULL,
+    estimated INTEGER NOT NULL,
+    queued_ms INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    finished_at_ms INTEGER NOT NULL,
+    month INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_client_month ON usage (client, month);
+CREATE INDEX IF NOT EXISTS usage_request ON usage (request_id);
+";
+
+fn connect(path: &Path) -> Result<Connection, String> {
+    let conn = Connection::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
+        .map_err(|e| format!("cannot set up {}: {e}", path.display()))?;
+    Ok(conn)
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, String> {
+        let conn = connect(path)?;
+        conn.execute_batch(SCHEMA).map_err(|e| format!("cannot create tables in {}: {e}", path.display()))?;
+        let reader = connect(path)?;
+        let (tx, rx) = mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("usage writer".into())
+            .spawn(move || write_loop(conn, rx))
+            .map_err(|e| e.to_string())?;
+        Ok(Store { tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), reader: Mutex::new(reader) })
+    }
+
+    pub fn record(&self, rec: UsageRecord) {
+        if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = tx.send(Msg::Record(Box::new(rec)));
+        }
+    }
+
+    /// Waits (bounded) until everything recorded so far is committed.
+    pub fn flush(&self) -> bool {
+        let (ack, done) = mpsc::sync_channel(1);
+        let sent = self
+            .tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|tx| tx.send(Msg::Flush(ack)).is_ok());
+        sent && done.recv_timeout(Duration::from_secs(10)).is_ok()
+    }
+
+    /// Commits what is pending and stops the writer.
+    pub fn close(&self) {
+        drop(self.tx.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(writer) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = writer.join();
+        }
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, String> {
+        f(&self.reader.lock().unwrap_or_else(|p| p.into_inner())).map_err(|e| format!("usage database: {e}"))
+    }
+
+    /// Each client's committed spend in `month`.
+    pub fn spend_by_client(&self, month: u32) -> Result<Vec<(String, i64)>, String> {
+        self.read(|c| {
+            let mut q = c.prepare("SELECT client, SUM(cost_micros) FROM usage WHERE month = ?1 GROUP BY client")?;
+            let rows = q.query_map([month], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+    }
+
+    /// A client's totals in `month`, by model.
+    pub fn totals(&self, client: &str, month: u32) -> Result<Vec<ModelTotals>, String> {
+        self.read(|c| {
+            let mut q = c.prepare(
+                "SELECT COALESCE(model, ''), COUNT(*), SUM(prompt_tokens), SUM(completion_tokens), SUM(cost_micros)
+                 FROM usage WHERE client = ?1 AND month = ?2 GROUP BY model ORDER BY model",
+            )?;
+            let rows = q.query_map(params![client, month], |r| {
+                Ok(ModelTotals {
+                    model: r.get(0)?,
+                    requests: r.get(1)?,
+                    prompt_tokens: r.get(2)?,
+                    completion_tokens: r.get(3)?,
+                    cost_micros: r.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// A client's latest requests, newest first.
+    pub fn recent(&self, client: &str, limit: u32) -> Result<Vec<UsageRecord>, String> {
+        self.read(|c| {
+            let mut q = c.prepare(&format!("{SELECT} WHERE client = ?1 ORDER BY rowid DESC LIMIT ?2"))?;
+            let rows = q.query_map(params![client, limit], row)?;
+            rows.collect()
+        })
+    }
+
+    pub fn request(&self, request_id: &str) -> Result<Option<UsageRecord>, String> {
+        self.read(|c| {
+            c.query_row(&format!("{SELECT} WHERE request_id = ?1 ORDER BY rowid DESC"), [request_id], row).optional()
+        })
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelTotals {
+    pub model: String,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_micros: i64,
+}
+
+const SELECT: &str = "SELECT request_id, client, model, service, class, status, prompt_tokens, completion_tokens,
+    cost_micros, estimated, queued_ms, duration_ms, finished_at_ms, month FROM usage";
+
+fn row(r: &rusqlite::Row) -> rusqlite::Result<UsageRecord> {
+    Ok(UsageRecord {
+        request_id: r.get(0)?,
+        client: r.get(1)?,
+        model: r.get(2)?,
+        service: r.get(3)?,
+        class: r.get(4)?,
+        status: r.get(5)?,
+        prompt_tokens: r.get(6)?,
+        completion_tokens: r.get(7)?,
+        cost_micros: r.get(8)?,
+        estimated: r.get(9)?,
+        queued_ms: r.get(10)?,
+        duration_ms: r.get(11)?,
+        finished_at_ms: r.get(12)?,
+        month: r.get(13)?,
+    })
+}
+
+fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        let mut acks = Vec::new();
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO usage VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                )?;
+                for msg in batch {
+                    match msg {
+                        Msg::Record(r) => {
+                            insert.execute(params![
+                                r.request_id,
+                                r.client,
+                                r.model,
+                                r.service,
+                                r.class,
+                                r.status,
+                                r.prompt_tokens,
+                                r.completion_tokens,
+                                r.cost_micros,
+                                r.estimated,
+                                r.queued_ms,
+                                r.duration_ms,
+                                r.finished_at_ms,
+                                r.month
+                            ])?;
+                        }
+                        Msg::Flush(ack) => acks.push(ack),
+                    }
+                }
+            }
+            tx.commit()
+        })();
+        if let Err(e) = result {
+            tracing::error!("Could not write usage records: {e}");
+        }
+        for ack in acks {
+            let _ = ack.try_send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, client: &str, cost: i64, month: u32) -> UsageRecord {
+        UsageRecord {
+            request_id: id.into(),
+            client: client.into(),
+            model: Some("m".into()),
+            service: "s".into(),
+            class: "normal".into(),
+            status: 200,
+            prompt_tokens: 3,
+            completion_tokens: 4,
+            cost_micros: cost,
+            estimated: false,
+            queued_ms: 0,
+            duration_ms: 1,
+            finished_at_ms: 1,
+            month,
+        }
+    }
+
+    #[test]
+    fn records_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("warden.db");
+        {
+            let store = Store::open(&path).unwrap();
+            store.record(rec("a", "acme", 10, 5));
+            store.record(rec("b", "acme", 20, 5));
+            store.record(rec("c", "acme", 40, 4));
+            store.record(rec("d", "zeta", 1, 5));
+            store.close();
+        }
+        let store = Store::open(&path).unwrap();
+        let mut spend = store.spend_by_client(5).unwrap();
+        spend.sort();
+        assert_eq!(spend, vec![("acme".into(), 30), ("zeta".into(), 1)]);
+        assert_eq!(store.request("c").unwrap().unwrap().cost_micros, 40);
+        assert_eq!(
+            store.recent("acme", 2).unwrap().iter().map(|r| r.request_id.as_str()).collect::<Vec<_>>(),
+            ["c", "b"]
+        );
+        let t = store.totals("acme", 5).unwrap();
+        assert_eq!((t[0].requests, t[0].prompt_tokens, t[0].cost_micros), (2, 6, 30));
+        assert!(store.request("nope").unwrap().is_none());
+        store.record(rec("e", "acme", 5, 5));
+        assert!(store.flush());
+        assert_eq!(store.request("e").unwrap().unwrap().cost_micros, 5);
+    }
+}
