@@ -4,12 +4,13 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use axum::http::HeaderMap;
+use tokio::sync::Notify;
 
+use crate::admission::class::{self, Class};
+use crate::admission::estimate::Estimate;
+use crate::admission::gate::{Ask, Gate, Ticket};
 use crate::server::auth::Caller;
-
-/// How long a request waits for one of its client's `max_concurrent` slots.
-const CLIENT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 use crate::config::{Config, Desired, IdleConfig};
 use crate::idle::policy::{IdleInputs, ModelInputs};
@@ -32,8 +33,8 @@ pub struct App {
     /// Wakes the idle monitor when the settings change, so a new interval applies at once.
     pub idle_changed: Notify,
     pub monitor_running: AtomicBool,
-    /// Per client (same order as `config.clients`): its `max_concurrent` slots.
-    client_slots: Vec<Option<Arc<Semaphore>>>,
+    /// Budgets, the priority queue and usage records.
+    pub gate: Arc<Gate>,
     pub started: Instant,
 }
 
@@ -44,11 +45,10 @@ impl App {
         directory: Arc<Directory>,
         coordinator: Arc<Coordinator>,
         client: HttpClient,
+        gate: Arc<Gate>,
     ) -> Self {
-        let client_slots =
-            config.clients.iter().map(|c| c.max_concurrent.map(|n| Arc::new(Semaphore::new(n as usize)))).collect();
         App {
-            client_slots,
+            gate,
             idle: Mutex::new(config.idle),
             config,
             services,
@@ -75,19 +75,35 @@ impl App {
         new
     }
 
-    /// Lets a client's request in: a slot of its `max_concurrent`, waited for (bounded) rather
-    /// than refused; past the bound, 429 with Retry-After.
-    pub async fn admit(&self, caller: &Caller) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
-        let Some(i) = caller.0 else { return Ok(None) };
-        let Some(slots) = &self.client_slots[i] else { return Ok(None) };
-        let client = &self.config.clients[i];
-        match tokio::time::timeout(CLIENT_WAIT, slots.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(Some(permit)),
-            _ => Err(ApiError::TooManyRequests {
-                client: client.name.clone(),
-                limit: client.max_concurrent.unwrap_or(0),
-            }),
-        }
+    /// Lets a request in: reserves its cost, waits its turn in the priority queue (bounded),
+    /// and returns the ticket that holds its capacity until its response ends.
+    pub async fn admit(
+        &self,
+        caller: &Caller,
+        headers: &HeaderMap,
+        service: usize,
+        model: Option<&str>,
+        estimate: Estimate,
+        request_id: &str,
+    ) -> Result<Ticket, ApiError> {
+        let class = match headers.get(class::HEADER) {
+            None => Class::Normal,
+            Some(v) => v.to_str().ok().and_then(Class::parse).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "{} must be one of immediate, fast, normal, batch, deferred (got {v:?})",
+                    class::HEADER
+                ))
+            })?,
+        };
+        let ask = Ask {
+            client: caller.0,
+            class,
+            service,
+            model: model.map(str::to_string),
+            estimate,
+            request_id: request_id.to_string(),
+        };
+        self.gate.admit(ask).await
     }
 
     /// 403 unless the caller may use `model`.

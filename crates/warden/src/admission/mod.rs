@@ -7,4 +7,7 @@
 pub mod bucket;
 pub mod budget;
 pub mod class;
+pub mod clock;
+pub mod estimate;
+pub mod gate;
 pub mod queue;

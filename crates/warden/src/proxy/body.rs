@@ -6,19 +6,27 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::account::usage::Scanner;
+use crate::admission::gate::Ticket;
 use crate::service::lease::Lease;
+
+/// The request's admission ticket, and what reads the answer's usage for it.
+pub struct Meter {
+    pub ticket: Ticket,
+    pub scanner: Option<Scanner>,
+}
 
 pub struct LeaseBody {
     inner: Incoming,
     /// Dropped when the stream ends, fails, or this body is dropped (client disconnect).
     lease: Option<Lease>,
-    /// The client's concurrency slot, released with the lease.
-    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Settled with the lease: with the usage read if the answer ended, else as reserved.
+    meter: Option<Meter>,
 }
 
 impl LeaseBody {
-    pub fn new(inner: Incoming, lease: Lease, slot: Option<tokio::sync::OwnedSemaphorePermit>) -> Self {
-        LeaseBody { inner, lease: Some(lease), slot }
+    pub fn new(inner: Incoming, lease: Lease, meter: Option<Meter>) -> Self {
+        LeaseBody { inner, lease: Some(lease), meter }
     }
 }
 
@@ -28,9 +36,23 @@ impl Body for LeaseBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            self.lease = None;
-            self.slot = None;
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(Meter { scanner: Some(s), .. })) = (frame.data_ref(), self.meter.as_mut()) {
+                    s.feed(data);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(mut m) = self.meter.take() {
+                    m.ticket.usage = m.scanner.take().and_then(Scanner::finish);
+                }
+                self.lease = None;
+            }
+            Poll::Ready(Some(Err(_))) => {
+                self.meter = None;
+                self.lease = None;
+            }
+            Poll::Pending => {}
         }
         polled
     }

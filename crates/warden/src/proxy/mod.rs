@@ -11,10 +11,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use crate::account::usage::Scanner;
+use crate::admission::gate::Ticket;
 use crate::config::{RemoteSpec, ServiceKind};
 use crate::server::errors::ApiError;
 use crate::service::Acquired;
-pub use body::LeaseBody;
+pub use body::{LeaseBody, Meter};
 
 /// Pooled HTTP/1 client to local services: keep-alive connections make the hot path one write
 /// and one read on an open socket.
@@ -35,14 +37,25 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// What a request carries besides its lease.
 pub struct Extras {
-    /// The client's `max_concurrent` slot, held (like the lease) until the body ends.
-    pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Its admission: capacity held (like the lease) until the body ends, then settled.
+    pub ticket: Option<Ticket>,
     /// The client's Authorization is its warden key: never forwarded.
     pub strip_client_auth: bool,
+    pub request_id: String,
+    /// Read the answer's `usage` for the ticket (OpenAI routes).
+    pub usage: bool,
+}
+
+/// The caller's `x-request-id` (kept for correlation), or a new one.
+pub fn request_id(headers: &HeaderMap) -> String {
+    match headers.get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()) {
+        Some(given) if !given.is_empty() && given.len() <= 128 => given.to_string(),
+        _ => new_request_id(),
+    }
 }
 
 /// A process-unique request id: the process start time and a counter, in hex.
-fn request_id() -> String {
+fn new_request_id() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     static EPOCH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let epoch = EPOCH.get_or_init(|| {
@@ -74,14 +87,11 @@ pub async fn forward(
     mut req: Request<Body>,
     path_and_query: &str,
     acquired: Acquired,
-    extras: Extras,
+    mut extras: Extras,
 ) -> Result<Response<Body>, ApiError> {
     let Acquired { lease, cold_start } = acquired;
-    // Keep the caller's id for correlation; otherwise make one. It goes upstream and back.
-    let id = match req.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()) {
-        Some(given) if !given.is_empty() && given.len() <= 128 => given.to_string(),
-        _ => request_id(),
-    };
+    // The id goes upstream and back.
+    let id = std::mem::take(&mut extras.request_id);
     let uri: Uri = format!("http://{}{}", lease.upstream(), path_and_query)
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("invalid path {path_and_query:?}")))?;
@@ -115,7 +125,14 @@ pub async fn forward(
     if let Ok(v) = HeaderValue::from_str(&id) {
         parts.headers.insert(REQUEST_ID_HEADER, v);
     }
-    Ok(Response::from_parts(parts, Body::new(LeaseBody::new(incoming, lease, extras.slot))))
+    let meter = extras.ticket.map(|mut ticket| {
+        ticket.status = Some(parts.status.as_u16());
+        let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let scanner =
+            (extras.usage && parts.status.is_success()).then(|| Scanner::new(content_type.contains("event-stream")));
+        Meter { ticket, scanner }
+    });
+    Ok(Response::from_parts(parts, Body::new(LeaseBody::new(incoming, lease, meter))))
 }
 
 fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {

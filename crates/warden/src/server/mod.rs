@@ -81,11 +81,13 @@ pub async fn serve(config: Config) -> Result<(), String> {
         shutdown: shutdown.clone(),
     };
     let config = Arc::new(config);
+    let gate = Arc::new(crate::admission::gate::Gate::new(config.clone())?);
+    tasks.spawn(gate.clone().run_timer(shutdown.clone()).instrument(tracing::info_span!("scheduler timer")));
     let services: Vec<_> =
         config.services.iter().enumerate().map(|(i, s)| spawn_owner(i, Arc::new(s.clone()), ctx.clone())).collect();
     coordinator.set_services(services.clone());
     tasks.spawn(coordinator.clone().run(tasks.clone(), shutdown.clone()).instrument(tracing::info_span!("reloader")));
-    let app = Arc::new(App::new(config.clone(), services, directory, coordinator, client));
+    let app = Arc::new(App::new(config.clone(), services, directory, coordinator, client, gate.clone()));
     tasks.spawn(
         crate::idle::monitor::run(app.clone(), shutdown.clone()).instrument(tracing::info_span!("idle monitor")),
     );
@@ -120,6 +122,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
     if tokio::time::timeout(longest_stop + Duration::from_secs(10), tasks.wait()).await.is_err() {
         warn!("Some services did not stop in time");
     }
+    // Last: requests cut at the drain timeout settle as their bodies drop, above.
+    gate.store.close();
     info!("warden stopped");
     Ok(())
 }

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use super::auth::Caller;
 use super::errors::ApiError;
+use crate::admission::estimate;
 use crate::app::App;
 use crate::proxy;
 
@@ -62,14 +63,33 @@ pub async fn by_model(
     let name = model_of(&bytes)?;
     let (service, model) = app.route_model(&name)?;
     app.check_model(&caller, &name)?;
-    let slot = app.admit(&caller).await?;
+    let index = app.config.service_index(service.name()).unwrap_or(0);
+    // A priced or pooled model: estimate what it may use (and bound it) before it runs.
+    let (estimate, rewritten) = if app.config.model_terms.contains_key(name.as_ref()) {
+        let embeddings = parts.uri.path().ends_with("/embeddings");
+        let p = estimate::prepare(&bytes, embeddings, app.config.scheduler.default_max_tokens);
+        (p.estimate, p.rewritten)
+    } else {
+        (Default::default(), None)
+    };
+    let request_id = proxy::request_id(&parts.headers);
+    let ticket = app.admit(&caller, &parts.headers, index, Some(&name), estimate, &request_id).await?;
     let acquired = service
         .acquire(Some(model))
         .await
         .map_err(|why| ApiError::Unavailable { service: service.name().to_string(), why })?;
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    let extras = proxy::Extras { slot, strip_client_auth: caller.0.is_some() };
-    proxy::forward(&app.client, Request::from_parts(parts, Body::from(bytes)), &target, acquired, extras).await
+    let extras = proxy::Extras { ticket: Some(ticket), strip_client_auth: caller.0.is_some(), request_id, usage: true };
+    let body = match rewritten {
+        Some(b) => {
+            let mut parts = parts;
+            parts.headers.remove(header::CONTENT_LENGTH);
+            return proxy::forward(&app.client, Request::from_parts(parts, Body::from(b)), &target, acquired, extras)
+                .await;
+        }
+        None => Body::from(bytes),
+    };
+    proxy::forward(&app.client, Request::from_parts(parts, body), &target, acquired, extras).await
 }
 
 /// Every configured (and discovered) model, sleeping ones too.

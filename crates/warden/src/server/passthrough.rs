@@ -45,14 +45,17 @@ async fn pass(
         return Err(ApiError::BodyTooLarge { limit });
     }
     let svc = app.service(service)?;
+    let index = app.config.service_index(service).unwrap_or(0);
     let target = match req.uri().query() {
         Some(q) => format!("/{path}?{q}"),
         None => format!("/{path}"),
     };
-    let slot = app.admit(&caller).await?;
+    let request_id = proxy::request_id(req.headers());
+    let ticket = app.admit(&caller, req.headers(), index, None, Default::default(), &request_id).await?;
     let acquired =
         svc.acquire(None).await.map_err(|why| ApiError::Unavailable { service: service.to_string(), why })?;
     let req = req.map(|body| Body::new(http_body_util::Limited::new(body, limit)));
-    let extras = proxy::Extras { slot, strip_client_auth: caller.0.is_some() };
+    let extras =
+        proxy::Extras { ticket: Some(ticket), strip_client_auth: caller.0.is_some(), request_id, usage: false };
     proxy::forward(&app.client, req, &target, acquired, extras).await
 }

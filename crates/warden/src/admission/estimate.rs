@@ -1,0 +1,111 @@
+//! What a request may use, read from its body before it runs: prompt tokens (estimated from
+//! its size, on the high side) and output tokens (its max_tokens). Pure.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Estimate {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+impl Estimate {
+    pub fn total(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct Shape {
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// Tokenizers make about one token per 4 bytes of English; one per 3 bytes of the whole JSON
+/// body (keys and quotes included) errs on the high side, as a reservation should.
+pub fn prompt_tokens(body_len: usize) -> u64 {
+    (body_len as u64).div_ceil(3) + 8
+}
+
+pub struct Prepared {
+    pub estimate: Estimate,
+    /// The body to send instead, when warden had to set max_tokens or ask for stream usage.
+    pub rewritten: Option<Vec<u8>>,
+}
+
+/// Reads a request for a model with terms (a price or token pools). Without max_tokens the
+/// output is bounded by setting `max_tokens = default_max_tokens`, and a stream is asked to
+/// report its usage, so the cost can be reserved up front and settled exactly afterwards.
+pub fn prepare(body: &[u8], embeddings: bool, default_max_tokens: u64) -> Prepared {
+    let shape: Shape = serde_json::from_slice(body).unwrap_or_default();
+    let prompt = prompt_tokens(body.len());
+    if embeddings {
+        return Prepared { estimate: Estimate { prompt_tokens: prompt, completion_tokens: 0 }, rewritten: None };
+    }
+    let max = shape.max_completion_tokens.or(shape.max_tokens);
+    let need_usage = shape.stream && !shape.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let rewritten = (max.is_none() || need_usage).then(|| {
+        let mut doc: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        if let Some(obj) = doc.as_object_mut() {
+            if max.is_none() {
+                obj.insert("max_tokens".into(), default_max_tokens.into());
+            }
+            if need_usage {
+                let opts = obj.entry("stream_options").or_insert_with(|| Value::Object(Default::default()));
+                if let Some(o) = opts.as_object_mut() {
+                    o.insert("include_usage".into(), true.into());
+                }
+            }
+        }
+        serde_json::to_vec(&doc).unwrap_or_else(|_| body.to_vec())
+    });
+    let estimate = Estimate { prompt_tokens: prompt, completion_tokens: max.unwrap_or(default_max_tokens) };
+    Prepared { estimate, rewritten }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_max_tokens_and_bounds_requests_without_one() {
+        let body = br#"{"model":"m","messages":[],"max_tokens":8}"#;
+        let p = prepare(body, false, 100);
+        assert_eq!(p.estimate, Estimate { prompt_tokens: prompt_tokens(body.len()), completion_tokens: 8 });
+        assert!(p.rewritten.is_none());
+        let p = prepare(br#"{"model":"m","messages":[]}"#, false, 100);
+        assert_eq!(p.estimate.completion_tokens, 100);
+        let sent: Value = serde_json::from_slice(&p.rewritten.unwrap()).unwrap();
+        assert_eq!(sent["max_tokens"], 100);
+        let p = prepare(br#"{"model":"m","max_completion_tokens":5}"#, false, 100);
+        assert_eq!((p.estimate.completion_tokens, p.rewritten.is_none()), (5, true));
+    }
+
+    #[test]
+    fn streams_are_asked_for_usage() {
+        let p = prepare(br#"{"model":"m","stream":true,"max_tokens":3}"#, false, 100);
+        let sent: Value = serde_json::from_slice(&p.rewritten.unwrap()).unwrap();
+        assert_eq!(sent["stream_options"]["include_usage"], true);
+        assert_eq!(sent["max_tokens"], 3);
+        let p =
+            prepare(br#"{"model":"m","stream":true,"max_tokens":3,"stream_options":{"include_usage":true}}"#, false, 1);
+        assert!(p.rewritten.is_none());
+    }
+
+    #[test]
+    fn embeddings_have_no_output() {
+        let p = prepare(br#"{"model":"e","input":"hello"}"#, true, 100);
+        assert_eq!(p.estimate.completion_tokens, 0);
+        assert!(p.rewritten.is_none());
+    }
+}
