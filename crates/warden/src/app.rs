@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use crate::admission::class::{self, Class};
 use crate::admission::estimate::Estimate;
 use crate::admission::gate::{Ask, Gate, Ticket};
+use crate::server::api::jobs::Jobs;
 use crate::server::auth::Caller;
 
 use crate::config::{Config, Desired, IdleConfig};
@@ -35,6 +36,8 @@ pub struct App {
     pub monitor_running: AtomicBool,
     /// Budgets, the priority queue and usage records.
     pub gate: Arc<Gate>,
+    /// Async jobs from `/api/queue/enqueue`.
+    pub jobs: Arc<Jobs>,
     pub started: Instant,
 }
 
@@ -46,9 +49,11 @@ impl App {
         coordinator: Arc<Coordinator>,
         client: HttpClient,
         gate: Arc<Gate>,
+        jobs: Arc<Jobs>,
     ) -> Self {
         App {
             gate,
+            jobs,
             idle: Mutex::new(config.idle),
             config,
             services,
@@ -96,7 +101,7 @@ impl App {
             })?,
         };
         let ask = Ask {
-            client: caller.0,
+            client: caller.client,
             class,
             service,
             model: model.map(str::to_string),
@@ -108,7 +113,7 @@ impl App {
 
     /// 403 unless the caller may use `model`.
     pub fn check_model(&self, caller: &Caller, model: &str) -> Result<(), ApiError> {
-        match caller.0.map(|i| &self.config.clients[i]) {
+        match caller.client.map(|i| &self.config.clients[i]) {
             Some(c) if !c.may_use(model) => {
                 Err(ApiError::Forbidden { client: c.name.clone(), model: model.to_string() })
             }

@@ -86,6 +86,13 @@ impl Window {
     }
 }
 
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (a, b) = (self.start, self.end);
+        write!(f, "{:02}:{:02}-{:02}:{:02}", a / 60, a % 60, b / 60, b % 60)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +104,11 @@ mod tests {
         let urgencies: Vec<u32> = Class::ALL.iter().map(|c| c.urgency()).collect();
         assert!(urgencies.windows(2).all(|w| w[0] > w[1]), "{urgencies:?}");
         assert_eq!(urgencies[0], 30);
+    }
+
+    #[test]
+    fn windows_print_as_parsed() {
+        assert_eq!(Window::parse("22:00-6:05").unwrap().to_string(), "22:00-06:05");
     }
 
     #[test]

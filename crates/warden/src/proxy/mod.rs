@@ -55,7 +55,7 @@ pub fn request_id(headers: &HeaderMap) -> String {
 }
 
 /// A process-unique request id: the process start time and a counter, in hex.
-fn new_request_id() -> String {
+pub fn new_request_id() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     static EPOCH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     let epoch = EPOCH.get_or_init(|| {

@@ -24,24 +24,41 @@ pub async fn admin_auth(State(app): State<Arc<App>>, req: Request, next: Next) -
     next.run(req).await
 }
 
-/// The client a front-door request comes from: `None` when warden runs open (no `[clients]`).
-#[derive(Clone)]
-pub struct Caller(pub Option<usize>);
+/// Who a front-door request comes from: a client (`None` when warden runs open, without
+/// `[clients]`), or the admin, whose token is accepted here too and may see every client.
+#[derive(Clone, Copy)]
+pub struct Caller {
+    pub client: Option<usize>,
+    pub admin: bool,
+    /// Its Authorization header was a warden credential, never to be forwarded.
+    pub warden_key: bool,
+}
+
+impl Caller {
+    /// The admin, or the client that owns it (open mode: everyone is the anonymous client).
+    pub fn may_see(&self, owner: Option<usize>) -> bool {
+        self.admin || self.client == owner
+    }
+}
+
+fn bearer(req: &Request) -> Option<&str> {
+    req.headers().get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
 
 /// With clients configured, every front-door request needs `Authorization: Bearer KEY` of one
-/// of them (401 otherwise); the client is passed on to the handlers.
+/// of them, or the admin token (401 otherwise); the caller is passed on to the handlers.
 pub async fn client_auth(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
-    let caller = if app.config.clients.is_empty() {
-        Caller(None)
+    let given = bearer(&req);
+    let is_admin = match &app.config.server.admin_token {
+        Some(token) => given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())),
+        None => app.config.clients.is_empty(),
+    };
+    let caller = if app.config.clients.is_empty() || is_admin {
+        Caller { client: None, admin: is_admin, warden_key: is_admin && app.config.server.admin_token.is_some() }
     } else {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|k| crate::config::sha256(k.trim().as_bytes()));
-        match given.and_then(|h| app.config.clients.iter().position(|c| c.key_sha256 == h)) {
-            Some(i) => Caller(Some(i)),
+        let hash = given.map(|k| crate::config::sha256(k.as_bytes()));
+        match hash.and_then(|h| app.config.clients.iter().position(|c| c.key_sha256 == h)) {
+            Some(i) => Caller { client: Some(i), admin: false, warden_key: true },
             None => return ApiError::Unauthorized.into_response(),
         }
     };

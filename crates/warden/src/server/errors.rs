@@ -43,6 +43,11 @@ pub enum ApiError {
         client: String,
         model: String,
     },
+    /// A client asked about another client's usage or requests.
+    NotYours {
+        client: String,
+        what: String,
+    },
     /// The client has too many requests in flight for too long.
     TooManyRequests {
         client: String,
@@ -56,6 +61,11 @@ pub enum ApiError {
     /// The priority queue holds `limit` requests already.
     QueueFull {
         limit: usize,
+    },
+    /// A token-bucket pool has too little left for this now.
+    PoolShort {
+        pool: String,
+        wait: Duration,
     },
     /// The request waited its `queue_timeout` for its turn.
     QueueTimeout {
@@ -76,8 +86,10 @@ impl ApiError {
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            ApiError::TooManyRequests { .. } | ApiError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Forbidden { .. } | ApiError::NotYours { .. } => StatusCode::FORBIDDEN,
+            ApiError::TooManyRequests { .. } | ApiError::QueueFull { .. } | ApiError::PoolShort { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::OverBudget { .. } => StatusCode::PAYMENT_REQUIRED,
             ApiError::QueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -99,10 +111,12 @@ impl ApiError {
             ApiError::BadGateway { .. } => "backend_error",
             ApiError::Conflict(_) => "conflict",
             ApiError::Forbidden { .. } => "model_not_allowed",
+            ApiError::NotYours { .. } => "not_your_client",
             ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::OverBudget { .. } => "budget_exceeded",
             ApiError::QueueFull { .. } => "priority_queue_full",
             ApiError::QueueTimeout { .. } => "queue_timeout",
+            ApiError::PoolShort { .. } => "rate_limited",
         }
     }
 
@@ -147,6 +161,9 @@ impl ApiError {
             ApiError::BadGateway { service, detail } => format!("service {service} failed mid-request: {detail}"),
             ApiError::Conflict(m) => m.clone(),
             ApiError::Forbidden { client, model } => format!("client {client} may not use model {model:?}"),
+            ApiError::NotYours { client, what } => {
+                format!("client {client} may not see {what}: a client sees only its own usage and requests")
+            }
             ApiError::TooManyRequests { client, limit } => {
                 format!("client {client} already has {limit} requests in flight (its max_concurrent); retry later")
             }
@@ -165,6 +182,9 @@ impl ApiError {
             ApiError::QueueFull { limit } => {
                 format!("{limit} requests are already waiting for their turn; retry later")
             }
+            ApiError::PoolShort { pool, wait } => {
+                format!("pool {pool} has too little left now; it refills enough in {} ms", wait.as_millis())
+            }
             ApiError::QueueTimeout { waited, class } => format!(
                 "request ({class} priority) waited {:.1} s for its turn without getting one; retry later",
                 waited.as_secs_f64()
@@ -180,6 +200,7 @@ impl ApiError {
             | ApiError::TooManyRequests { .. }
             | ApiError::QueueFull { .. } => Some(Duration::from_secs(1)),
             ApiError::QueueTimeout { waited, .. } => Some((*waited / 10).max(Duration::from_secs(1))),
+            ApiError::PoolShort { wait, .. } => Some(*wait),
             _ => None,
         }
     }

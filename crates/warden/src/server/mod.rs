@@ -3,6 +3,8 @@
 
 pub mod admin;
 mod admin_resources;
+mod admin_scheduler;
+pub mod api;
 pub mod auth;
 pub mod errors;
 mod metrics;
@@ -31,6 +33,7 @@ use errors::ApiError;
 pub fn routes(app: Arc<App>) -> Router {
     let admin = admin::routes()
         .merge(admin_resources::routes())
+        .merge(admin_scheduler::routes())
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::admin_auth));
     // The front door: with [clients] configured, every route here needs a client key.
     let front = Router::new()
@@ -40,6 +43,7 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/v1/embeddings", post(openai::by_model))
         .route("/svc/{service}", any(passthrough::root))
         .route("/svc/{service}/{*path}", any(passthrough::path))
+        .merge(api::routes())
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::client_auth));
     Router::new()
         .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
@@ -87,7 +91,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
         config.services.iter().enumerate().map(|(i, s)| spawn_owner(i, Arc::new(s.clone()), ctx.clone())).collect();
     coordinator.set_services(services.clone());
     tasks.spawn(coordinator.clone().run(tasks.clone(), shutdown.clone()).instrument(tracing::info_span!("reloader")));
-    let app = Arc::new(App::new(config.clone(), services, directory, coordinator, client, gate.clone()));
+    let jobs = Arc::new(api::jobs::Jobs::new(tasks.clone(), shutdown.clone()));
+    let app = Arc::new(App::new(config.clone(), services, directory, coordinator, client, gate.clone(), jobs));
     tasks.spawn(
         crate::idle::monitor::run(app.clone(), shutdown.clone()).instrument(tracing::info_span!("idle monitor")),
     );

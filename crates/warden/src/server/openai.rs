@@ -79,7 +79,7 @@ pub async fn by_model(
         .await
         .map_err(|why| ApiError::Unavailable { service: service.name().to_string(), why })?;
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    let extras = proxy::Extras { ticket: Some(ticket), strip_client_auth: caller.0.is_some(), request_id, usage: true };
+    let extras = proxy::Extras { ticket: Some(ticket), strip_client_auth: caller.warden_key, request_id, usage: true };
     let body = match rewritten {
         Some(b) => {
             let mut parts = parts;

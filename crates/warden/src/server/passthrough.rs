@@ -55,7 +55,6 @@ async fn pass(
     let acquired =
         svc.acquire(None).await.map_err(|why| ApiError::Unavailable { service: service.to_string(), why })?;
     let req = req.map(|body| Body::new(http_body_util::Limited::new(body, limit)));
-    let extras =
-        proxy::Extras { ticket: Some(ticket), strip_client_auth: caller.0.is_some(), request_id, usage: false };
+    let extras = proxy::Extras { ticket: Some(ticket), strip_client_auth: caller.warden_key, request_id, usage: false };
     proxy::forward(&app.client, req, &target, acquired, extras).await
 }

@@ -14,6 +14,12 @@ use serde::Serialize;
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
+mod reserve;
+mod views;
+
+pub use reserve::{Reserved, Used};
+pub use views::Standing;
+
 use super::budget::{Ledger, Micros};
 use super::class::Class;
 use super::clock;
@@ -58,6 +64,8 @@ struct State {
     running: HashMap<String, (usize, Option<String>, Class, Instant)>,
     /// One per client, then the anonymous one.
     ledgers: Vec<Ledger>,
+    /// `/internal/reserve` holds, by reservation id.
+    reservations: HashMap<String, reserve::Held>,
 }
 
 pub struct Gate {
@@ -100,6 +108,7 @@ impl Gate {
             by_request: HashMap::new(),
             running: HashMap::new(),
             ledgers,
+            reservations: HashMap::new(),
         };
         Ok(Gate {
             config,
@@ -187,7 +196,10 @@ impl Gate {
         let rx = pending.rx.as_mut().expect("set above");
         let grant = match tokio::time::timeout(wait, rx).await {
             Ok(Ok(grant)) => grant,
-            _ => return Err(ApiError::QueueTimeout { waited: wait, class: ask.class.as_str() }),
+            Ok(Err(_)) => {
+                return Err(ApiError::Conflict(format!("request {} was cancelled while queued", ask.request_id)))
+            }
+            Err(_) => return Err(ApiError::QueueTimeout { waited: wait, class: ask.class.as_str() }),
         };
         pending.done = true;
         let queued = Duration::from_millis(self.now().0.ms.saturating_sub(grant.waiting.enqueued_ms));
@@ -270,6 +282,7 @@ impl Gate {
                 }
                 st.d.wake_in_ms(now).map_or(Duration::from_secs(60), |ms| Duration::from_millis(ms.clamp(1, 60_000)))
             };
+            let wait = self.expire_reservations().map_or(wait, |next| wait.min(next.max(Duration::from_millis(1))));
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.changed.notified() => {}

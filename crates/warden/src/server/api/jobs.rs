@@ -1,0 +1,126 @@
+//! Async jobs (`POST /api/queue/enqueue`): a request run in the background through the same
+//! path as a front-door request (admission, wake, proxy), its answer kept for
+//! `GET /api/execution/{id}`. Jobs are tasks on warden's tracker and end with it; the latest
+//! 10,000 finished ones are kept.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+const KEEP_FINISHED: usize = 10_000;
+
+#[derive(Clone)]
+pub enum Outcome {
+    Pending,
+    /// The upstream's (or warden's) status and JSON answer.
+    Done {
+        status: u16,
+        body: Value,
+    },
+    Cancelled,
+}
+
+struct Job {
+    client: Option<usize>,
+    outcome: Outcome,
+    cancel: CancellationToken,
+    created_ms: u64,
+    finished_ms: Option<u64>,
+}
+
+pub struct Jobs {
+    jobs: Mutex<HashMap<String, Job>>,
+    finished: Mutex<VecDeque<String>>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Jobs {
+    pub fn new(tasks: TaskTracker, shutdown: CancellationToken) -> Self {
+        Jobs { jobs: Mutex::default(), finished: Mutex::default(), tasks, shutdown }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Job>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `work` as job `id`; its result is kept when it ends. False if the id is taken.
+    pub fn spawn<F>(self: &Arc<Self>, id: String, client: Option<usize>, work: F) -> bool
+    where
+        F: std::future::Future<Output = (u16, Value)> + Send + 'static,
+    {
+        let cancel = self.shutdown.child_token();
+        {
+            let mut jobs = self.lock();
+            if jobs.contains_key(&id) {
+                return false;
+            }
+            let job = Job {
+                client,
+                outcome: Outcome::Pending,
+                cancel: cancel.clone(),
+                created_ms: unix_ms(),
+                finished_ms: None,
+            };
+            jobs.insert(id.clone(), job);
+        }
+        let me = self.clone();
+        let span = tracing::info_span!("job", id = %id);
+        self.tasks.spawn(
+            async move {
+                // Cancelling drops `work` wherever it is: a queued request leaves the queue and
+                // releases its reservation, a running one settles what it used.
+                let outcome = tokio::select! {
+                    (status, body) = work => Outcome::Done { status, body },
+                    _ = cancel.cancelled() => Outcome::Cancelled,
+                };
+                me.finish(&id, outcome);
+            }
+            .instrument(span),
+        );
+        true
+    }
+
+    fn finish(&self, id: &str, outcome: Outcome) {
+        if let Some(job) = self.lock().get_mut(id) {
+            job.outcome = outcome;
+            job.finished_ms = Some(unix_ms());
+        }
+        let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        finished.push_back(id.to_string());
+        if finished.len() > KEEP_FINISHED {
+            if let Some(old) = finished.pop_front() {
+                self.lock().remove(&old);
+            }
+        }
+    }
+
+    /// The job's owner and outcome.
+    pub fn get(&self, id: &str) -> Option<(Option<usize>, Outcome, Value)> {
+        let jobs = self.lock();
+        let job = jobs.get(id)?;
+        let times = json!({"created_at_ms": job.created_ms, "finished_at_ms": job.finished_ms});
+        Some((job.client, job.outcome.clone(), times))
+    }
+
+    /// Cancels a pending job; false if it already ended.
+    pub fn cancel(&self, id: &str) -> bool {
+        let jobs = self.lock();
+        match jobs.get(id) {
+            Some(job) if matches!(job.outcome, Outcome::Pending) => {
+                job.cancel.cancel();
+                true
+            }
+            _ => false,
+        }
+    }
+}

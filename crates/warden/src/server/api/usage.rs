@@ -1,0 +1,188 @@
+//! Usage, cost and resources: a client's spend this month, one request's cost, estimates,
+//! what is available now, and whether a request could run now. Reads only.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{caller_name, client_named, parse};
+use crate::admission::budget::{micros_to_usd, month_index, month_label};
+use crate::admission::estimate::{self, Estimate};
+use crate::app::App;
+use crate::server::auth::Caller;
+use crate::server::errors::ApiError;
+
+#[derive(Deserialize)]
+pub struct MonthQuery {
+    /// "YYYY-MM"; this month when absent.
+    month: Option<String>,
+}
+
+fn parse_month(text: &str) -> Result<u32, ApiError> {
+    let bad = || ApiError::BadRequest(format!("month must be YYYY-MM (got {text:?})"));
+    let (y, m) = text.split_once('-').ok_or_else(bad)?;
+    let (y, m): (i32, u32) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if !(1..=12).contains(&m) || !(1970..=9999).contains(&y) {
+        return Err(bad());
+    }
+    Ok(month_index(y, m))
+}
+
+/// A client's usage in a month: totals, by model, and its latest requests.
+pub async fn client_usage(app: Arc<App>, client: Option<usize>, month: Option<u32>) -> Result<Value, ApiError> {
+    let name = app.gate.client_name(client.unwrap_or(usize::MAX)).to_string();
+    let budget = app.gate.budget_view(client);
+    let month = month.unwrap_or_else(|| crate::admission::clock::month_and_minute().0);
+    let gate = app.gate.clone();
+    let who = name.clone();
+    let (by_model, recent) = tokio::task::spawn_blocking(move || {
+        gate.store.flush();
+        Ok::<_, String>((gate.store.totals(&who, month)?, gate.store.recent(&who, 20)?))
+    })
+    .await
+    .map_err(|e| ApiError::BadRequest(format!("usage lookup failed: {e}")))?
+    .map_err(|e| ApiError::BadGateway { service: "usage database".into(), detail: e })?;
+    let sum = |f: fn(&crate::account::store::ModelTotals) -> u64| by_model.iter().map(f).sum::<u64>();
+    let cost: i64 = by_model.iter().map(|t| t.cost_micros).sum();
+    let by_model: Vec<Value> = by_model
+        .iter()
+        .map(|t| {
+            let mut v = serde_json::to_value(t).expect("serializes");
+            v["cost_usd"] = json!(micros_to_usd(t.cost_micros));
+            v
+        })
+        .collect();
+    Ok(json!({
+        "client": name,
+        "month": month_label(month),
+        "requests": sum(|t| t.requests),
+        "prompt_tokens": sum(|t| t.prompt_tokens),
+        "completion_tokens": sum(|t| t.completion_tokens),
+        "cost_usd": micros_to_usd(cost),
+        "cost_micros": cost,
+        "by_model": by_model,
+        "recent": recent,
+        "budget": budget,
+    }))
+}
+
+pub async fn usage(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(client): Path<String>,
+    Query(q): Query<MonthQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let index = client_named(&app, &caller, &client)?;
+    let month = q.month.as_deref().map(parse_month).transpose()?;
+    Ok(Json(client_usage(app, index, month).await?))
+}
+
+/// This month's budget as it stands, with what is held for requests in flight.
+pub async fn current(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(client): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let index = client_named(&app, &caller, &client)?;
+    let mut view = app.gate.budget_view(index);
+    let (queued, running) = app.gate.client_load(index);
+    view["client"] = json!(client);
+    view["queued"] = json!(queued);
+    view["running"] = json!(running);
+    Ok(Json(view))
+}
+
+pub async fn cost(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let not_found = || ApiError::NotFound(format!("request {id} (no cost recorded yet)"));
+    let record = super::queue::usage_record(&app, &id).await?.ok_or_else(not_found)?;
+    let owner = app.config.clients.iter().position(|c| c.name == record.client);
+    if !caller.may_see(owner) {
+        return Err(not_found());
+    }
+    let mut v = serde_json::to_value(&record).expect("serializes");
+    v["cost_usd"] = json!(micros_to_usd(record.cost_micros));
+    Ok(Json(v))
+}
+
+/// A request body (as it would be sent to /v1/…) read for its model and estimate.
+fn read_request(app: &App, caller: &Caller, body: &[u8]) -> Result<(String, usize, Estimate), ApiError> {
+    let model = crate::server::openai_model_of(body)?.into_owned();
+    let (svc, _) = app.route_model(&model)?;
+    app.check_model(caller, &model)?;
+    let doc: Value = parse(body)?;
+    let embeddings = doc.get("input").is_some() && doc.get("messages").is_none() && doc.get("prompt").is_none();
+    let e = estimate::prepare(body, embeddings, app.config.scheduler.default_max_tokens).estimate;
+    let service = app.config.service_index(svc.name()).unwrap_or(0);
+    Ok((model, service, e))
+}
+
+/// What a request would use: tokens (prompt estimated on the high side), cost at the model's
+/// price, the pool units it takes, and its service's memory.
+pub async fn cost_estimate(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let (model, service, e) = read_request(&app, &caller, &body)?;
+    let cost = app.gate.cost(Some(&model), e.prompt_tokens, e.completion_tokens);
+    let terms = app.config.model_terms.get(&model);
+    let price = terms.and_then(|t| t.price).map(|p| {
+        json!({"input_per_1k_usd": micros_to_usd(p.input_per_1k), "output_per_1k_usd": micros_to_usd(p.output_per_1k)})
+    });
+    Ok(Json(json!({
+        "model": model,
+        "service": app.config.services[service].name,
+        "prompt_tokens": e.prompt_tokens,
+        "completion_tokens": e.completion_tokens,
+        "cost_usd": micros_to_usd(cost),
+        "cost_micros": cost,
+        "price": price,
+        "pools": app.gate.pool_needs(Some(&model), &e),
+        "memory_bytes": app.coordinator.need(service),
+    })))
+}
+
+/// Whether a request could run now, and if not, why; changes nothing.
+pub async fn check(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let (model, service, e) = read_request(&app, &caller, &body)?;
+    let mut v = app.gate.check(caller.client, service, Some(&model), &e);
+    v["model"] = json!(model);
+    Ok(Json(v))
+}
+
+/// What the caller can use now: its budget, the pools, and each service's state.
+pub async fn availability(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> Json<Value> {
+    let services: Vec<Value> = app
+        .services
+        .iter()
+        .map(|svc| {
+            let live = svc.shared.live();
+            json!({
+                "name": svc.name(),
+                "state": live.state.as_str(),
+                "in_flight": live.in_flight,
+                "max_concurrent": svc.shared.config.max_concurrent,
+            })
+        })
+        .collect();
+    let queue = app.gate.queue_status();
+    Json(json!({
+        "client": caller_name(&app, &caller),
+        "budget": app.gate.budget_view(caller.client),
+        "pools": app.gate.pools_view(caller.client),
+        "services": services,
+        "queue": {"queued": queue["queued"], "running": queue["running"], "paused": queue["paused"]},
+    }))
+}
