@@ -45,6 +45,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// A client's spend this month against its budget, by model ("anonymous" in open mode).
+    Usage {
+        client: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The priority queue: what waits, by class, and what runs.
+    Queue {
+        #[arg(long)]
+        json: bool,
+    },
     /// Memory capacity and use per device, and each service's estimate and measured footprint.
     Resources {
         #[arg(long)]
@@ -94,6 +105,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         Cmd::Status { json } => cli::status(&client(), json).await,
         Cmd::Plan { name, json } => cli::plan(&client(), &name, json).await,
         Cmd::Resources { json } => cli::resources(&client(), json).await,
+        Cmd::Usage { client: name, json } => cli::usage(&client(), &name, json).await,
+        Cmd::Queue { json } => cli::queue(&client(), json).await,
         Cmd::Wake { name } => {
             let svc = client().call(Method::POST, &format!("/admin/services/{name}/start")).await?;
             println!("{name} is {} (pid {})", svc["state"].as_str().unwrap_or("?"), svc["pid"]);

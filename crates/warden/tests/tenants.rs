@@ -3,36 +3,12 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-
-/// A fake backend playing the hosted API; killed on drop.
-struct Upstream(Child, u16);
-
-impl Upstream {
-    fn start() -> Upstream {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child =
-            Command::new(fake_backend()).args(["--port", &port.to_string()]).stderr(Stdio::null()).spawn().unwrap();
-        assert!(wait_until(Duration::from_secs(5), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
-        Upstream(child, port)
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn hex(bytes: [u8; 32]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 fn config(upstream: u16) -> String {
     format!(

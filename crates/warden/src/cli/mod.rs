@@ -166,3 +166,55 @@ pub async fn plan(client: &Client, name: &str, as_json: bool) -> Result<(), Stri
     }
     Ok(())
 }
+
+fn usd(v: &Value) -> String {
+    v.as_f64().map_or("-".into(), |x| format!("${x:.4}"))
+}
+
+/// `warden usage CLIENT`: this month's spend against the budget, by model.
+pub async fn usage(client: &Client, name: &str, as_json: bool) -> Result<(), String> {
+    let u = client.call(Method::GET, &format!("/admin/usage/{name}")).await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&u).expect("JSON"));
+        return Ok(());
+    }
+    let b = &u["budget"];
+    let budget = if b["budget_usd"].is_null() { "no budget".to_string() } else { usd(&b["budget_usd"]) };
+    println!(
+        "{name} in {}: {} requests, {} spent of {budget} ({} held for requests in flight)",
+        u["month"].as_str().unwrap_or("?"),
+        u["requests"],
+        usd(&b["spent_usd"]),
+        usd(&b["reserved_usd"]),
+    );
+    println!("{:<32} {:>9} {:>14} {:>14} {:>12}", "MODEL", "REQUESTS", "PROMPT TOK", "OUTPUT TOK", "COST");
+    for m in u["by_model"].as_array().into_iter().flatten() {
+        println!(
+            "{:<32} {:>9} {:>14} {:>14} {:>12}",
+            m["model"].as_str().filter(|s| !s.is_empty()).unwrap_or("(passthrough)"),
+            m["requests"],
+            m["prompt_tokens"],
+            m["completion_tokens"],
+            usd(&m["cost_usd"]),
+        );
+    }
+    Ok(())
+}
+
+/// `warden queue`: what waits, by class, and what runs.
+pub async fn queue(client: &Client, as_json: bool) -> Result<(), String> {
+    let q = client.call(Method::GET, "/admin/queue").await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&q).expect("JSON"));
+        return Ok(());
+    }
+    let paused = if q["paused"].as_bool() == Some(true) { " (scheduler stopped)" } else { "" };
+    println!("{} queued, {} running{paused}", q["queued"], q["running"]);
+    for class in ["immediate", "fast", "normal", "batch", "deferred"] {
+        println!("  {class:<10} {}", q["by_class"][class]);
+    }
+    if let Some(ms) = q["oldest_wait_ms"].as_u64() {
+        println!("oldest has waited {:.1} s", ms as f64 / 1000.0);
+    }
+    Ok(())
+}

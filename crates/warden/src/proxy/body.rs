@@ -30,6 +30,16 @@ impl LeaseBody {
     }
 }
 
+impl LeaseBody {
+    /// The answer ended whole: settle with the usage it reported, and free the lease.
+    fn finish(&mut self) {
+        if let Some(mut m) = self.meter.take() {
+            m.ticket.usage = m.scanner.take().and_then(Scanner::finish);
+        }
+        self.lease = None;
+    }
+}
+
 impl Body for LeaseBody {
     type Data = Bytes;
     type Error = hyper::Error;
@@ -41,13 +51,13 @@ impl Body for LeaseBody {
                 if let (Some(data), Some(Meter { scanner: Some(s), .. })) = (frame.data_ref(), self.meter.as_mut()) {
                     s.feed(data);
                 }
-            }
-            Poll::Ready(None) => {
-                if let Some(mut m) = self.meter.take() {
-                    m.ticket.usage = m.scanner.take().and_then(Scanner::finish);
+                // The last bytes of a sized answer: settle before the client can see them, so
+                // its next request already finds the budget and slots freed.
+                if self.inner.is_end_stream() {
+                    self.finish();
                 }
-                self.lease = None;
             }
+            Poll::Ready(None) => self.finish(),
             Poll::Ready(Some(Err(_))) => {
                 self.meter = None;
                 self.lease = None;

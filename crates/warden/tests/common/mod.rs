@@ -209,6 +209,22 @@ where
     cond().await
 }
 
+/// Fetches a value until `done` holds (bounded); returns the last one fetched either way.
+pub async fn fetch_until<F, Fut>(within: Duration, mut fetch: F, done: impl Fn(&Value) -> bool) -> Value
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Value>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        let v = fetch().await;
+        if done(&v) || Instant::now() >= deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn process_alive(pid: u32) -> bool {
     // A zombie still has /proc/PID; count it as gone since it runs nothing.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -263,4 +279,28 @@ pub fn children_of(pid: u32) -> Vec<u32> {
         }
     }
     kids
+}
+
+/// A fake backend playing the hosted API; killed on drop.
+pub struct Upstream(Child, pub u16);
+
+impl Upstream {
+    pub fn start() -> Upstream {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child =
+            Command::new(fake_backend()).args(["--port", &port.to_string()]).stderr(Stdio::null()).spawn().unwrap();
+        assert!(wait_until(Duration::from_secs(5), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+        Upstream(child, port)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn hex(bytes: [u8; 32]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
