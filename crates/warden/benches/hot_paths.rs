@@ -1,11 +1,13 @@
 //! Hot paths, measured with criterion: routing a request by model, the idle policy over many
-//! services, and the lifecycle machine. Run: cargo bench -p warden --bench hot_paths
+//! services, the lifecycle machine, the eviction planner and the priority queue. Run: cargo bench -p warden --bench hot_paths
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use warden::admission::class::Class;
+use warden::admission::queue::{Dispatcher, Limits, Now, Settings, Waiting};
 use warden::config::ModelRef;
 use warden::idle::policy::{decide, IdleInputs};
 use warden::resources::planner::{plan, Capacity, Newcomer, Resident};
@@ -91,5 +93,45 @@ fn eviction_planner(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, routing, idle_policy, lifecycle, eviction_planner);
+/// 100,000 requests queued over `lanes` lanes (client × class × route); one step pushes a
+/// request and dispatches one (the service admits one at a time: each dispatch ends the
+/// previous), so the queue stays at 100k. Lanes, not requests, are what a dispatch scans.
+fn priority_queue(c: &mut Criterion) {
+    for lanes in [10usize, 100, 1000] {
+        let clients = (lanes / 10).max(1);
+        let routes = (lanes / (clients * 5)).max(1) as u32;
+        let limits = Limits { client_max: vec![None; clients], service_max: vec![Some(1)] };
+        let settings =
+            Settings { aging_full_ms: 120_000, starve_ms: 600_000, fairness_half_life_ms: 60_000, off_peak: None };
+        let mut d = Dispatcher::new(clients, limits, Vec::new(), settings);
+        let waiting = |i: u64| Waiting {
+            client: (i as usize) % clients,
+            tier: 10 + (i % 4) as u32 * 10,
+            class: Class::ALL[(i / clients as u64) as usize % 4],
+            service: 0,
+            route: (i / (clients as u64 * 4)) as u32 % routes,
+            pools: Vec::new(),
+            enqueued_ms: i / 100,
+        };
+        for i in 0..100_000 {
+            d.push(waiting(i));
+        }
+        let mut i = 100_000u64;
+        let mut running = d.next(Now { ms: i / 100, minute_utc: 0 });
+        c.bench_function(&format!("priority queue: push + dispatch at 100k queued, {lanes} lanes"), |b| {
+            b.iter(|| {
+                i += 1;
+                let now = Now { ms: i / 100, minute_utc: 0 };
+                d.push(waiting(i));
+                if let Some(g) = running.take() {
+                    d.finish(&g, None, now.ms);
+                }
+                running = d.next(now);
+                black_box(running.is_some())
+            })
+        });
+    }
+}
+
+criterion_group!(benches, routing, idle_policy, lifecycle, eviction_planner, priority_queue);
 criterion_main!(benches);

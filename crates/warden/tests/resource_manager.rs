@@ -101,6 +101,9 @@ async fn fifty_concurrent_requests_cannot_overspend_a_budget_for_six() {
         })
         .await
     );
+    let alerts = get_json(&w, ADMIN, "/admin/alerts").await.1;
+    let budget = alerts["alerts"].as_array().unwrap().iter().find(|a| a["kind"] == "budget_95").cloned();
+    assert_eq!(budget.map(|a| a["subject"].clone()), Some(json!("acme")), "{alerts}");
     let usage = get_json(&w, "acme-key", "/api/usage/acme").await.1;
     assert_eq!((usage["requests"].as_u64(), usage["completion_tokens"].as_u64()), (Some(6), Some(48)), "{usage}");
     assert_eq!(usage["by_model"][0]["model"], "gpt-4");
@@ -187,6 +190,13 @@ async fn a_client_sees_only_its_own_usage_and_requests() {
     assert_eq!(acme["recent"][0]["request_id"], id.as_str());
     let done = get_json(&w, "acme-key", &format!("/api/execution/{id}")).await.1;
     assert_eq!(done["state"], "done", "{done}");
+
+    // Prometheus shows each client's spend to the admin only.
+    let metrics = call(&w, "bob-key", reqwest::Method::GET, "/metrics", None).await.text().await.unwrap();
+    assert!(metrics.contains("warden_queue_running 0") && !metrics.contains("warden_client_spend_usd"), "{metrics}");
+    let metrics = call(&w, ADMIN, reqwest::Method::GET, "/metrics", None).await.text().await.unwrap();
+    assert!(metrics.contains("warden_client_spend_usd{client=\"acme\"} 0.008"), "{metrics}");
+    assert!(metrics.contains("warden_client_budget_usd{client=\"acme\"} 0.05"), "{metrics}");
 
     // The CLI prints the same.
     let out =
@@ -299,6 +309,10 @@ async fn a_request_pool_shapes_the_rate_and_requests_wait_instead_of_failing() {
     assert!(statuses.iter().all(|s| *s == 200), "all wait their turn: {statuses:?}");
     // 2 at once, then 10 more at 5 a second: no faster than 2 s (a bound, not a benchmark).
     assert!(took >= Duration::from_millis(1900), "{took:?}");
+    let alerts = w.get("/admin/alerts").await;
+    assert!(alerts["alerts"].as_array().unwrap().iter().any(|a| a["kind"] == "pool_low" && a["subject"] == "rpm"));
+    let metrics = reqwest::get(w.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("warden_pool_available{pool=\"rpm\"}"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -405,4 +419,23 @@ async fn outside_callers_reserve_consume_and_release_budget() {
     assert_eq!(current().await["spent_micros"], 12_000);
     let (status, bad) = post("acme-key", "/internal/reserve", json!({"amount_usd": -1})).await;
     assert_eq!(status, 400, "{bad}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_does_not_answer_in_time_gets_504_and_an_alert() {
+    // 8 tokens at 2 a second: no response headers for 4 s.
+    let w = Warden::start(
+        "[services.stuck]\nkind = \"process\"\ncommand = [\"FAKE\", \"--port\", \"${PORT}\", \"--tokens-per-sec\", \"2\"]\n\
+         models = [\"stuck\"]\nresponse_timeout = \"300ms\"\n",
+    );
+    let resp = w.post("/v1/chat/completions", chat("stuck")).await;
+    assert_eq!(resp.status(), 504);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "backend_timeout");
+    assert_eq!(body["error"]["message"], "service stuck sent no response within its response_timeout (0.3 s)");
+    let alerts = w.get("/admin/alerts").await;
+    let alert = alerts["alerts"].as_array().unwrap().iter().find(|a| a["kind"] == "backend_timeout").cloned();
+    assert_eq!(alert.map(|a| a["subject"].clone()), Some(json!("stuck")), "{alerts}");
+    // Its admission ended with it: nothing stays held.
+    assert_eq!(w.get("/api/queue/status").await["running"], 0);
 }

@@ -8,7 +8,7 @@
 //! many requests wait.
 
 use std::cmp::Reverse;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 
 use super::bucket::{From, Pool};
 use super::class::{Class, Window};
@@ -89,6 +89,9 @@ pub fn score(w: &Waiting, now_ms: u64, fairness: u32, s: &Settings) -> Score {
         fairness,
     }
 }
+
+/// (not starving, score, enqueued, id): ascending = the order requests would run in.
+type Key = (Reverse<bool>, Reverse<u32>, u64, Id);
 
 pub struct Dispatcher {
     entries: HashMap<Id, Waiting>,
@@ -177,19 +180,23 @@ impl Dispatcher {
         self.settings.off_peak.is_some_and(|w| w.contains(now.minute_utc))
     }
 
-    /// Every waiting request in the order it would run, best first: starving ones oldest
-    /// first, then by score, then oldest.
-    fn order(&self, ids: impl Iterator<Item = Id>, now: Now) -> Vec<Id> {
+    /// Each request's rank key: ascending is the order it would run, best first: starving ones
+    /// oldest first, then by score, then oldest.
+    fn keys(&self, ids: impl Iterator<Item = Id>, now: Now) -> Vec<Key> {
         let fairness = self.fairness(now.ms);
-        let mut keyed: Vec<_> = ids
-            .filter_map(|id| {
-                let w = self.entries.get(&id)?;
-                let starving = now.ms.saturating_sub(w.enqueued_ms) >= self.settings.starve_ms;
-                // Starving requests ignore the score: oldest first.
-                let total = if starving { 0 } else { score(w, now.ms, fairness[w.client], &self.settings).total() };
-                Some((Reverse(starving), Reverse(total), w.enqueued_ms, id))
-            })
-            .collect();
+        ids.filter_map(|id| {
+            let w = self.entries.get(&id)?;
+            let starving = now.ms.saturating_sub(w.enqueued_ms) >= self.settings.starve_ms;
+            // Starving requests ignore the score: oldest first.
+            let total = if starving { 0 } else { score(w, now.ms, fairness[w.client], &self.settings).total() };
+            Some((Reverse(starving), Reverse(total), w.enqueued_ms, id))
+        })
+        .collect()
+    }
+
+    /// Every waiting request in the order it would run, best first.
+    fn order(&self, ids: impl Iterator<Item = Id>, now: Now) -> Vec<Id> {
+        let mut keyed = self.keys(ids, now);
         keyed.sort_unstable();
         keyed.into_iter().map(|k| k.3).collect()
     }
@@ -242,7 +249,9 @@ impl Dispatcher {
         }
         let heads = self.heads();
         let mut held: HashSet<usize> = HashSet::new();
-        for id in self.order(heads.into_iter(), now) {
+        // A heap, not a sort: usually the best head fits, so this is O(lanes), not O(lanes log lanes).
+        let mut ranked: BinaryHeap<Reverse<Key>> = self.keys(heads.into_iter(), now).into_iter().map(Reverse).collect();
+        while let Some(Reverse((_, _, _, id))) = ranked.pop() {
             let w = self.entries[&id].clone();
             if w.pools.iter().any(|(p, _)| held.contains(p)) {
                 continue;

@@ -277,6 +277,8 @@ pub struct ServiceConfig {
     pub upstream: Option<String>,
     pub api: Api,
     pub start_timeout: Duration,
+    /// How long a request waits for the service's response headers.
+    pub response_timeout: Duration,
     pub stop_timeout: Duration,
     pub models: Vec<ModelConfig>,
     pub idle_sleep: bool,

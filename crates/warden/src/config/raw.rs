@@ -173,6 +173,7 @@ pub struct RawService {
     pub port: Option<u16>,
     pub health: Option<String>,
     pub start_timeout: Option<HumanDuration>,
+    pub response_timeout: Option<HumanDuration>,
     pub stop_timeout: Option<HumanDuration>,
     pub stop_command: Option<Vec<String>>,
     #[serde(default)]

@@ -17,6 +17,8 @@ use super::{
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_MAX_BODY: u64 = 32 << 20;
 const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(120);
+/// Long enough for a slow model's unstreamed answer; a stream's headers come at once.
+const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(600);
 const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_MAX_QUEUE: usize = 1024;
 
@@ -201,6 +203,10 @@ fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, Co
     if start_timeout.is_zero() {
         return Err(err(at("start_timeout"), "must be greater than zero"));
     }
+    let response_timeout = raw.response_timeout.map_or(DEFAULT_RESPONSE_TIMEOUT, |d| d.0);
+    if response_timeout.is_zero() {
+        return Err(err(at("response_timeout"), "must be greater than zero"));
+    }
     Ok(ServiceConfig {
         name: name.to_string(),
         kind,
@@ -213,6 +219,7 @@ fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, Co
             Some(RawApi::Ollama) => Api::Ollama,
         },
         start_timeout,
+        response_timeout,
         stop_timeout: raw.stop_timeout.map_or(DEFAULT_STOP_TIMEOUT, |d| d.0),
         models: raw.models.into_iter().map(|name| ModelConfig { name, keep_alive: None }).collect(),
         idle_sleep: raw.idle_sleep.unwrap_or(true),

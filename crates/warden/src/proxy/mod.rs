@@ -113,10 +113,18 @@ pub async fn forward(
         }
     }
     let service = lease.service().to_string();
-    let resp = client
-        .request(req)
-        .await
-        .map_err(|e| ApiError::BadGateway { service: service.clone(), detail: describe_client_error(&e) })?;
+    let within = lease.config().response_timeout;
+    let resp = match tokio::time::timeout(within, client.request(req)).await {
+        Ok(resp) => {
+            resp.map_err(|e| ApiError::BadGateway { service: service.clone(), detail: describe_client_error(&e) })?
+        }
+        Err(_) => {
+            if let Some(t) = &extras.ticket {
+                t.backend_timed_out(&service, within);
+            }
+            return Err(ApiError::BackendTimeout { service, after: within });
+        }
+    };
     let (mut parts, incoming) = resp.into_parts();
     strip_hop_headers(&mut parts.headers);
     if let Some(waited) = cold_start {

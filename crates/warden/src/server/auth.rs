@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -11,17 +11,18 @@ use super::errors::ApiError;
 use crate::app::App;
 
 pub async fn admin_auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    if let Some(token) = &app.config.server.admin_token {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
-            return ApiError::Unauthorized.into_response();
-        }
+    if !is_admin(&app, req.headers()) {
+        return ApiError::Unauthorized.into_response();
     }
     next.run(req).await
+}
+
+/// The request carries the admin token, or none is configured.
+pub fn is_admin(app: &App, headers: &HeaderMap) -> bool {
+    match &app.config.server.admin_token {
+        None => true,
+        Some(token) => bearer(headers).is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())),
+    }
 }
 
 /// Who a front-door request comes from: a client (`None` when warden runs open, without
@@ -41,16 +42,17 @@ impl Caller {
     }
 }
 
-fn bearer(req: &Request) -> Option<&str> {
-    req.headers().get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
 }
 
 /// With clients configured, every front-door request needs `Authorization: Bearer KEY` of one
 /// of them, or the admin token (401 otherwise); the caller is passed on to the handlers.
 pub async fn client_auth(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
-    let given = bearer(&req);
+    let given = bearer(req.headers());
+    // Without an admin token, only open mode (no clients) makes everyone the admin.
     let is_admin = match &app.config.server.admin_token {
-        Some(token) => given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())),
+        Some(_) => is_admin(&app, req.headers()),
         None => app.config.clients.is_empty(),
     };
     let caller = if app.config.clients.is_empty() || is_admin {

@@ -67,6 +67,11 @@ pub enum ApiError {
         pool: String,
         wait: Duration,
     },
+    /// The service sent no response headers within its `response_timeout`.
+    BackendTimeout {
+        service: String,
+        after: Duration,
+    },
     /// The request waited its `queue_timeout` for its turn.
     QueueTimeout {
         waited: Duration,
@@ -85,6 +90,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Forbidden { .. } | ApiError::NotYours { .. } => StatusCode::FORBIDDEN,
             ApiError::TooManyRequests { .. } | ApiError::QueueFull { .. } | ApiError::PoolShort { .. } => {
@@ -109,6 +115,7 @@ impl ApiError {
             ApiError::Unavailable { why: Unavailable::StartFailed { .. }, .. } => "service_start_failed",
             ApiError::Unavailable { why: Unavailable::Stopped { .. }, .. } => "service_stopped",
             ApiError::BadGateway { .. } => "backend_error",
+            ApiError::BackendTimeout { .. } => "backend_timeout",
             ApiError::Conflict(_) => "conflict",
             ApiError::Forbidden { .. } => "model_not_allowed",
             ApiError::NotYours { .. } => "not_your_client",
@@ -159,6 +166,9 @@ impl ApiError {
                 Unavailable::Stopped { reason } => format!("service {service} is unavailable: {reason}"),
             },
             ApiError::BadGateway { service, detail } => format!("service {service} failed mid-request: {detail}"),
+            ApiError::BackendTimeout { service, after } => {
+                format!("service {service} sent no response within its response_timeout ({:.1} s)", after.as_secs_f64())
+            }
             ApiError::Conflict(m) => m.clone(),
             ApiError::Forbidden { client, model } => format!("client {client} may not use model {model:?}"),
             ApiError::NotYours { client, what } => {

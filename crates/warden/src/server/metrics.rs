@@ -5,11 +5,12 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
 
+use crate::admission::class::Class;
 use crate::app::App;
 
 const STATES: [&str; 5] = ["stopped", "starting", "running", "stopping", "failed"];
@@ -19,7 +20,7 @@ fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-pub async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> impl IntoResponse {
     let mut out = String::with_capacity(4096);
     let mut family = |name: &str, kind: &str, help: &str| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -59,7 +60,51 @@ pub async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     }
     let _ = writeln!(lines, "warden_offloads_total {}", app.coordinator.offloads_total());
     out.push_str(&lines);
+    admission(&app, &mut out, super::auth::is_admin(&app, &headers));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// The queue and pools; each client's spend only for the admin (a client sees only its own).
+fn admission(app: &App, out: &mut String, admin: bool) {
+    let q = app.gate.queue_status();
+    let _ = writeln!(out, "# HELP warden_queue_waiting Requests waiting for their turn, by class.");
+    let _ = writeln!(out, "# TYPE warden_queue_waiting gauge");
+    for class in Class::ALL {
+        let _ = writeln!(out, "warden_queue_waiting{{class=\"{}\"}} {}", class.as_str(), q["by_class"][class.as_str()]);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP warden_queue_running Requests let in and not yet finished.\n# TYPE warden_queue_running gauge"
+    );
+    let _ = writeln!(out, "warden_queue_running {}", q["running"]);
+    let _ = writeln!(
+        out,
+        "# HELP warden_pool_available Units left in each pool's shared bucket.\n# TYPE warden_pool_available gauge"
+    );
+    for p in app.gate.pools_view(None) {
+        let _ = writeln!(
+            out,
+            "warden_pool_available{{pool=\"{}\"}} {}",
+            label(p["name"].as_str().unwrap_or("")),
+            p["available"]
+        );
+    }
+    if !admin {
+        return;
+    }
+    let _ =
+        writeln!(out, "# HELP warden_client_spend_usd Settled spend this month.\n# TYPE warden_client_spend_usd gauge");
+    let _ = writeln!(out, "# HELP warden_client_budget_usd Monthly budget.\n# TYPE warden_client_budget_usd gauge");
+    let clients: Vec<Option<usize>> =
+        if app.config.clients.is_empty() { vec![None] } else { (0..app.config.clients.len()).map(Some).collect() };
+    for c in clients {
+        let name = label(app.gate.client_name(c.unwrap_or(usize::MAX)));
+        let b = app.gate.budget_view(c);
+        let _ = writeln!(out, "warden_client_spend_usd{{client=\"{name}\"}} {}", b["spent_usd"]);
+        if let Some(limit) = b["budget_usd"].as_f64() {
+            let _ = writeln!(out, "warden_client_budget_usd{{client=\"{name}\"}} {limit}");
+        }
+    }
 }
 
 pub async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {

@@ -390,6 +390,15 @@ impl Ticket {
     pub fn queued(&self) -> Duration {
         self.queued
     }
+
+    pub fn backend_timed_out(&self, service: &str, after: Duration) {
+        let msg = format!(
+            "service {service} sent no response within {:.1} s (request {})",
+            after.as_secs_f64(),
+            self.request_id
+        );
+        self.gate.alerts.raise("backend_timeout", service, msg);
+    }
 }
 
 impl Drop for Ticket {
