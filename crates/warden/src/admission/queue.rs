@@ -15,6 +15,27 @@ use super::class::{Class, Window};
 
 pub type Id = u64;
 
+/// Ids are sequential integers: a multiplicative hash spreads them at a fraction of SipHash's
+/// cost (a dispatch looks up every lane head; at 800 lanes SipHash was most of the time).
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap<V> = HashMap<Id, V, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// A request waiting for capacity.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Waiting {
@@ -94,14 +115,18 @@ pub fn score(w: &Waiting, now_ms: u64, fairness: u32, s: &Settings) -> Score {
 type Key = (Reverse<bool>, Reverse<u32>, u64, Id);
 
 pub struct Dispatcher {
-    entries: HashMap<Id, Waiting>,
+    entries: IdMap<Waiting>,
     lanes: HashMap<(usize, Class, u32), VecDeque<Id>>,
     next_id: Id,
     client_running: Vec<u32>,
     service_running: Vec<u32>,
     pub pools: Vec<Pool>,
-    /// Per client: recent dispatches, decayed, and when last decayed.
-    recent: Vec<(f64, u64)>,
+    /// Per client: dispatches, each weighted 2^((t - recent_ref_ms) / half-life). Decay
+    /// scales every client alike, so shares of the total need no clock: one division, no
+    /// powf per client per dispatch. Rebased before the weights could overflow.
+    recent: Vec<f64>,
+    recent_total: f64,
+    recent_ref_ms: u64,
     limits: Limits,
     settings: Settings,
     /// `/admin/scheduler/stop`: nothing is dispatched, requests keep queueing.
@@ -111,13 +136,15 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(clients: usize, limits: Limits, pools: Vec<Pool>, settings: Settings) -> Self {
         Dispatcher {
-            entries: HashMap::new(),
+            entries: IdMap::default(),
             lanes: HashMap::new(),
             next_id: 1,
             client_running: vec![0; clients],
             service_running: vec![0; limits.service_max.len()],
             pools,
-            recent: vec![(0.0, 0); clients],
+            recent: vec![0.0; clients],
+            recent_total: 0.0,
+            recent_ref_ms: 0,
             limits,
             settings,
             paused: false,
@@ -162,18 +189,34 @@ impl Dispatcher {
         self.service_running.get(service).copied().unwrap_or(0)
     }
 
-    fn decayed(&self, client: usize, now_ms: u64) -> f64 {
-        let (v, at) = self.recent[client];
+    /// Counts one dispatch of `client` at `now_ms` in its decayed use.
+    fn note_use(&mut self, client: usize, now_ms: u64) {
         let half = self.settings.fairness_half_life_ms.max(1) as f64;
-        v * 0.5f64.powf(now_ms.saturating_sub(at) as f64 / half)
+        let mut exp = now_ms.saturating_sub(self.recent_ref_ms) as f64 / half;
+        if exp > 512.0 {
+            let scale = 0.5f64.powf(exp);
+            self.recent.iter_mut().for_each(|w| *w *= scale);
+            self.recent_total *= scale;
+            self.recent_ref_ms = now_ms;
+            exp = 0.0;
+        }
+        let weight = 2f64.powf(exp);
+        self.recent[client] += weight;
+        self.recent_total += weight;
     }
 
-    /// Fairness points (hundredths, 0–1000) for each client: 10 for one that used nothing
+    /// Fairness points (hundredths, 0–1000) of a client: 10 for one that used nothing
     /// recently, down to 0 for one that had it all.
-    pub fn fairness(&self, now_ms: u64) -> Vec<u32> {
-        let used: Vec<f64> = (0..self.recent.len()).map(|c| self.decayed(c, now_ms)).collect();
-        let total: f64 = used.iter().sum();
-        used.iter().map(|u| if total <= 0.0 { 1000 } else { (1000.0 * (1.0 - u / total)).round() as u32 }).collect()
+    fn fairness_of(&self, client: usize) -> u32 {
+        if self.recent_total <= 0.0 {
+            return 1000;
+        }
+        (1000.0 * (1.0 - self.recent[client] / self.recent_total)).round().clamp(0.0, 1000.0) as u32
+    }
+
+    /// Fairness points of every client.
+    pub fn fairness(&self) -> Vec<u32> {
+        (0..self.recent.len()).map(|c| self.fairness_of(c)).collect()
     }
 
     fn off_peak(&self, now: Now) -> bool {
@@ -183,12 +226,11 @@ impl Dispatcher {
     /// Each request's rank key: ascending is the order it would run, best first: starving ones
     /// oldest first, then by score, then oldest.
     fn keys(&self, ids: impl Iterator<Item = Id>, now: Now) -> Vec<Key> {
-        let fairness = self.fairness(now.ms);
         ids.filter_map(|id| {
             let w = self.entries.get(&id)?;
             let starving = now.ms.saturating_sub(w.enqueued_ms) >= self.settings.starve_ms;
             // Starving requests ignore the score: oldest first.
-            let total = if starving { 0 } else { score(w, now.ms, fairness[w.client], &self.settings).total() };
+            let total = if starving { 0 } else { score(w, now.ms, self.fairness_of(w.client), &self.settings).total() };
             Some((Reverse(starving), Reverse(total), w.enqueued_ms, id))
         })
         .collect()
@@ -281,8 +323,7 @@ impl Dispatcher {
         if let Some(s) = self.service_running.get_mut(w.service) {
             *s += 1;
         }
-        let decayed = self.decayed(w.client, now.ms);
-        self.recent[w.client] = (decayed + 1.0, now.ms);
+        self.note_use(w.client, now.ms);
         Grant { id, waiting: w, taken }
     }
 
@@ -335,7 +376,7 @@ impl Dispatcher {
 
     pub fn score_of(&self, id: Id, now_ms: u64) -> Option<Score> {
         let w = self.entries.get(&id)?;
-        Some(score(w, now_ms, self.fairness(now_ms)[w.client], &self.settings))
+        Some(score(w, now_ms, self.fairness_of(w.client), &self.settings))
     }
 }
 

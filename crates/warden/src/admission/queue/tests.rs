@@ -59,12 +59,17 @@ fn the_client_that_used_less_goes_first_among_equals() {
     }
     let busy = d.push(req(0, 20, Class::Normal, 10));
     let quiet = d.push(req(1, 20, Class::Normal, 11));
-    assert_eq!(d.fairness(11), vec![0, 1000]);
+    assert_eq!(d.fairness(), vec![0, 1000]);
     assert!(d.score_of(quiet, 11).unwrap().total() > d.score_of(busy, 11).unwrap().total());
     assert_eq!(d.next(at(11)).unwrap().id, quiet);
-    // A minute later half of the use is forgotten.
-    let f = d.fairness(60_011);
-    assert!(f[0] < f[1], "{f:?}");
+    // quiet's one dispatch is newer than busy's five: it weighs a little more than one of them.
+    let f = d.fairness();
+    assert!(f[0] < f[1] && f[0] < 170, "{f:?}");
+    // A minute later (one half-life) a dispatch weighs twice one a minute earlier: busy's
+    // request (aged, so it runs first) counts 2 against quiet's 1, on top of busy's 5.
+    d.push(req(1, 20, Class::Normal, 60_011));
+    assert_eq!(d.next(at(60_011)).unwrap().id, busy);
+    assert_eq!(d.fairness(), vec![125, 875]);
 }
 
 #[test]
