@@ -63,7 +63,7 @@ async fn a_service_that_does_not_fit_offloads_the_idle_one_which_is_reloaded_aft
     // B is answered; A was offloaded first: its processes are gone, its memory returned.
     assert_eq!(w.post("/v1/chat/completions", chat("b")).await.status(), 200);
     assert!(!process_alive(a_pid), "a's process must be gone");
-    assert_eq!(w.service("a").await["state"], "stopped");
+    assert_eq!(w.service("a").await["state"], "stopped", "{}", w.log());
     assert!(w.log().contains("Offloading service a"), "{}", w.log());
     let saved = w.get("/admin/saved-state").await;
     assert_eq!(saved[0]["service"], "a");

@@ -373,12 +373,19 @@ impl Coordinator {
     async fn reload_what_fits(&self, tasks: &TaskTracker) {
         for entry in self.saved() {
             let Some(i) = self.services().iter().position(|s| s.name() == entry.service) else { continue };
+            // Decided under the room-making lock: while a start is making room (offloading
+            // this very service, say), the start is not yet counted as holding memory, and
+            // this service would seem to fit again.
+            let guard = self.deciding.lock().await;
             let state = self.services()[i].shared.live().state;
             let ready = match state {
                 // Woken by a request meanwhile: nothing to reload.
                 State::Running | State::Starting => true,
+                // Still being offloaded.
+                State::Stopping => false,
                 _ => matches!(self.plan_for(i).await, Some((Plan::Go { victims, .. }, _, _)) if victims.is_empty()),
             };
+            drop(guard);
             if !ready {
                 continue;
             }
