@@ -8,7 +8,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::api::{client_usage, queue_status};
+use super::api::{client_named, client_usage, queue_status};
+use super::auth::Caller;
 use super::errors::ApiError;
 use crate::app::App;
 
@@ -37,10 +38,7 @@ async fn alerts(State(app): State<Arc<App>>) -> Json<Value> {
 }
 
 async fn usage(State(app): State<Arc<App>>, Path(client): Path<String>) -> Result<Json<Value>, ApiError> {
-    let index = match app.config.clients.iter().position(|c| c.name == client) {
-        Some(i) => Some(i),
-        None if client == "anonymous" => None,
-        None => return Err(ApiError::NotFound(format!("client {client:?}"))),
-    };
+    let admin = Caller { client: None, admin: true, warden_key: false };
+    let index = client_named(&app, &admin, &client)?;
     Ok(Json(client_usage(app, index, None).await?))
 }

@@ -53,12 +53,12 @@ pub fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     })
 }
 
-/// The client named in a path or body: its index (None = the anonymous client of open mode),
-/// if the caller may see it.
+/// The client named in a path or body: its index (None = the anonymous client: everyone in
+/// open mode, the admin's own requests otherwise), if the caller may see it.
 pub fn client_named(app: &App, caller: &Caller, name: &str) -> Result<Option<usize>, ApiError> {
     let index = match app.config.clients.iter().position(|c| c.name == name) {
         Some(i) => Some(i),
-        None if name == "anonymous" && app.config.clients.is_empty() => None,
+        None if name == "anonymous" && (app.config.clients.is_empty() || caller.admin) => None,
         None => return Err(ApiError::NotFound(format!("client {name:?}"))),
     };
     if !caller.may_see(index) {
