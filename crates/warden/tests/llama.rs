@@ -194,3 +194,65 @@ start_timeout = "60s"
     let footprints = std::fs::read_to_string(w.dir.path().join("state/footprints.json")).unwrap();
     assert!(footprints.contains("\"big\"") && footprints.contains("\"small\""), "{footprints}");
 }
+
+/// Money against the real server: warden bounds a request without max_tokens, asks a stream
+/// for its usage, and charges exactly what llama-server reports, to the micro-dollar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs llama-server: run scripts/test"]
+async fn a_priced_llama_model_is_charged_what_llama_server_reports() {
+    let llama = llama();
+    let models = tempfile::tempdir().unwrap();
+    let model = llama.make_model(models.path(), "tiny", 64);
+    let w = Warden::start(&format!(
+        r#"
+[scheduler]
+default_max_tokens = 3
+
+[services.llama]
+kind = "process"
+command = ["{server}", "-m", "{model}", "--port", "${{PORT}}", "-c", "512", "-t", "1"]
+start_timeout = "60s"
+models = ["tiny"]
+
+[models.tiny]
+service = "llama"
+price = {{ input_per_1k = 1.0, output_per_1k = 2.0 }}
+"#,
+        server = llama.server,
+        model = model.display()
+    ));
+    let cost_of = |id: String| {
+        let w = &w;
+        async move {
+            let path = format!("/api/cost/{id}");
+            fetch_until(Duration::from_secs(5), || w.get(&path), |c| c["request_id"] == id.as_str()).await
+        }
+    };
+    // No max_tokens: warden sets default_max_tokens, so the answer stops at 3 tokens.
+    let resp = w
+        .post("/v1/chat/completions", json!({"model": "tiny", "messages": [{"role": "user", "content": "hello"}]}))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let answer: Value = resp.json().await.unwrap();
+    let prompt = answer["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(answer["usage"]["completion_tokens"], 3, "{answer}");
+    let cost = cost_of(id).await;
+    assert_eq!((cost["prompt_tokens"].as_u64(), cost["completion_tokens"].as_u64()), (Some(prompt), Some(3)), "{cost}");
+    // $1 per 1k prompt tokens = 1,000 micro-dollars a token; $2 per 1k output = 2,000.
+    assert_eq!(cost["cost_micros"].as_u64(), Some(prompt * 1000 + 3 * 2000), "{cost}");
+    assert_eq!(cost["estimated"], false);
+
+    // A stream that did not ask for usage is asked for it by warden, and charged by it.
+    let body =
+        json!({"model": "tiny", "stream": true, "max_tokens": 5, "messages": [{"role": "user", "content": "hello"}]});
+    let resp = w.post("/v1/chat/completions", body).await;
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("\"completion_tokens\":5"), "{text}");
+    let cost = cost_of(id).await;
+    assert_eq!((cost["completion_tokens"].as_u64(), cost["estimated"].as_bool()), (Some(5), Some(false)), "{cost}");
+    assert_eq!(cost["cost_micros"].as_u64(), Some(cost["prompt_tokens"].as_u64().unwrap() * 1000 + 5 * 2000));
+    let usage = w.get("/api/usage/anonymous").await;
+    assert_eq!((usage["requests"].as_u64(), usage["completion_tokens"].as_u64()), (Some(2), Some(8)), "{usage}");
+}
