@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{client_named, parse};
-use crate::admission::budget::{micros_to_usd, usd_to_micros};
+use crate::admission::budget::{micros_to_usd, usd_to_micros, Micros};
 use crate::admission::estimate::Estimate;
 use crate::admission::gate::Used;
 use crate::app::App;
@@ -44,6 +44,11 @@ struct SettleBody {
     cost_usd: Option<f64>,
 }
 
+fn micros(field: &str, usd: f64) -> Result<Micros, ApiError> {
+    usd_to_micros(usd)
+        .ok_or_else(|| ApiError::BadRequest(format!("{field} must be a number of US dollars, 0 or more (got {usd})")))
+}
+
 pub async fn reserve(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
@@ -58,12 +63,7 @@ pub async fn reserve(
         app.route_model(model)?;
         app.check_model(&Caller { client, ..caller }, model)?;
     }
-    let amount = match b.amount_usd {
-        None => None,
-        Some(usd) => Some(usd_to_micros(usd).ok_or_else(|| {
-            ApiError::BadRequest(format!("amount_usd must be a number of US dollars, 0 or more (got {usd})"))
-        })?),
-    };
+    let amount = b.amount_usd.map(|usd| micros("amount_usd", usd)).transpose()?;
     if b.model.is_none() && amount.is_none() {
         return Err(ApiError::BadRequest("give a model (priced by its terms) or amount_usd".into()));
     }
@@ -107,10 +107,7 @@ pub async fn consume(
 ) -> Result<Json<Value>, ApiError> {
     let b: SettleBody = parse(&body)?;
     let used = match (b.cost_usd, b.prompt_tokens, b.completion_tokens) {
-        (Some(usd), None, None) => Used::Cost(
-            usd_to_micros(usd)
-                .ok_or_else(|| ApiError::BadRequest(format!("cost_usd must be 0 or more (got {usd})")))?,
-        ),
+        (Some(usd), None, None) => Used::Cost(micros("cost_usd", usd)?),
         (None, p, c) if p.is_some() || c.is_some() => {
             Used::Tokens { prompt: p.unwrap_or(0), completion: c.unwrap_or(0) }
         }

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use super::auth::Caller;
 use super::errors::ApiError;
+use crate::account::store::Store;
 use crate::app::App;
 
 pub use queue::queue_status;
@@ -40,6 +41,22 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/internal/reserve", post(internal::reserve))
         .route("/internal/release", post(internal::release))
         .route("/internal/consume", post(internal::consume))
+}
+
+/// Reads the usage database off the async threads, after everything recorded so far is
+/// committed (so a client sees its own last request).
+pub async fn query<T: Send + 'static>(
+    app: &App,
+    read: impl FnOnce(&Store) -> Result<T, String> + Send + 'static,
+) -> Result<T, ApiError> {
+    let gate = app.gate.clone();
+    tokio::task::spawn_blocking(move || {
+        gate.store.flush();
+        read(&gate.store)
+    })
+    .await
+    .map_err(|e| ApiError::BadRequest(format!("usage lookup failed: {e}")))?
+    .map_err(|e| ApiError::BadGateway { service: "usage database".into(), detail: e })
 }
 
 /// A JSON body, with 400 naming what is wrong.

@@ -39,6 +39,20 @@ fn default_endpoint() -> String {
 }
 
 impl Envelope {
+    /// The envelope, checked, and the id its request will run under (the caller's
+    /// `x-request-id`, or a new one).
+    fn accept(
+        app: &App,
+        caller: &Caller,
+        headers: &HeaderMap,
+        body: &[u8],
+        background: bool,
+    ) -> Result<(Envelope, String), ApiError> {
+        let envelope: Envelope = parse(body)?;
+        envelope.check(app, caller, background)?;
+        Ok((envelope, proxy::request_id(headers)))
+    }
+
     /// Checks everything a job could fail on before it is accepted: 400/403/404 now rather
     /// than a failed job later.
     fn check(&self, app: &App, caller: &Caller, background: bool) -> Result<(), ApiError> {
@@ -142,9 +156,7 @@ pub async fn enqueue(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let envelope: Envelope = parse(&body)?;
-    envelope.check(&app, &caller, true)?;
-    let id = proxy::request_id(&headers);
+    let (envelope, id) = Envelope::accept(&app, &caller, &headers, &body, true)?;
     let req = envelope.into_request(&id);
     let limit = app.config.server.max_body;
     let work = {
@@ -175,9 +187,7 @@ pub async fn execute(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let envelope: Envelope = parse(&body)?;
-    envelope.check(&app, &caller, false)?;
-    let id = proxy::request_id(&headers);
+    let (envelope, id) = Envelope::accept(&app, &caller, &headers, &body, false)?;
     Ok(run(app, caller, envelope.into_request(&id)).await)
 }
 
@@ -215,15 +225,8 @@ pub async fn execution(
 
 /// The usage record of a finished request, once committed.
 pub async fn usage_record(app: &Arc<App>, id: &str) -> Result<Option<crate::account::store::UsageRecord>, ApiError> {
-    let gate = app.gate.clone();
     let id = id.to_string();
-    tokio::task::spawn_blocking(move || {
-        gate.store.flush();
-        gate.store.request(&id)
-    })
-    .await
-    .map_err(|e| ApiError::BadRequest(format!("usage lookup failed: {e}")))?
-    .map_err(|e| ApiError::BadGateway { service: "usage database".into(), detail: e })
+    super::query(app, move |store| store.request(&id)).await
 }
 
 /// Cancels a queued or running job, or a queued front-door request.

@@ -9,7 +9,7 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{caller_name, client_named, parse};
+use super::{caller_name, client_named, parse, query};
 use crate::admission::budget::{micros_to_usd, month_index, month_label};
 use crate::admission::estimate::{self, Estimate};
 use crate::app::App;
@@ -37,15 +37,9 @@ pub async fn client_usage(app: Arc<App>, client: Option<usize>, month: Option<u3
     let name = app.gate.client_name(client.unwrap_or(usize::MAX)).to_string();
     let budget = app.gate.budget_view(client);
     let month = month.unwrap_or_else(|| crate::admission::clock::month_and_minute().0);
-    let gate = app.gate.clone();
     let who = name.clone();
-    let (by_model, recent) = tokio::task::spawn_blocking(move || {
-        gate.store.flush();
-        Ok::<_, String>((gate.store.totals(&who, month)?, gate.store.recent(&who, 20)?))
-    })
-    .await
-    .map_err(|e| ApiError::BadRequest(format!("usage lookup failed: {e}")))?
-    .map_err(|e| ApiError::BadGateway { service: "usage database".into(), detail: e })?;
+    let (by_model, recent) =
+        query(&app, move |store| Ok((store.totals(&who, month)?, store.recent(&who, 20)?))).await?;
     let sum = |f: fn(&crate::account::store::ModelTotals) -> u64| by_model.iter().map(f).sum::<u64>();
     let cost: i64 = by_model.iter().map(|t| t.cost_micros).sum();
     let by_model: Vec<Value> = by_model
