@@ -439,3 +439,17 @@ async fn a_backend_that_does_not_answer_in_time_gets_504_and_an_alert() {
     // Its admission ended with it: nothing stays held.
     assert_eq!(w.get("/api/queue/status").await["running"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_usage_database_is_warden_s_error_not_the_client_s() {
+    let w = Warden::start(&service_free());
+    assert_eq!(w.get("/api/usage/anonymous").await["requests"], 0);
+    let db = rusqlite::Connection::open(w.dir.path().join("state/warden.db")).unwrap();
+    db.execute_batch("DROP TABLE usage").unwrap();
+    let resp = reqwest::get(w.url("/api/usage/anonymous")).await.unwrap();
+    assert_eq!(resp.status(), 500);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "internal_error");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("warden failed: usage database: no such table: usage"), "{message}");
+}

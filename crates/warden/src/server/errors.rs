@@ -72,6 +72,8 @@ pub enum ApiError {
         service: String,
         after: Duration,
     },
+    /// warden's own failure (its usage database, say): nothing the client did.
+    Internal(String),
     /// The request waited its `queue_timeout` for its turn.
     QueueTimeout {
         waited: Duration,
@@ -91,6 +93,7 @@ impl ApiError {
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             ApiError::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Forbidden { .. } | ApiError::NotYours { .. } => StatusCode::FORBIDDEN,
             ApiError::TooManyRequests { .. } | ApiError::QueueFull { .. } | ApiError::PoolShort { .. } => {
@@ -116,6 +119,7 @@ impl ApiError {
             ApiError::Unavailable { why: Unavailable::Stopped { .. }, .. } => "service_stopped",
             ApiError::BadGateway { .. } => "backend_error",
             ApiError::BackendTimeout { .. } => "backend_timeout",
+            ApiError::Internal(_) => "internal_error",
             ApiError::Conflict(_) => "conflict",
             ApiError::Forbidden { .. } => "model_not_allowed",
             ApiError::NotYours { .. } => "not_your_client",
@@ -170,6 +174,7 @@ impl ApiError {
                 format!("service {service} sent no response within its response_timeout ({:.1} s)", after.as_secs_f64())
             }
             ApiError::Conflict(m) => m.clone(),
+            ApiError::Internal(m) => format!("warden failed: {m}"),
             ApiError::Forbidden { client, model } => format!("client {client} may not use model {model:?}"),
             ApiError::NotYours { client, what } => {
                 format!("client {client} may not see {what}: a client sees only its own usage and requests")

@@ -55,8 +55,8 @@ pub async fn query<T: Send + 'static>(
         read(&gate.store)
     })
     .await
-    .map_err(|e| ApiError::BadRequest(format!("usage lookup failed: {e}")))?
-    .map_err(|e| ApiError::BadGateway { service: "usage database".into(), detail: e })
+    .map_err(|e| ApiError::Internal(format!("usage lookup failed: {e}")))?
+    .map_err(ApiError::Internal)
 }
 
 /// A JSON body, with 400 naming what is wrong.
