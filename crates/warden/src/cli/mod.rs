@@ -84,7 +84,7 @@ pub async fn status(client: &Client, as_json: bool) -> Result<(), String> {
             fmt_minutes(&i["idle_for_minutes"]),
             fmt_minutes(&i["will_sleep_in_minutes"]),
             fmt_bytes(&svc["rss_bytes"]),
-            svc["in_flight"],
+            svc["in_flight"].to_string(),
             models.join(", "),
         );
         if let Some(err) = svc["last_error"].as_str() {
@@ -192,9 +192,9 @@ pub async fn usage(client: &Client, name: &str, as_json: bool) -> Result<(), Str
         println!(
             "{:<32} {:>9} {:>14} {:>14} {:>12}",
             m["model"].as_str().filter(|s| !s.is_empty()).unwrap_or("(passthrough)"),
-            m["requests"],
-            m["prompt_tokens"],
-            m["completion_tokens"],
+            m["requests"].to_string(),
+            m["prompt_tokens"].to_string(),
+            m["completion_tokens"].to_string(),
             usd(&m["cost_usd"]),
         );
     }
