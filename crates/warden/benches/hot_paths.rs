@@ -6,14 +6,14 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use warden::admission::class::Class;
-use warden::admission::queue::{Dispatcher, Limits, Now, Settings, Waiting};
+use policy::class::Class;
+use policy::idle::{decide, IdleInputs};
+use policy::lifecycle::{Event, Machine, State};
+use policy::planner::{plan, Capacity, Newcomer, Resident};
+use policy::queue::{Dispatcher, Limits, Now, Settings, Waiting};
 use warden::config::ModelRef;
-use warden::idle::policy::{decide, IdleInputs};
-use warden::resources::planner::{plan, Capacity, Newcomer, Resident};
 use warden::server::openai_model_of;
 use warden::service::directory::Directory;
-use warden::service::lifecycle::{Event, Machine, State};
 
 fn routing(c: &mut Criterion) {
     let models: BTreeMap<String, ModelRef> =
@@ -50,7 +50,7 @@ fn idle_policy(c: &mut Criterion) {
             services
                 .iter()
                 .map(|s| decide(black_box(s), now))
-                .filter(|d| matches!(d, warden::idle::policy::IdleDecision::Sleep { .. }))
+                .filter(|d| matches!(d, policy::idle::IdleDecision::Sleep { .. }))
                 .count()
         })
     });

@@ -7,19 +7,19 @@ use std::time::Instant;
 use axum::http::HeaderMap;
 use tokio::sync::Notify;
 
-use crate::admission::class::{self, Class};
-use crate::admission::estimate::Estimate;
 use crate::admission::gate::{Ask, Gate, Ticket};
+use crate::base::caller::Caller;
 use crate::server::api::jobs::Jobs;
-use crate::server::auth::Caller;
+use policy::class::{self, Class};
+use policy::estimate::Estimate;
 
+use crate::base::errors::ApiError;
+use crate::base::http::HttpClient;
 use crate::config::{Config, Desired, IdleConfig};
-use crate::idle::policy::{IdleInputs, ModelInputs};
-use crate::proxy::HttpClient;
 use crate::resources::coordinator::Coordinator;
-use crate::server::errors::ApiError;
 use crate::service::directory::Directory;
 use crate::service::ServiceHandle;
+use policy::idle::{IdleInputs, ModelInputs};
 
 pub struct App {
     pub config: Arc<Config>,
@@ -163,7 +163,7 @@ impl App {
         let allowed = if cfg.api.multi_model() {
             settings.enabled && svc.shared.idle_sleep()
         } else {
-            crate::idle::policy::sleep_allowed(&service)
+            policy::idle::sleep_allowed(&service)
         };
         let live = svc.shared.live();
         live.models

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -38,7 +38,7 @@ impl Alerts {
             last.insert(key, Instant::now());
         }
         tracing::warn!("Alert {kind} ({subject}): {message}");
-        let at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let at_ms = crate::base::clock::unix_ms();
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         if recent.len() == KEEP {
             recent.pop_front();

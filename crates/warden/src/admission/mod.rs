@@ -2,12 +2,7 @@
 //! budget (money reserved up front), the priority queue (concurrency, pool tokens, class) and
 //! then released, settled and recorded when its response ends.
 //!
-//! The decisions are pure (`class`, `budget`, `bucket`, `queue`); `gate` does the waiting.
+//! The decisions are pure and live in the `warden-policy` crate (`class`, `budget`, `bucket`,
+//! `queue`, `estimate`); `gate` owns their state and does the waiting.
 
-pub mod bucket;
-pub mod budget;
-pub mod class;
-pub mod clock;
-pub mod estimate;
 pub mod gate;
-pub mod queue;

@@ -10,12 +10,12 @@ use serde_json::Value;
 pub struct Client {
     base: String,
     token: Option<String>,
-    http: crate::proxy::HttpClient,
+    http: crate::base::http::HttpClient,
 }
 
 impl Client {
     pub fn new(url: &str, token: Option<String>) -> Self {
-        Client { base: url.trim_end_matches('/').to_string(), token, http: crate::proxy::client() }
+        Client { base: url.trim_end_matches('/').to_string(), token, http: crate::base::http::client() }
     }
 
     /// Calls the admin API; an error status becomes an error carrying the server's message.

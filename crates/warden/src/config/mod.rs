@@ -47,19 +47,19 @@ pub struct PoolConfig {
     pub unit: PoolUnit,
     pub capacity: u64,
     pub refill_per_sec: f64,
-    pub sharing: crate::admission::bucket::Sharing,
+    pub sharing: policy::bucket::Sharing,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModelTerms {
     /// Indexes into `Config::pools`.
     pub pools: Vec<usize>,
-    pub price: Option<crate::admission::budget::Price>,
+    pub price: Option<policy::budget::Price>,
 }
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
-    pub off_peak: Option<crate::admission::class::Window>,
+    pub off_peak: Option<policy::class::Window>,
     pub max_queue: usize,
     pub queue_timeout: Duration,
     pub aging: Duration,

@@ -7,9 +7,9 @@ use std::time::Duration;
 use super::raw::{RawClient, RawPool, RawPrice, RawScheduler, RawTier};
 use super::validate::err;
 use super::{ClientConfig, ConfigError, ModelTerms, PoolConfig, PoolUnit, SchedulerConfig, Tier};
-use crate::admission::bucket::Sharing;
-use crate::admission::budget::{usd_to_micros, Micros, Price};
-use crate::admission::class::Window;
+use policy::bucket::Sharing;
+use policy::budget::{usd_to_micros, Micros, Price};
+use policy::class::Window;
 
 fn money(key: String, usd: Option<f64>) -> Result<Option<Micros>, ConfigError> {
     usd.map(|u| usd_to_micros(u).ok_or_else(|| err(key, format!("{u} must be a number of US dollars, 0 or more"))))

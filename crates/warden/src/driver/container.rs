@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, EventMessage, HealthStatusEnum, HostConfig, PortBinding};
@@ -86,7 +86,7 @@ pub async fn start(spec: &ContainerSpec) -> Result<ContainerHandle, String> {
     let docker = connect(spec.engine.as_deref()).await?;
     let name = spec.container.clone();
     // Events are read from this instant on, so a death right after the start is not missed.
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let since = crate::base::clock::unix_now();
     match docker.inspect_container(&name, None::<InspectContainerOptions>).await {
         Ok(info) if info.state.as_ref().and_then(|s| s.running) == Some(true) => {}
         Ok(_) => {
@@ -143,7 +143,7 @@ async fn watch(docker: Docker, name: String, since: Duration, limit: Option<i64>
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 match docker.inspect_container(&name, None::<InspectContainerOptions>).await {
                     Ok(info) if info.state.as_ref().and_then(|s| s.running) == Some(true) => {
-                        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+                        let now = crate::base::clock::unix_now();
                         events = events_since(&docker, &name, now);
                     }
                     Ok(_) => break describe_exit(&docker, &name, Seen { oom_event, code: None, limit }).await,

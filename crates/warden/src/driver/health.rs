@@ -6,8 +6,8 @@ use std::time::Duration;
 use axum::body::Body;
 use hyper::{Request, Uri};
 
+use crate::base::http::HttpClient;
 use crate::config::Health;
-use crate::proxy::HttpClient;
 
 pub const FIRST_DELAY: Duration = Duration::from_millis(2);
 pub const MAX_DELAY: Duration = Duration::from_millis(50);

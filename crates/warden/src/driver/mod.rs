@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use tokio_util::task::TaskTracker;
 
+use crate::base::http::HttpClient;
 use crate::config::{Health, ServiceConfig, ServiceKind};
-use crate::proxy::HttpClient;
 use container::ContainerHandle;
 use logs::ServiceLog;
 use process::{ProcessHandle, SpawnRequest};

@@ -13,8 +13,8 @@ use axum::http::{header, Method, Request};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
+use crate::base::http::HttpClient;
 use crate::config::Api;
-use crate::proxy::HttpClient;
 
 /// One call to a model server; bounded.
 async fn call(

@@ -1,4 +1,3 @@
-//! Idle sleep: the pure policy and the monitor loop that applies it.
+//! Idle sleep: the monitor loop that applies the pure policy (`policy::idle`).
 
 pub mod monitor;
-pub mod policy;

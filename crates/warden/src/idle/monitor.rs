@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use super::policy::{decide, decide_model, IdleDecision, ModelDecision};
 use crate::app::App;
+use policy::idle::{decide, decide_model, IdleDecision, ModelDecision};
 
 pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
     app.monitor_running.store(true, Ordering::Relaxed);

@@ -3,37 +3,18 @@
 
 mod body;
 
-use std::time::Duration;
-
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use crate::account::usage::Scanner;
 use crate::admission::gate::Ticket;
+use crate::base::errors::ApiError;
+use crate::base::http::{HttpClient, REQUEST_ID_HEADER};
 use crate::config::{RemoteSpec, ServiceKind};
-use crate::server::errors::ApiError;
 use crate::service::Acquired;
 pub use body::{LeaseBody, Meter};
 
-/// Pooled HTTP/1 client to local services: keep-alive connections make the hot path one write
-/// and one read on an open socket.
-pub type HttpClient = Client<HttpConnector, Body>;
-
-pub fn client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(256)
-        .build(connector)
-}
-
 pub const COLD_START_HEADER: &str = "x-warden-cold-start-ms";
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// What a request carries besides its lease.
 pub struct Extras {
@@ -44,24 +25,6 @@ pub struct Extras {
     pub request_id: String,
     /// Read the answer's `usage` for the ticket (OpenAI routes).
     pub usage: bool,
-}
-
-/// The caller's `x-request-id` (kept for correlation), or a new one.
-pub fn request_id(headers: &HeaderMap) -> String {
-    match headers.get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()) {
-        Some(given) if !given.is_empty() && given.len() <= 128 => given.to_string(),
-        _ => new_request_id(),
-    }
-}
-
-/// A process-unique request id: the process start time and a counter, in hex.
-pub fn new_request_id() -> String {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    static EPOCH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let epoch = EPOCH.get_or_init(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
-    });
-    format!("{epoch:x}-{:x}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) are for one connection and never forwarded.

@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -18,10 +18,10 @@ use tracing::{info, warn};
 
 use super::capacity;
 use super::estimate::estimate;
-use super::planner::{plan, Capacity, Newcomer, Plan, Resident};
 use crate::config::{Config, Desired, Device, ResourcesConfig};
-use crate::service::lifecycle::State;
 use crate::service::{ServiceHandle, StopReason};
+use policy::lifecycle::State;
+use policy::planner::{plan, Capacity, Newcomer, Plan, Resident};
 
 /// An offloaded service waiting to be reloaded.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,10 +59,6 @@ pub struct Coordinator {
 /// How often the reloader looks for room, and how often running services are measured.
 const RELOAD_EVERY: Duration = Duration::from_millis(250);
 const MEASURE_EVERY: Duration = Duration::from_secs(5);
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
 
 fn mib(b: u64) -> String {
     format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64)
@@ -269,7 +265,7 @@ impl Coordinator {
             self.save(Saved {
                 service: victim.name().to_string(),
                 was_running: true,
-                saved_at: unix_now(),
+                saved_at: crate::base::clock::unix_secs(),
                 displaced_by: self.name(i).to_string(),
             });
         }

@@ -6,4 +6,3 @@ pub mod capacity;
 pub mod coordinator;
 pub mod estimate;
 pub mod nvml;
-pub mod planner;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -13,11 +13,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::errors::ApiError;
 use crate::app::App;
+use crate::base::errors::ApiError;
 use crate::config::units::minutes;
-use crate::idle::policy::{decide, decide_model, IdleDecision, ModelDecision};
 use crate::service::{ServiceHandle, StopReason};
+use policy::idle::{decide, decide_model, IdleDecision, ModelDecision};
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -31,7 +31,7 @@ pub fn routes() -> Router<Arc<App>> {
 }
 
 fn unix_secs(t: Option<SystemTime>) -> Value {
-    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(Value::Null, |d| json!(d.as_secs()))
+    t.map_or(Value::Null, |t| json!(crate::base::clock::since_epoch(t).as_secs()))
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {

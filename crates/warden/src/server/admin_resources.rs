@@ -11,11 +11,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::errors::ApiError;
 use crate::app::App;
+use crate::base::errors::ApiError;
 use crate::config::Device;
 use crate::resources::estimate::estimate;
-use crate::resources::planner::Plan;
+use policy::planner::Plan;
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()

@@ -9,9 +9,9 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::api::{client_named, client_usage, queue_status};
-use super::auth::Caller;
-use super::errors::ApiError;
 use crate::app::App;
+use crate::base::caller::Caller;
+use crate::base::errors::ApiError;
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()

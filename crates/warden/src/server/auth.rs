@@ -7,8 +7,9 @@ use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::errors::ApiError;
 use crate::app::App;
+use crate::base::caller::Caller;
+use crate::base::errors::ApiError;
 
 pub async fn admin_auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     if !is_admin(&app, req.headers()) {
@@ -22,23 +23,6 @@ pub fn is_admin(app: &App, headers: &HeaderMap) -> bool {
     match &app.config.server.admin_token {
         None => true,
         Some(token) => bearer(headers).is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())),
-    }
-}
-
-/// Who a front-door request comes from: a client (`None` when warden runs open, without
-/// `[clients]`), or the admin, whose token is accepted here too and may see every client.
-#[derive(Clone, Copy)]
-pub struct Caller {
-    pub client: Option<usize>,
-    pub admin: bool,
-    /// Its Authorization header was a warden credential, never to be forwarded.
-    pub warden_key: bool,
-}
-
-impl Caller {
-    /// The admin, or the client that owns it (open mode: everyone is the anonymous client).
-    pub fn may_see(&self, owner: Option<usize>) -> bool {
-        self.admin || self.client == owner
     }
 }
 

@@ -10,8 +10,8 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
 
-use crate::admission::class::Class;
 use crate::app::App;
+use policy::class::Class;
 
 const STATES: [&str; 5] = ["stopped", "starting", "running", "stopping", "failed"];
 

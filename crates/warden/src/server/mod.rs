@@ -6,7 +6,6 @@ mod admin_resources;
 mod admin_scheduler;
 pub mod api;
 pub mod auth;
-pub mod errors;
 mod metrics;
 mod openai;
 pub use openai::model_of as openai_model_of;
@@ -23,12 +22,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
 use crate::app::App;
+use crate::base::errors::ApiError;
 use crate::config::Config;
 use crate::driver::orphans;
 use crate::resources::coordinator::Coordinator;
 use crate::service::directory::Directory;
 use crate::service::{spawn_owner, OwnerContext};
-use errors::ApiError;
 
 pub fn routes(app: Arc<App>) -> Router {
     let admin = admin::routes()
@@ -73,7 +72,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
 
     let tasks = TaskTracker::new();
     let shutdown = CancellationToken::new();
-    let client = crate::proxy::client();
+    let client = crate::base::http::client();
     let directory = Arc::new(Directory::new(config.models.clone()));
     let coordinator = Arc::new(Coordinator::new(&config));
     let ctx = OwnerContext {

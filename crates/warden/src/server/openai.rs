@@ -13,11 +13,11 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::Caller;
-use super::errors::ApiError;
-use crate::admission::estimate;
 use crate::app::App;
+use crate::base::caller::Caller;
+use crate::base::errors::ApiError;
 use crate::proxy;
+use policy::estimate;
 
 /// Reads a whole request body, refusing more than `limit` bytes (413).
 pub async fn read_body(req_headers: &axum::http::HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
@@ -72,7 +72,7 @@ pub async fn by_model(
     } else {
         (Default::default(), None)
     };
-    let request_id = proxy::request_id(&parts.headers);
+    let request_id = crate::base::http::request_id(&parts.headers);
     let ticket = app.admit(&caller, &parts.headers, index, Some(&name), estimate, &request_id).await?;
     let acquired = service
         .acquire(Some(model))

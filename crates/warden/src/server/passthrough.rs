@@ -9,9 +9,9 @@ use axum::http::{header, Request};
 use axum::response::Response;
 use axum::Extension;
 
-use super::auth::Caller;
-use super::errors::ApiError;
 use crate::app::App;
+use crate::base::caller::Caller;
+use crate::base::errors::ApiError;
 use crate::proxy;
 
 pub async fn root(
@@ -50,7 +50,7 @@ async fn pass(
         Some(q) => format!("/{path}?{q}"),
         None => format!("/{path}"),
     };
-    let request_id = proxy::request_id(req.headers());
+    let request_id = crate::base::http::request_id(req.headers());
     let ticket = app.admit(&caller, req.headers(), index, None, Default::default(), &request_id).await?;
     let acquired =
         svc.acquire(None).await.map_err(|why| ApiError::Unavailable { service: service.to_string(), why })?;

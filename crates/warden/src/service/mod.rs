@@ -7,7 +7,6 @@
 
 pub mod directory;
 pub mod lease;
-pub mod lifecycle;
 mod models;
 mod owner;
 
@@ -17,12 +16,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 
+pub use crate::base::errors::Unavailable;
 use crate::config::ServiceConfig;
 use crate::driver::logs::ServiceLog;
 use crate::driver::Meter;
 use lease::Lease;
-use lifecycle::State;
 pub use owner::{spawn_owner, OwnerContext};
+use policy::lifecycle::State;
 
 /// What everyone may read about one model of a service. Append-only per service: a model's
 /// index never changes, so leases and the directory may hold it.
@@ -139,17 +139,6 @@ impl Shared {
         let upstream = live.upstream.clone()?;
         Some(Lease::take(self.clone(), &mut live, upstream, model))
     }
-}
-
-/// Why a request could not get the service.
-#[derive(Debug, Clone)]
-pub enum Unavailable {
-    /// More requests are held than `max_queue`.
-    QueueFull { retry_after: Duration },
-    /// The start failed (or a previous one did and we are backing off).
-    StartFailed { reason: String, log_tail: Vec<String>, retry_after: Duration },
-    /// warden is shutting down or the service was stopped while the request waited.
-    Stopped { reason: String },
 }
 
 pub struct Acquired {

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::lifecycle::State;
 use super::owner::{Owner, StopLabel, StopWaiter, Waiter};
 use super::{ModelLive, StopReason, Unavailable};
 use crate::config::ModelRef;
 use crate::driver::models;
+use policy::lifecycle::State;
 
 /// A model operation's result, sent back to the owner by the task that ran it.
 pub(crate) enum ModelResult {

@@ -15,15 +15,15 @@ use tracing::{info, warn, Instrument};
 
 use super::directory::Directory;
 use super::lease::Lease;
-use super::lifecycle::{start_backoff, Event, Machine, State};
 use super::models::ModelResult;
 use super::{Command, ServiceHandle, Shared, StopReason, Unavailable};
+use crate::base::http::HttpClient;
 use crate::config::{Desired, ServiceConfig, ServiceKind};
 use crate::driver::logs::ServiceLog;
 use crate::driver::{self, Exit, Running, StartContext, StartFailure};
-use crate::idle::policy::human_idle;
-use crate::proxy::HttpClient;
 use crate::resources::coordinator::Coordinator;
+use policy::idle::human_idle;
+use policy::lifecycle::{start_backoff, Event, Machine, State};
 
 /// What every owner shares: where to write, how to probe, and the shutdown signal.
 #[derive(Clone)]
@@ -374,7 +374,7 @@ impl Owner {
     }
 
     /// Feeds an event to the machine, publishes the new state, carries out the effects.
-    fn apply(&mut self, event: Event) -> super::lifecycle::Effects {
+    fn apply(&mut self, event: Event) -> policy::lifecycle::Effects {
         let fx = self.machine.on(event, Instant::now());
         self.shared.live().state = self.machine.state();
         if fx.start {

@@ -20,17 +20,17 @@ mod views;
 pub use reserve::{Reserved, Used};
 pub use views::Standing;
 
-use super::budget::{Ledger, Micros};
-use super::class::Class;
-use super::clock;
-use super::estimate::Estimate;
-use super::queue::{Dispatcher, Grant, Id, Limits, Now, Settings, Waiting};
 use crate::account::alerts::Alerts;
 use crate::account::store::{Store, UsageRecord};
 use crate::account::usage::Usage;
-use crate::admission::bucket::Pool;
+use crate::base::clock;
+use crate::base::errors::ApiError;
 use crate::config::{Config, PoolUnit};
-use crate::server::errors::ApiError;
+use policy::bucket::Pool;
+use policy::budget::{Ledger, Micros};
+use policy::class::Class;
+use policy::estimate::Estimate;
+use policy::queue::{Dispatcher, Grant, Id, Limits, Now, Settings, Waiting};
 
 /// A request asking to be let in.
 pub struct Ask {
@@ -449,7 +449,7 @@ impl Drop for Ticket {
             estimated,
             queued_ms: self.queued.as_millis() as u64,
             duration_ms: self.started.elapsed().as_millis() as u64,
-            finished_at_ms: clock::unix_now().as_millis() as u64,
+            finished_at_ms: clock::unix_ms(),
             month,
         });
     }

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use super::{Gate, State};
 use crate::account::store::UsageRecord;
-use crate::admission::bucket::From;
-use crate::admission::budget::Micros;
-use crate::admission::clock;
-use crate::admission::estimate::Estimate;
-use crate::server::errors::ApiError;
+use crate::base::clock;
+use crate::base::errors::ApiError;
+use policy::bucket::From;
+use policy::budget::Micros;
+use policy::estimate::Estimate;
 
 pub struct Held {
     client: usize,
@@ -70,7 +70,7 @@ impl Gate {
             return Err(ApiError::OverBudget { client: self.client_name(client).to_string(), over });
         }
         self.budget_alerts(client, &st.ledgers[client]);
-        let id = format!("res-{}", crate::proxy::new_request_id());
+        let id = format!("res-{}", crate::base::http::new_request_id());
         let held = Held {
             client,
             model: model.map(str::to_string),
@@ -127,7 +127,7 @@ impl Gate {
                 estimated: false,
                 queued_ms: 0,
                 duration_ms: 0,
-                finished_at_ms: clock::unix_now().as_millis() as u64,
+                finished_at_ms: clock::unix_ms(),
                 month,
             });
         }

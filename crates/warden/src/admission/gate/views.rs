@@ -5,10 +5,10 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::Gate;
-use crate::admission::budget::micros_to_usd;
-use crate::admission::class::Class;
-use crate::admission::estimate::Estimate;
 use crate::config::PoolUnit;
+use policy::budget::micros_to_usd;
+use policy::class::Class;
+use policy::estimate::Estimate;
 
 /// Where one request stands.
 #[derive(Debug, Clone, Serialize)]
@@ -124,7 +124,7 @@ impl Gate {
     pub fn budget_view(&self, client: Option<usize>) -> Value {
         let l = self.ledger(client);
         json!({
-            "month": crate::admission::budget::month_label(l.month),
+            "month": policy::calendar::month_label(l.month),
             "budget_usd": l.limit.map(micros_to_usd),
             "spent_usd": micros_to_usd(l.spent),
             "reserved_usd": micros_to_usd(l.reserved),

@@ -11,13 +11,13 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{client_named, parse};
-use crate::admission::budget::{micros_to_usd, usd_to_micros, Micros};
-use crate::admission::estimate::Estimate;
 use crate::admission::gate::Used;
 use crate::app::App;
+use crate::base::caller::Caller;
+use crate::base::errors::ApiError;
 use crate::config::units::parse_duration;
-use crate::server::auth::Caller;
-use crate::server::errors::ApiError;
+use policy::budget::{micros_to_usd, usd_to_micros, Micros};
+use policy::estimate::Estimate;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

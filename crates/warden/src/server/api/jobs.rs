@@ -5,12 +5,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+
+use crate::base::clock::unix_ms;
 
 const KEEP_FINISHED: usize = 10_000;
 
@@ -38,10 +39,6 @@ pub struct Jobs {
     finished: Mutex<VecDeque<String>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Jobs {

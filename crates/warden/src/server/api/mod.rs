@@ -14,10 +14,10 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use serde::Deserialize;
 
-use super::auth::Caller;
-use super::errors::ApiError;
 use crate::account::store::Store;
 use crate::app::App;
+use crate::base::caller::Caller;
+use crate::base::errors::ApiError;
 
 pub use queue::queue_status;
 pub use usage::client_usage;

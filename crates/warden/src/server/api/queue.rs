@@ -14,13 +14,12 @@ use serde_json::{json, Value};
 
 use super::jobs::Outcome;
 use super::parse;
-use crate::admission::class::{self, Class};
 use crate::admission::gate::Standing;
 use crate::app::App;
-use crate::proxy;
-use crate::server::auth::Caller;
-use crate::server::errors::ApiError;
+use crate::base::caller::Caller;
+use crate::base::errors::ApiError;
 use crate::server::openai;
+use policy::class::{self, Class};
 
 const ENDPOINTS: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
 
@@ -50,7 +49,7 @@ impl Envelope {
     ) -> Result<(Envelope, String), ApiError> {
         let envelope: Envelope = parse(body)?;
         envelope.check(app, caller, background)?;
-        Ok((envelope, proxy::request_id(headers)))
+        Ok((envelope, crate::base::http::request_id(headers)))
     }
 
     /// Checks everything a job could fail on before it is accepted: 400/403/404 now rather
@@ -92,7 +91,7 @@ impl Envelope {
             .method(Method::POST)
             .uri(&self.endpoint)
             .header(header::CONTENT_TYPE, "application/json")
-            .header(proxy::REQUEST_ID_HEADER, id);
+            .header(crate::base::http::REQUEST_ID_HEADER, id);
         if let Some(p) = &self.priority {
             req = req.header(class::HEADER, p.as_str());
         }
@@ -177,7 +176,7 @@ pub async fn enqueue(
         return Err(ApiError::Conflict(format!("a job with id {id} exists already")));
     }
     let body = json!({"requestId": id, "request_id": id, "state": "queued"});
-    Ok((StatusCode::ACCEPTED, [(proxy::REQUEST_ID_HEADER, id)], Json(body)).into_response())
+    Ok((StatusCode::ACCEPTED, [(crate::base::http::REQUEST_ID_HEADER, id)], Json(body)).into_response())
 }
 
 /// Runs the envelope and answers with the upstream's response (streams too).

@@ -10,11 +10,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{caller_name, client_named, parse, query};
-use crate::admission::budget::{micros_to_usd, month_index, month_label};
-use crate::admission::estimate::{self, Estimate};
 use crate::app::App;
-use crate::server::auth::Caller;
-use crate::server::errors::ApiError;
+use crate::base::caller::Caller;
+use crate::base::errors::ApiError;
+use policy::budget::micros_to_usd;
+use policy::calendar::{month_index, month_label};
+use policy::estimate::{self, Estimate};
 
 #[derive(Deserialize)]
 pub struct MonthQuery {
@@ -36,7 +37,7 @@ fn parse_month(text: &str) -> Result<u32, ApiError> {
 pub async fn client_usage(app: Arc<App>, client: Option<usize>, month: Option<u32>) -> Result<Value, ApiError> {
     let name = app.gate.client_name(client.unwrap_or(usize::MAX)).to_string();
     let budget = app.gate.budget_view(client);
-    let month = month.unwrap_or_else(|| crate::admission::clock::month_and_minute().0);
+    let month = month.unwrap_or_else(|| crate::base::clock::month_and_minute().0);
     let who = name.clone();
     let (by_model, recent) =
         query(&app, move |store| Ok((store.totals(&who, month)?, store.recent(&who, 20)?))).await?;

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::service::lifecycle::State;
+use crate::lifecycle::State;
 
 #[derive(Debug, Clone, Copy)]
 pub struct IdleInputs {

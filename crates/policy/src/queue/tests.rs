@@ -1,7 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::admission::bucket::Sharing;
+use crate::bucket::Sharing;
 
 const SETTINGS: Settings =
     Settings { aging_full_ms: 60_000, starve_ms: 300_000, fairness_half_life_ms: 60_000, off_peak: None };

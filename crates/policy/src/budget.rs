@@ -31,15 +31,6 @@ impl Price {
     }
 }
 
-/// Months are counted as `year * 12 + (month - 1)`, UTC.
-pub fn month_index(year: i32, month: u32) -> u32 {
-    (year as u32) * 12 + (month - 1)
-}
-
-pub fn month_label(index: u32) -> String {
-    format!("{:04}-{:02}", index / 12, index % 12 + 1)
-}
-
 /// One client's budget this month.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Ledger {
@@ -118,12 +109,6 @@ mod tests {
         assert_eq!(usd_to_micros(-1.0), None);
         assert_eq!(usd_to_micros(f64::NAN), None);
         assert_eq!(usd_to_micros(250.0), Some(250_000_000));
-    }
-
-    #[test]
-    fn months() {
-        assert_eq!(month_label(month_index(2026, 11)), "2026-11");
-        assert_eq!(month_index(2027, 1), month_index(2026, 12) + 1);
     }
 
     #[test]

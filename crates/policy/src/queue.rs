@@ -10,8 +10,8 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 
-use super::bucket::{From, Pool};
-use super::class::{Class, Window};
+use crate::bucket::{From, Pool};
+use crate::class::{Class, Window};
 
 pub type Id = u64;
 

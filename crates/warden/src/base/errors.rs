@@ -8,7 +8,16 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::service::Unavailable;
+/// Why a request could not get its service (the owner task's answer to an acquire).
+#[derive(Debug, Clone)]
+pub enum Unavailable {
+    /// More requests are held than `max_queue`.
+    QueueFull { retry_after: Duration },
+    /// The start failed (or a previous one did and we are backing off).
+    StartFailed { reason: String, log_tail: Vec<String>, retry_after: Duration },
+    /// warden is shutting down or the service was stopped while the request waited.
+    Stopped { reason: String },
+}
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -48,15 +57,10 @@ pub enum ApiError {
         client: String,
         what: String,
     },
-    /// The client has too many requests in flight for too long.
-    TooManyRequests {
-        client: String,
-        limit: u32,
-    },
     /// The request could take the client past its monthly budget.
     OverBudget {
         client: String,
-        over: crate::admission::budget::OverBudget,
+        over: policy::budget::OverBudget,
     },
     /// The priority queue holds `limit` requests already.
     QueueFull {
@@ -96,9 +100,7 @@ impl ApiError {
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Forbidden { .. } | ApiError::NotYours { .. } => StatusCode::FORBIDDEN,
-            ApiError::TooManyRequests { .. } | ApiError::QueueFull { .. } | ApiError::PoolShort { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ApiError::QueueFull { .. } | ApiError::PoolShort { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::OverBudget { .. } => StatusCode::PAYMENT_REQUIRED,
             ApiError::QueueTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -123,7 +125,6 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::Forbidden { .. } => "model_not_allowed",
             ApiError::NotYours { .. } => "not_your_client",
-            ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::OverBudget { .. } => "budget_exceeded",
             ApiError::QueueFull { .. } => "priority_queue_full",
             ApiError::QueueTimeout { .. } => "queue_timeout",
@@ -179,11 +180,8 @@ impl ApiError {
             ApiError::NotYours { client, what } => {
                 format!("client {client} may not see {what}: a client sees only its own usage and requests")
             }
-            ApiError::TooManyRequests { client, limit } => {
-                format!("client {client} already has {limit} requests in flight (its max_concurrent); retry later")
-            }
             ApiError::OverBudget { client, over } => {
-                use crate::admission::budget::micros_to_usd as usd;
+                use policy::budget::micros_to_usd as usd;
                 format!(
                     "client {client} has no budget left for this request: monthly budget ${:.6}, spent ${:.6}, \
                      held for requests in flight ${:.6}, this request may cost up to ${:.6}; \
@@ -211,9 +209,9 @@ impl ApiError {
         match self {
             ApiError::Unavailable { why: Unavailable::QueueFull { retry_after }, .. }
             | ApiError::Unavailable { why: Unavailable::StartFailed { retry_after, .. }, .. } => Some(*retry_after),
-            ApiError::Unavailable { why: Unavailable::Stopped { .. }, .. }
-            | ApiError::TooManyRequests { .. }
-            | ApiError::QueueFull { .. } => Some(Duration::from_secs(1)),
+            ApiError::Unavailable { why: Unavailable::Stopped { .. }, .. } | ApiError::QueueFull { .. } => {
+                Some(Duration::from_secs(1))
+            }
             ApiError::QueueTimeout { waited, .. } => Some((*waited / 10).max(Duration::from_secs(1))),
             ApiError::PoolShort { wait, .. } => Some(*wait),
             _ => None,

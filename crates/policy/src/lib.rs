@@ -1,0 +1,21 @@
+//! warden's decisions, kept pure: state and `now` go in, a decision comes out. Nothing here
+//! does IO, reads a clock or needs an async runtime, and the crate's dependencies make that a
+//! compiler-checked rule rather than a convention (see ARCHITECTURE.md).
+//!
+//! - `lifecycle`: a service's states and the events that move it (start backoff included).
+//! - `idle`: when a service sleeps and when a model unloads.
+//! - `planner`: does a newcomer fit in memory, and what to offload first.
+//! - admission: `class` (the five classes, the off-peak window), `budget` (micro-dollars,
+//!   prices, the monthly ledger), `bucket` (token-bucket pools), `queue` (the priority
+//!   dispatcher), `estimate` (what a request may use, from its body), `calendar` (UTC months).
+#![forbid(unsafe_code)]
+
+pub mod bucket;
+pub mod budget;
+pub mod calendar;
+pub mod class;
+pub mod estimate;
+pub mod idle;
+pub mod lifecycle;
+pub mod planner;
+pub mod queue;
