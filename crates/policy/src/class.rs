@@ -22,6 +22,11 @@ impl Class {
         Class::ALL.into_iter().find(|c| c.as_str().eq_ignore_ascii_case(text.trim()))
     }
 
+    /// "immediate, fast, normal, batch, deferred": for messages that list the choices.
+    pub fn names() -> String {
+        Class::ALL.map(Class::as_str).join(", ")
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Class::Immediate => "immediate",

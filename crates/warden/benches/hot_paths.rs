@@ -12,7 +12,7 @@ use policy::lifecycle::{Event, Machine, State};
 use policy::planner::{plan, Capacity, Newcomer, Resident};
 use policy::queue::{Dispatcher, Limits, Now, Settings, Waiting};
 use warden::config::ModelRef;
-use warden::server::openai_model_of;
+use warden::pipeline::model_of as openai_model_of;
 use warden::service::directory::Directory;
 
 fn routing(c: &mut Criterion) {

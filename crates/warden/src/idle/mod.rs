@@ -1,3 +1,5 @@
-//! Idle sleep: the monitor loop that applies the pure policy (`policy::idle`).
+//! Idle sleep: the monitor loop that applies the pure policy (`policy::idle`) to inputs read
+//! from each service (`inputs`).
 
+pub mod inputs;
 pub mod monitor;

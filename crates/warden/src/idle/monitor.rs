@@ -26,12 +26,12 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
         for svc in &app.services {
             // Servers may load or evict models on their own: believe what they report.
             svc.reconcile();
-            for (model, inputs) in app.model_inputs(svc, &settings).iter().enumerate() {
+            for (model, inputs) in super::inputs::models(svc, &settings).iter().enumerate() {
                 if let ModelDecision::Unload { idle_for } = decide_model(inputs, now) {
                     svc.request_model_unload(model, idle_for);
                 }
             }
-            if let IdleDecision::Sleep { idle_for } = decide(&app.idle_inputs(svc, &settings), now) {
+            if let IdleDecision::Sleep { idle_for } = decide(&super::inputs::service(svc, &settings), now) {
                 svc.request_idle_stop(idle_for);
             }
         }

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use crate::app::App;
 use crate::base::errors::ApiError;
 use crate::config::units::minutes;
+use crate::pipeline::route;
 use crate::service::{ServiceHandle, StopReason};
 use policy::idle::{decide, decide_model, IdleDecision, ModelDecision};
 
@@ -83,7 +84,7 @@ async fn idle_status(State(app): State<Arc<App>>) -> Json<Value> {
     let now = Instant::now();
     let mut services = BTreeMap::new();
     for svc in &app.services {
-        let inputs = app.idle_inputs(svc, &settings);
+        let inputs = crate::idle::inputs::service(svc, &settings);
         let (idle_for, sleeps_in) = match decide(&inputs, now) {
             IdleDecision::Never if inputs.state.as_str() == "running" => {
                 (inputs.idle_since.map(|t| now - t).filter(|_| inputs.in_flight == 0), None)
@@ -119,7 +120,7 @@ fn models_status(app: &App, settings: &crate::config::IdleConfig, now: Instant) 
     let mut out = serde_json::Map::new();
     for svc in &app.services {
         let cfg = &svc.shared.config;
-        let inputs = app.model_inputs(svc, settings);
+        let inputs = crate::idle::inputs::models(svc, settings);
         let models: Vec<(Arc<str>, Option<SystemTime>, bool)> =
             svc.shared.live().models.iter().map(|m| (m.name.clone(), m.last_used, m.discovered)).collect();
         for (i, (name, last_used, discovered)) in models.into_iter().enumerate() {
@@ -203,19 +204,24 @@ struct IdleSleepChange {
     enabled: bool,
 }
 
+/// The service named in an admin path; 404 listing the known ones.
+fn service<'a>(app: &'a App, name: &str) -> Result<&'a ServiceHandle, ApiError> {
+    Ok(&app.services[route::service(app, name)?.service])
+}
+
 async fn idle_sleep(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let svc = app.service(&name)?;
+    let svc = service(&app, &name)?;
     let change: IdleSleepChange = parse_json(&body)?;
     svc.shared.set_idle_sleep(change.enabled);
     Ok(Json(json!({"service": name, "idle_sleep_enabled": change.enabled})))
 }
 
 async fn start(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
-    let svc = app.service(&name)?;
+    let svc = service(&app, &name)?;
     // A lease taken and dropped at once: the service is ready and its idle clock starts now.
     let acquired = svc.acquire(None).await.map_err(|why| ApiError::Unavailable { service: name.clone(), why })?;
     drop(acquired);
@@ -223,14 +229,16 @@ async fn start(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<
 }
 
 async fn stop(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
-    let svc = app.service(&name)?;
+    let svc = service(&app, &name)?;
     svc.stop(StopReason::Admin).await;
     Ok(Json(service_status(svc).await))
 }
 
 /// Unloads a model now; for a single-model service that means stopping the service.
 async fn unload_model(State(app): State<Arc<App>>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
-    let (svc, index) = app.route_model(&model)?;
+    let route = route::model(&app, &model)?;
+    let svc = &app.services[route.service];
+    let index = route.model.map_or(0, |m| m.index);
     svc.unload_model(index).await.map_err(ApiError::Conflict)?;
     Ok(Json(json!({"model": model, "service": svc.name(), "unloaded": true})))
 }

@@ -76,7 +76,7 @@ async fn resources(State(app): State<Arc<App>>) -> Json<Value> {
 
 /// What starting the service now would do; changes nothing.
 async fn plan(State(app): State<Arc<App>>, Path(service): Path<String>) -> Result<Json<Value>, ApiError> {
-    app.service(&service)?;
+    crate::pipeline::route::service(&app, &service)?;
     let i = app.config.service_index(&service).expect("checked");
     let name = |ids: &[usize]| ids.iter().map(|&v| app.services[v].name().to_string()).collect::<Vec<_>>();
     let device = app.services[i].shared.config.device;

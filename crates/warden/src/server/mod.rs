@@ -8,7 +8,6 @@ pub mod api;
 pub mod auth;
 mod metrics;
 mod openai;
-pub use openai::model_of as openai_model_of;
 mod passthrough;
 
 use std::sync::Arc;
@@ -90,7 +89,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         config.services.iter().enumerate().map(|(i, s)| spawn_owner(i, Arc::new(s.clone()), ctx.clone())).collect();
     coordinator.set_services(services.clone());
     tasks.spawn(coordinator.clone().run(tasks.clone(), shutdown.clone()).instrument(tracing::info_span!("reloader")));
-    let jobs = Arc::new(api::jobs::Jobs::new(tasks.clone(), shutdown.clone()));
+    let jobs = Arc::new(crate::jobs::Jobs::new(tasks.clone(), shutdown.clone()));
     let app = Arc::new(App::new(config.clone(), services, directory, coordinator, client, gate.clone(), jobs));
     tasks.spawn(
         crate::idle::monitor::run(app.clone(), shutdown.clone()).instrument(tracing::info_span!("idle monitor")),

@@ -60,8 +60,7 @@ pub async fn reserve(
         None => caller.client,
     };
     if let Some(model) = &b.model {
-        app.route_model(model)?;
-        app.check_model(&Caller { client, ..caller }, model)?;
+        crate::pipeline::route_allowed(&app, &Caller { client, ..caller }, model)?;
     }
     let amount = b.amount_usd.map(|usd| micros("amount_usd", usd)).transpose()?;
     if b.model.is_none() && amount.is_none() {

@@ -4,7 +4,7 @@
 //! usage, the admin token sees everyone's.
 
 mod internal;
-pub mod jobs;
+
 mod queue;
 mod usage;
 

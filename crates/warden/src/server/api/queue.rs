@@ -1,107 +1,88 @@
 //! The queue and jobs: status, a request's position, async jobs (enqueue, look up, cancel) and
-//! synchronous execution of the same envelope. A job runs through `openai::by_model`, the very
-//! path of a front-door request, so admission, budgets and wake-up behave the same.
+//! synchronous execution of the same envelope. A job runs through the pipeline, the very path
+//! of a front-door request, so admission, budgets and wake-up behave the same.
 
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::jobs::Outcome;
 use super::parse;
 use crate::admission::gate::Standing;
 use crate::app::App;
 use crate::base::caller::Caller;
 use crate::base::errors::ApiError;
-use crate::server::openai;
-use policy::class::{self, Class};
-
-const ENDPOINTS: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
+use crate::base::http::REQUEST_ID_HEADER;
+use crate::jobs::Outcome;
+use crate::pipeline::{self, Endpoint, Inbound, Target};
 
 /// `{endpoint, request, priority}`: what `/api/queue/enqueue` and `/api/execute` take.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Envelope {
-    #[serde(default = "default_endpoint")]
-    endpoint: String,
+    endpoint: Option<String>,
     request: Value,
     priority: Option<String>,
 }
 
-fn default_endpoint() -> String {
-    ENDPOINTS[0].to_string()
+/// An envelope checked and ready to run.
+struct Accepted {
+    caller: Caller,
+    endpoint: Endpoint,
+    /// The OpenAI request body, as JSON text.
+    body: Bytes,
+    /// Its class, as the `x-warden-priority` header would give it.
+    priority: Option<String>,
+    /// The caller's `x-request-id`, or a new one: the id it runs (and is looked up) under.
+    id: String,
 }
 
-impl Envelope {
-    /// The envelope, checked, and the id its request will run under (the caller's
-    /// `x-request-id`, or a new one).
-    fn accept(
-        app: &App,
-        caller: &Caller,
-        headers: &HeaderMap,
-        body: &[u8],
-        background: bool,
-    ) -> Result<(Envelope, String), ApiError> {
-        let envelope: Envelope = parse(body)?;
-        envelope.check(app, caller, background)?;
-        Ok((envelope, crate::base::http::request_id(headers)))
-    }
-
+impl Accepted {
     /// Checks everything a job could fail on before it is accepted: 400/403/404 now rather
-    /// than a failed job later.
-    fn check(&self, app: &App, caller: &Caller, background: bool) -> Result<(), ApiError> {
-        if !ENDPOINTS.contains(&self.endpoint.as_str()) {
-            return Err(ApiError::BadRequest(format!(
-                "endpoint {:?} is not one of {}",
-                self.endpoint,
-                ENDPOINTS.join(", ")
-            )));
-        }
-        let Some(obj) = self.request.as_object() else {
+    /// than a failed job later. The model checks are the pipeline's own stages, run dry.
+    fn new(app: &App, caller: Caller, headers: &HeaderMap, body: &[u8], background: bool) -> Result<Self, ApiError> {
+        let envelope: Envelope = parse(body)?;
+        let endpoint = match envelope.endpoint.as_deref() {
+            None => Endpoint::Chat,
+            Some(path) => Endpoint::from_path(path)
+                .ok_or_else(|| ApiError::BadRequest(format!("endpoint {path:?} is not one of {}", Endpoint::list())))?,
+        };
+        if !envelope.request.is_object() {
             return Err(ApiError::BadRequest("request must be a JSON object (the OpenAI request body)".into()));
-        };
-        let model = match obj.get("model") {
-            Some(Value::String(m)) => m,
-            Some(_) => return Err(ApiError::BadRequest("request.model must be a string".into())),
-            None => return Err(ApiError::MissingModel),
-        };
-        if background && obj.get("stream") == Some(&Value::Bool(true)) {
+        }
+        if background && envelope.request.get("stream") == Some(&Value::Bool(true)) {
             return Err(ApiError::BadRequest(
                 "an async job cannot stream: drop \"stream\", then fetch the answer from /api/execution/{id}".into(),
             ));
         }
-        if let Some(p) = &self.priority {
-            Class::parse(p).ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "priority must be one of immediate, fast, normal, batch, deferred (got {p:?})"
-                ))
-            })?;
+        if let Some(p) = &envelope.priority {
+            pipeline::parse_class(p, "priority")?;
         }
-        app.route_model(model)?;
-        app.check_model(caller, model)
+        let body = Bytes::from(serde_json::to_vec(&envelope.request).expect("a Value serializes"));
+        pipeline::dry_run(app, &caller, endpoint, body.clone())?;
+        let id = crate::base::http::request_id(headers);
+        Ok(Accepted { caller, endpoint, body, priority: envelope.priority, id })
     }
 
-    fn into_request(self, id: &str) -> Request<Body> {
+    /// Runs it through the pipeline; an error becomes its JSON answer.
+    async fn run(self, app: Arc<App>) -> Response {
         let mut req = Request::builder()
             .method(Method::POST)
-            .uri(&self.endpoint)
+            .uri(self.endpoint.path())
             .header(header::CONTENT_TYPE, "application/json")
-            .header(crate::base::http::REQUEST_ID_HEADER, id);
-        if let Some(p) = &self.priority {
-            req = req.header(class::HEADER, p.as_str());
+            .header(REQUEST_ID_HEADER, &self.id);
+        if let Some(p) = self.priority.as_deref().and_then(|p| HeaderValue::from_str(p).ok()) {
+            req = req.header(policy::class::HEADER, p);
         }
-        let body = serde_json::to_vec(&self.request).expect("a Value serializes");
-        req.body(Body::from(body)).expect("a valid request")
+        let req = req.body(Body::from(self.body)).expect("a valid request");
+        let inbound = Inbound::new(self.caller, req, Target::Model(self.endpoint));
+        pipeline::run(&app, inbound).await.unwrap_or_else(IntoResponse::into_response)
     }
-}
-
-async fn run(app: Arc<App>, caller: Caller, req: Request<Body>) -> Response {
-    openai::by_model(State(app), Extension(caller), req).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 pub async fn queue_status(State(app): State<Arc<App>>) -> Json<Value> {
@@ -119,7 +100,7 @@ fn standing(app: &App, caller: &Caller, id: &str) -> Result<Option<Standing>, Ap
         return if caller.may_see(owner) { Ok(Some(standing)) } else { Err(not_found()) };
     }
     match app.jobs.get(id) {
-        Some((owner, _, _)) if caller.may_see(owner) => Ok(None),
+        Some(job) if caller.may_see(job.client) => Ok(None),
         _ => Err(not_found()),
     }
 }
@@ -140,7 +121,7 @@ pub async fn position(
 }
 
 fn job_state(app: &App, id: &str) -> &'static str {
-    match app.jobs.get(id).map(|j| j.1) {
+    match app.jobs.get(id).map(|j| j.outcome) {
         Some(Outcome::Pending) => "running",
         Some(Outcome::Done { status, .. }) if (200..300).contains(&status) => "done",
         Some(Outcome::Done { .. }) => "failed",
@@ -155,13 +136,13 @@ pub async fn enqueue(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (envelope, id) = Envelope::accept(&app, &caller, &headers, &body, true)?;
-    let req = envelope.into_request(&id);
+    let job = Accepted::new(&app, caller, &headers, &body, true)?;
+    let id = job.id.clone();
     let limit = app.config.server.max_body;
     let work = {
         let app = app.clone();
         async move {
-            let resp = run(app, caller, req).await;
+            let resp = job.run(app).await;
             let status = resp.status().as_u16();
             let body = match axum::body::to_bytes(resp.into_body(), limit).await {
                 Ok(b) => {
@@ -176,7 +157,7 @@ pub async fn enqueue(
         return Err(ApiError::Conflict(format!("a job with id {id} exists already")));
     }
     let body = json!({"requestId": id, "request_id": id, "state": "queued"});
-    Ok((StatusCode::ACCEPTED, [(crate::base::http::REQUEST_ID_HEADER, id)], Json(body)).into_response())
+    Ok((StatusCode::ACCEPTED, [(REQUEST_ID_HEADER, id)], Json(body)).into_response())
 }
 
 /// Runs the envelope and answers with the upstream's response (streams too).
@@ -186,8 +167,7 @@ pub async fn execute(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (envelope, id) = Envelope::accept(&app, &caller, &headers, &body, false)?;
-    Ok(run(app, caller, envelope.into_request(&id)).await)
+    Ok(Accepted::new(&app, caller, &headers, &body, false)?.run(app).await)
 }
 
 pub async fn execution(
@@ -198,13 +178,13 @@ pub async fn execution(
     let mut view = match standing(&app, &caller, &id) {
         Ok(Some(s)) => serde_json::to_value(s).expect("serializes"),
         Ok(None) => {
-            let (_, outcome, times) = app.jobs.get(&id).expect("standing found it");
+            let job = app.jobs.get(&id).expect("standing found it");
             let mut v = json!({"state": job_state(&app, &id)});
-            if let Outcome::Done { status, body } = outcome {
+            if let Outcome::Done { status, body } = job.outcome {
                 v["result"] = json!({"status": status, "body": body});
             }
-            v["created_at_ms"] = times["created_at_ms"].clone();
-            v["finished_at_ms"] = times["finished_at_ms"].clone();
+            v["created_at_ms"] = json!(job.created_ms);
+            v["finished_at_ms"] = json!(job.finished_ms);
             v
         }
         // Not queued, running or a job: a finished front-door request has its usage record.

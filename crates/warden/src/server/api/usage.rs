@@ -9,13 +9,14 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{caller_name, client_named, parse, query};
+use super::{caller_name, client_named, query};
 use crate::app::App;
 use crate::base::caller::Caller;
 use crate::base::errors::ApiError;
+use crate::pipeline::{self, Endpoint, Route};
 use policy::budget::micros_to_usd;
 use policy::calendar::{month_index, month_label};
-use policy::estimate::{self, Estimate};
+use policy::estimate::Estimate;
 
 #[derive(Deserialize)]
 pub struct MonthQuery {
@@ -107,26 +108,35 @@ pub async fn cost(
     Ok(Json(v))
 }
 
-/// A request body (as it would be sent to /v1/…) read for its model and estimate.
-fn read_request(app: &App, caller: &Caller, body: &[u8]) -> Result<(String, usize, Estimate), ApiError> {
-    let model = crate::server::openai_model_of(body)?.into_owned();
-    let (svc, _) = app.route_model(&model)?;
-    app.check_model(caller, &model)?;
-    let doc: Value = parse(body)?;
-    let embeddings = doc.get("input").is_some() && doc.get("messages").is_none() && doc.get("prompt").is_none();
-    let e = estimate::prepare(body, embeddings, app.config.scheduler.default_max_tokens).estimate;
-    let service = app.config.service_index(svc.name()).unwrap_or(0);
-    Ok((model, service, e))
+/// `?endpoint=/v1/embeddings`: which endpoint a dry run's body is for (default: by its shape).
+#[derive(Deserialize)]
+pub struct EndpointQuery {
+    endpoint: Option<String>,
+}
+
+/// A request body (as it would be sent to /v1/…) through the pipeline's stages up to its
+/// estimate: the same route, allowlist and estimate the real request would get.
+fn dry_run(app: &App, caller: &Caller, q: &EndpointQuery, body: Bytes) -> Result<(Route, Estimate), ApiError> {
+    let endpoint = match q.endpoint.as_deref() {
+        None => Endpoint::for_body(&body),
+        Some(path) => Endpoint::from_path(path)
+            .ok_or_else(|| ApiError::BadRequest(format!("endpoint {path:?} is not one of {}", Endpoint::list())))?,
+    };
+    pipeline::dry_run(app, caller, endpoint, body)
 }
 
 /// What a request would use: tokens (prompt estimated on the high side), cost at the model's
-/// price, the pool units it takes, and its service's memory.
+/// price, the pool units it takes, and its service's memory. For a model with neither a price
+/// nor pools nothing is reserved, so its tokens show as 0.
 pub async fn cost_estimate(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
+    Query(q): Query<EndpointQuery>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let (model, service, e) = read_request(&app, &caller, &body)?;
+    let (route, e) = dry_run(&app, &caller, &q, body)?;
+    let model = route.model.map(|m| m.name).unwrap_or_default();
+    let service = route.service;
     let cost = app.gate.cost(Some(&model), e.prompt_tokens, e.completion_tokens);
     let terms = app.config.model_terms.get(&model);
     let price = terms.and_then(|t| t.price).map(|p| {
@@ -149,10 +159,12 @@ pub async fn cost_estimate(
 pub async fn check(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
+    Query(q): Query<EndpointQuery>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let (model, service, e) = read_request(&app, &caller, &body)?;
-    let mut v = app.gate.check(caller.client, service, Some(&model), &e);
+    let (route, e) = dry_run(&app, &caller, &q, body)?;
+    let model = route.model.map(|m| m.name).unwrap_or_default();
+    let mut v = app.gate.check(caller.client, route.service, Some(&model), &e);
     v["model"] = json!(model);
     Ok(Json(v))
 }

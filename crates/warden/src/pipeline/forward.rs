@@ -1,25 +1,23 @@
-//! Forwards a request to a service's port and streams the answer back untouched. The response
-//! body carries the request's lease, so the service counts as busy until the body ends.
-
-mod body;
+//! Stage 8: the request goes to the leased service and the answer streams back untouched.
+//! Its body carries the lease and the ticket (stage 9, `settle`), so the service counts as busy
+//! and the capacity as held until the body ends.
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
 
-use crate::account::usage::Scanner;
+use super::settle::{LeaseBody, Meter};
 use crate::admission::gate::Ticket;
 use crate::base::errors::ApiError;
 use crate::base::http::{HttpClient, REQUEST_ID_HEADER};
 use crate::config::{RemoteSpec, ServiceKind};
 use crate::service::Acquired;
-pub use body::{LeaseBody, Meter};
 
 pub const COLD_START_HEADER: &str = "x-warden-cold-start-ms";
 
 /// What a request carries besides its lease.
 pub struct Extras {
     /// Its admission: capacity held (like the lease) until the body ends, then settled.
-    pub ticket: Option<Ticket>,
+    pub ticket: Ticket,
     /// The client's Authorization is its warden key: never forwarded.
     pub strip_client_auth: bool,
     pub request_id: String,
@@ -45,7 +43,7 @@ fn strip_hop_headers(headers: &mut HeaderMap) {
 }
 
 /// Sends `req` (with `path_and_query` as its target) to the leased service.
-pub async fn forward(
+pub(super) async fn forward(
     client: &HttpClient,
     mut req: Request<Body>,
     path_and_query: &str,
@@ -82,9 +80,7 @@ pub async fn forward(
             resp.map_err(|e| ApiError::BadGateway { service: service.clone(), detail: describe_client_error(&e) })?
         }
         Err(_) => {
-            if let Some(t) = &extras.ticket {
-                t.backend_timed_out(&service, within);
-            }
+            extras.ticket.backend_timed_out(&service, within);
             return Err(ApiError::BackendTimeout { service, after: within });
         }
     };
@@ -96,13 +92,7 @@ pub async fn forward(
     if let Ok(v) = HeaderValue::from_str(&id) {
         parts.headers.insert(REQUEST_ID_HEADER, v);
     }
-    let meter = extras.ticket.map(|mut ticket| {
-        ticket.status = Some(parts.status.as_u16());
-        let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let scanner =
-            (extras.usage && parts.status.is_success()).then(|| Scanner::new(content_type.contains("event-stream")));
-        Meter { ticket, scanner }
-    });
+    let meter = Meter::new(extras.ticket, &parts, extras.usage);
     Ok(Response::from_parts(parts, Body::new(LeaseBody::new(incoming, lease, meter))))
 }
 

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -27,17 +27,34 @@ pub enum Outcome {
 }
 
 struct Job {
+    /// Who enqueued it: only that client (or the admin) may see or cancel it.
     client: Option<usize>,
     outcome: Outcome,
+    /// Cancels the job's task (a child of warden's shutdown token).
     cancel: CancellationToken,
+    /// Unix milliseconds, for people.
     created_ms: u64,
     finished_ms: Option<u64>,
 }
 
+/// A job as `/api/execution/{id}` shows it.
+pub struct JobView {
+    /// The client that enqueued it (None: the anonymous client).
+    pub client: Option<usize>,
+    pub outcome: Outcome,
+    /// Unix milliseconds.
+    pub created_ms: u64,
+    pub finished_ms: Option<u64>,
+}
+
 pub struct Jobs {
+    /// Every job, pending or finished, by request id.
     jobs: Mutex<HashMap<String, Job>>,
+    /// Finished job ids, oldest first: past `KEEP_FINISHED` the oldest is forgotten.
     finished: Mutex<VecDeque<String>>,
+    /// Jobs run as tasks on warden's tracker, so shutdown waits for them (bounded).
     tasks: TaskTracker,
+    /// Each job's cancel token is a child of this.
     shutdown: CancellationToken,
 }
 
@@ -101,12 +118,16 @@ impl Jobs {
         }
     }
 
-    /// The job's owner and outcome.
-    pub fn get(&self, id: &str) -> Option<(Option<usize>, Outcome, Value)> {
+    /// What is known of job `id` now.
+    pub fn get(&self, id: &str) -> Option<JobView> {
         let jobs = self.lock();
         let job = jobs.get(id)?;
-        let times = json!({"created_at_ms": job.created_ms, "finished_at_ms": job.finished_ms});
-        Some((job.client, job.outcome.clone(), times))
+        Some(JobView {
+            client: job.client,
+            outcome: job.outcome.clone(),
+            created_ms: job.created_ms,
+            finished_ms: job.finished_ms,
+        })
     }
 
     /// Cancels a pending job; false if it already ended.

@@ -1,8 +1,12 @@
-//! A response body that holds the request's lease until it ends (or the client goes away).
+//! Stage 9: settling. The answer's body holds the request's lease and admission ticket until
+//! it ends (or the client goes away); it reads the answer's `usage` on the way through, and
+//! when it ends the ticket settles the real cost, corrects the pools, frees the slots and
+//! records the usage (`admission::gate::Ticket`'s drop), and the lease frees the service.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use axum::http;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
@@ -12,8 +16,20 @@ use crate::service::lease::Lease;
 
 /// The request's admission ticket, and what reads the answer's usage for it.
 pub struct Meter {
-    pub ticket: Ticket,
-    pub scanner: Option<Scanner>,
+    ticket: Ticket,
+    /// Reads `usage` from a successful model answer (JSON or server-sent events).
+    scanner: Option<Scanner>,
+}
+
+impl Meter {
+    /// For an answer with these headers; `usage`: read what it reports using (model requests).
+    pub fn new(mut ticket: Ticket, answer: &http::response::Parts, usage: bool) -> Meter {
+        ticket.status = Some(answer.status.as_u16());
+        let content_type = answer.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let stream = content_type.unwrap_or("").contains("event-stream");
+        let scanner = (usage && answer.status.is_success()).then(|| Scanner::new(stream));
+        Meter { ticket, scanner }
+    }
 }
 
 pub struct LeaseBody {
@@ -25,8 +41,8 @@ pub struct LeaseBody {
 }
 
 impl LeaseBody {
-    pub fn new(inner: Incoming, lease: Lease, meter: Option<Meter>) -> Self {
-        LeaseBody { inner, lease: Some(lease), meter }
+    pub fn new(inner: Incoming, lease: Lease, meter: Meter) -> Self {
+        LeaseBody { inner, lease: Some(lease), meter: Some(meter) }
     }
 }
 

@@ -1,0 +1,50 @@
+//! Stage 6: admission. The class comes from `x-warden-priority`; the gate reserves the
+//! estimate's cost against the client's budget and gives the request its turn in the priority
+//! queue (bounded by `max_queue` and `queue_timeout`). The ticket holds the capacity until the
+//! answer's body ends.
+
+use std::sync::Arc;
+
+use axum::http::HeaderMap;
+use policy::class::{self, Class};
+
+use policy::estimate::Estimate;
+
+use super::Route;
+use crate::admission::gate::{Ask, Ticket};
+use crate::app::App;
+use crate::base::caller::Caller;
+use crate::base::errors::ApiError;
+
+/// The request's class from its `x-warden-priority` header (default `normal`).
+pub fn class_of(headers: &HeaderMap) -> Result<Class, ApiError> {
+    match headers.get(class::HEADER) {
+        None => Ok(Class::Normal),
+        Some(v) => parse_class(v.to_str().unwrap_or("(not text)"), class::HEADER),
+    }
+}
+
+/// A class by name; 400 naming `field` and the classes otherwise.
+pub fn parse_class(name: &str, field: &str) -> Result<Class, ApiError> {
+    Class::parse(name)
+        .ok_or_else(|| ApiError::BadRequest(format!("{field} must be one of {} (got {name:?})", Class::names())))
+}
+
+pub async fn admit(
+    app: &Arc<App>,
+    caller: &Caller,
+    headers: &HeaderMap,
+    route: &Route,
+    estimate: Estimate,
+    request_id: &str,
+) -> Result<Ticket, ApiError> {
+    let ask = Ask {
+        client: caller.client,
+        class: class_of(headers)?,
+        service: route.service,
+        model: route.model.as_ref().map(|m| m.name.clone()),
+        estimate,
+        request_id: request_id.to_string(),
+    };
+    app.gate.admit(ask).await
+}

@@ -1,0 +1,29 @@
+//! Stage 5: what a request may use, before it runs. For a model with a price or pools, the
+//! pure `policy::estimate` reads the body (prompt estimated high, output bounded by
+//! `max_tokens`, which it sets when absent) and may rewrite it (ask a stream for its usage).
+
+use axum::body::Bytes;
+use policy::estimate::{prepare, Estimate};
+
+use super::{Endpoint, Route};
+use crate::app::App;
+
+pub struct Estimated {
+    pub estimate: Estimate,
+    /// What to send: the client's body, or its rewrite.
+    pub body: Bytes,
+    pub rewritten: bool,
+}
+
+pub fn request(app: &App, route: &Route, endpoint: Endpoint, body: Bytes) -> Estimated {
+    let termed = route.model.as_ref().is_some_and(|m| app.config.model_terms.contains_key(&m.name));
+    let plain = || Estimated { estimate: Estimate::default(), body: body.clone(), rewritten: false };
+    if !termed {
+        return plain();
+    }
+    let p = prepare(&body, endpoint == Endpoint::Embeddings, app.config.scheduler.default_max_tokens);
+    match p.rewritten {
+        Some(b) => Estimated { estimate: p.estimate, body: b.into(), rewritten: true },
+        None => Estimated { estimate: p.estimate, ..plain() },
+    }
+}

@@ -1,0 +1,179 @@
+//! The request path, written once. Every entry calls it: the OpenAI routes and passthrough
+//! (`server/`), async jobs and `/api/execute` (`server/api/queue.rs`), and the dry-run checks
+//! (`/api/cost/estimate`, `/api/resources/check`), which stop before admission.
+//!
+//! The stages, in order (each a small function in its own file):
+//!
+//! 1. `read`     — the body, bounded by `max_body` (413 past it)
+//! 2. `find`     — the model the body names (OpenAI dialect), or the service in the path
+//! 3. `route`    — model → service (configured or discovered)
+//! 4. `allow`    — may this client use this model (403)
+//! 5. `estimate` — what it may use (tokens, cost); bound `max_tokens`, ask streams for usage
+//! 6. `admit`    — budget reserved, a turn in the priority queue (bounded)
+//! 7. `acquire`  — a lease on the service: wake it, make room, wait (bounded)
+//! 8. `forward`  — stream the request and the answer through
+//! 9. `settle`   — when the answer's body ends: real usage and cost, lease and capacity freed
+//!
+//! A new stage (cache lookup, model ladder, fallback, another dialect) is one new file and one
+//! line in [`run`].
+
+mod acquire;
+mod admit;
+mod allow;
+mod estimate;
+mod find;
+mod forward;
+mod read;
+pub mod route;
+mod settle;
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::http::request::Parts;
+use axum::http::Request;
+use axum::response::Response;
+use policy::estimate::Estimate;
+
+use crate::app::App;
+use crate::base::caller::Caller;
+use crate::base::errors::ApiError;
+pub use admit::{class_of, parse_class};
+pub use find::model_of;
+pub use forward::COLD_START_HEADER;
+pub use route::Route;
+
+/// The OpenAI endpoints a model request may call. Which one it is decides how its cost is
+/// estimated (an embedding has no output), so it is decided here once, from the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 3] = [Endpoint::Chat, Endpoint::Completions, Endpoint::Embeddings];
+
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::Embeddings => "/v1/embeddings",
+        }
+    }
+
+    pub fn from_path(path: &str) -> Option<Endpoint> {
+        Endpoint::ALL.into_iter().find(|e| e.path() == path)
+    }
+
+    /// For a dry run that names no endpoint: an embeddings request by its shape (`input`, and
+    /// no `messages` or `prompt`), else a chat completion.
+    pub fn for_body(body: &[u8]) -> Endpoint {
+        #[derive(serde::Deserialize)]
+        struct Shape {
+            input: Option<serde::de::IgnoredAny>,
+            messages: Option<serde::de::IgnoredAny>,
+            prompt: Option<serde::de::IgnoredAny>,
+        }
+        match serde_json::from_slice::<Shape>(body) {
+            Ok(Shape { input: Some(_), messages: None, prompt: None }) => Endpoint::Embeddings,
+            _ => Endpoint::Chat,
+        }
+    }
+
+    /// Every endpoint's path, for error messages.
+    pub fn list() -> String {
+        Endpoint::ALL.map(Endpoint::path).join(", ")
+    }
+}
+
+/// What a request is for.
+pub enum Target {
+    /// An OpenAI-dialect request: the body's `model` picks the service.
+    Model(Endpoint),
+    /// Any HTTP request to a named service (`/svc/{service}/{path}`), its body streamed.
+    Service { name: String, path: String },
+}
+
+/// A request as it came in at any front door, before the pipeline runs.
+pub struct Inbound {
+    pub caller: Caller,
+    /// Method, URI (its query is kept) and headers as the client sent them.
+    pub parts: Parts,
+    pub body: Body,
+    pub target: Target,
+}
+
+impl Inbound {
+    pub fn new(caller: Caller, req: Request<Body>, target: Target) -> Inbound {
+        let (parts, body) = req.into_parts();
+        Inbound { caller, parts, body, target }
+    }
+}
+
+/// A request read, routed, allowed and estimated: everything decided before admission.
+pub struct Planned {
+    pub route: Route,
+    pub estimate: Estimate,
+    /// The body to send: the client's, or the rewrite the estimate asked for.
+    body: Body,
+    /// What the service is sent ("/v1/chat/completions?…", "/{path}?…").
+    target: String,
+    /// Read the answer's `usage` to settle (model requests).
+    usage: bool,
+}
+
+/// Runs a request through every stage and answers with the service's response, whose body
+/// settles the request (stage 9) when it ends.
+pub async fn run(app: &Arc<App>, inbound: Inbound) -> Result<Response, ApiError> {
+    let Inbound { caller, mut parts, body, target } = inbound;
+    let request_id = crate::base::http::request_id(&parts.headers);
+    let planned = plan(app, &caller, &mut parts, body, target).await?;
+    let ticket = admit::admit(app, &caller, &parts.headers, &planned.route, planned.estimate, &request_id).await?;
+    let acquired = acquire::acquire(app, &planned.route).await?;
+    let extras = forward::Extras { ticket, strip_client_auth: caller.warden_key, request_id, usage: planned.usage };
+    let req = Request::from_parts(parts, planned.body);
+    forward::forward(&app.client, req, &planned.target, acquired, extras).await
+}
+
+/// Stages 1–5: read, find, route, allow, estimate.
+async fn plan(app: &App, caller: &Caller, parts: &mut Parts, body: Body, target: Target) -> Result<Planned, ApiError> {
+    let limit = app.config.server.max_body;
+    match target {
+        Target::Model(endpoint) => {
+            let bytes = read::whole(&parts.headers, body, limit).await?;
+            let route = route_allowed(app, caller, &find::model_of(&bytes)?)?;
+            let estimated = estimate::request(app, &route, endpoint, bytes);
+            if estimated.rewritten {
+                parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+            }
+            let target = parts.uri.path_and_query().map_or(endpoint.path(), |p| p.as_str()).to_string();
+            let body = Body::from(estimated.body);
+            Ok(Planned { route, estimate: estimated.estimate, body, target, usage: true })
+        }
+        Target::Service { name, path } => {
+            let body = read::streamed(&parts.headers, body, limit)?;
+            let route = route::service(app, &name)?;
+            let target = match parts.uri.query() {
+                Some(q) => format!("/{path}?{q}"),
+                None => format!("/{path}"),
+            };
+            Ok(Planned { route, estimate: Estimate::default(), body, target, usage: false })
+        }
+    }
+}
+
+/// Stages 2–5 over a body already read, changing nothing: for estimates and checks, and to
+/// refuse a job before it is accepted.
+pub fn dry_run(app: &App, caller: &Caller, endpoint: Endpoint, body: Bytes) -> Result<(Route, Estimate), ApiError> {
+    let route = route_allowed(app, caller, &find::model_of(&body)?)?;
+    Ok((route.clone(), estimate::request(app, &route, endpoint, body).estimate))
+}
+
+/// Stages 3–4 for a model named outside a request body (`/internal/reserve`).
+pub fn route_allowed(app: &App, caller: &Caller, model: &str) -> Result<Route, ApiError> {
+    let route = route::model(app, model)?;
+    allow::check(app, caller, &route)?;
+    Ok(route)
+}
