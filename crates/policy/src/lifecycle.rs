@@ -81,6 +81,11 @@ impl Default for Machine {
 }
 
 impl Machine {
+    /// A service that is up from the first instant and never started (a hosted API).
+    pub fn always_running() -> Self {
+        Machine { state: State::Running, ..Machine::default() }
+    }
+
     pub fn state(&self) -> State {
         self.state
     }

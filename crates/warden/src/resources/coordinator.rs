@@ -7,18 +7,19 @@
 //! busy victim is drained first (bounded by the newcomer's start deadline).
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use super::capacity;
 use super::estimate::estimate;
 use crate::config::{Config, Desired, Device, ResourcesConfig};
+use crate::service::room::{RoomRequest, RoomRx};
 use crate::service::{ServiceHandle, StopReason};
 use policy::lifecycle::State;
 use policy::planner::{plan, Capacity, Newcomer, Plan, Resident};
@@ -37,10 +38,8 @@ pub struct Coordinator {
     cfg: ResourcesConfig,
     ram: Option<u64>,
     vram: Option<u64>,
-    services: OnceLock<Vec<ServiceHandle>>,
-    /// Turns true once `services` is set: owners spawned before that (a `desired = "on"`
-    /// service starts at once) wait for it.
-    ready: watch::Sender<bool>,
+    /// Every service, in config order: read to plan, stopped through to offload.
+    services: Vec<ServiceHandle>,
     /// Last measured footprint per service; remembered across restarts.
     measured: Mutex<Vec<Option<u64>>>,
     /// Per service: its current start was granted room. A starting service holds memory only
@@ -65,7 +64,7 @@ fn mib(b: u64) -> String {
 }
 
 impl Coordinator {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, services: Vec<ServiceHandle>) -> Self {
         let state_dir = config.server.state_dir.clone();
         let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
         // Footprints measured by an earlier run, by service name.
@@ -88,8 +87,7 @@ impl Coordinator {
             cfg: config.resources,
             ram: capacity::resolve(config.resources.ram, capacity::detect_ram),
             vram: capacity::resolve(config.resources.vram, capacity::detect_vram),
-            services: OnceLock::new(),
-            ready: watch::channel(false).0,
+            services,
             measured: Mutex::new(measured),
             granted,
             saved: Mutex::new(saved),
@@ -100,13 +98,8 @@ impl Coordinator {
         }
     }
 
-    pub fn set_services(&self, services: Vec<ServiceHandle>) {
-        let _ = self.services.set(services);
-        self.ready.send_replace(true);
-    }
-
     fn services(&self) -> &[ServiceHandle] {
-        self.services.get().map_or(&[], Vec::as_slice)
+        &self.services
     }
 
     pub fn capacity(&self, device: Device) -> Option<Capacity> {
@@ -202,8 +195,7 @@ impl Coordinator {
     /// Makes room for service `i` before it starts: offloads what the plan says (draining busy
     /// victims first), waits out minimum residencies, or fails with the reason. Bounded by
     /// `deadline`.
-    pub async fn make_room(&self, i: usize, deadline: Instant) -> Result<(), String> {
-        let _ = self.ready.subscribe().wait_for(|ready| *ready).await;
+    async fn make_room(&self, i: usize, deadline: Instant) -> Result<(), String> {
         self.set_granted(i, false);
         loop {
             let guard = self.deciding.lock().await;
@@ -345,13 +337,19 @@ impl Coordinator {
         n
     }
 
-    /// The reloader: brings offloaded services back once they fit without displacing anything,
-    /// and keeps measured footprints fresh. Runs until shutdown.
-    pub async fn run(self: Arc<Self>, tasks: TaskTracker, shutdown: CancellationToken) {
+    /// The coordinator task: answers owners' room requests (each on a task of its own, so a
+    /// start draining a busy victim does not hold up the reloader), brings offloaded services
+    /// back once they fit without displacing anything, and keeps measured footprints fresh.
+    /// Runs until shutdown.
+    pub async fn run(self: Arc<Self>, mut requests: RoomRx, tasks: TaskTracker, shutdown: CancellationToken) {
         let mut last_measure = Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                Some(request) = requests.recv() => {
+                    self.answer(request, &tasks);
+                    continue;
+                }
                 _ = tokio::time::sleep(RELOAD_EVERY) => {}
             }
             self.reload_what_fits(&tasks).await;
@@ -364,6 +362,23 @@ impl Coordinator {
                 }
             }
         }
+    }
+
+    /// Makes room for a start, on a task of its own; an abandoned start (its reply dropped)
+    /// stops the room-making too.
+    fn answer(self: &Arc<Self>, request: RoomRequest, tasks: &TaskTracker) {
+        let me = self.clone();
+        let RoomRequest { service, deadline, mut reply } = request;
+        let span = tracing::info_span!("room", service = %self.name(service));
+        tasks.spawn(
+            async move {
+                tokio::select! {
+                    result = me.make_room(service, deadline) => { let _ = reply.send(result); }
+                    () = reply.closed() => {}
+                }
+            }
+            .instrument(span),
+        );
     }
 
     async fn reload_what_fits(&self, tasks: &TaskTracker) {

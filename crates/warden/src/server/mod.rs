@@ -73,10 +73,10 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let shutdown = CancellationToken::new();
     let client = crate::base::http::client();
     let directory = Arc::new(Directory::new(config.models.clone()));
-    let coordinator = Arc::new(Coordinator::new(&config));
+    let (room, room_requests) = tokio::sync::mpsc::unbounded_channel();
     let ctx = OwnerContext {
         state_dir,
-        coordinator: coordinator.clone(),
+        room,
         directory: directory.clone(),
         client: client.clone(),
         tasks: tasks.clone(),
@@ -87,8 +87,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
     tasks.spawn(gate.clone().run_timer(shutdown.clone()).instrument(tracing::info_span!("scheduler timer")));
     let services: Vec<_> =
         config.services.iter().enumerate().map(|(i, s)| spawn_owner(i, Arc::new(s.clone()), ctx.clone())).collect();
-    coordinator.set_services(services.clone());
-    tasks.spawn(coordinator.clone().run(tasks.clone(), shutdown.clone()).instrument(tracing::info_span!("reloader")));
+    let coordinator = Arc::new(Coordinator::new(&config, services.clone()));
+    let run = coordinator.clone().run(room_requests, tasks.clone(), shutdown.clone());
+    tasks.spawn(run.instrument(tracing::info_span!("coordinator")));
     let jobs = Arc::new(crate::jobs::Jobs::new(tasks.clone(), shutdown.clone()));
     let app = Arc::new(App::new(config.clone(), services, directory, coordinator, client, gate.clone(), jobs));
     tasks.spawn(

@@ -6,9 +6,13 @@
 //! is what makes "stop only when no lease is held" race-free.
 
 pub mod directory;
+mod held;
 pub mod lease;
 mod models;
 mod owner;
+pub mod room;
+mod start;
+mod stop;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::owner::{Owner, StopLabel, StopWaiter, Waiter};
+use super::held::{HeldRequest, Waiter};
+use super::owner::Owner;
+use super::stop::{StopLabel, StopWaiter};
 use super::{ModelLive, StopReason, Unavailable};
 use crate::config::ModelRef;
 use crate::driver::models;
@@ -27,7 +29,7 @@ impl Owner {
 
     /// Holds `waiter` until `model` is loaded, starting the load if none is under way.
     pub(super) fn wait_for_model(&mut self, model: usize, waiter: Waiter) {
-        self.model_waiters[model].push(waiter);
+        self.held.models[model].push(waiter);
         let already = {
             let mut live = self.shared.live();
             std::mem::replace(&mut live.models[model].changing, true)
@@ -78,7 +80,7 @@ impl Owner {
             }
             // An idle unload re-checks under the lease lock; marking the model as changing keeps
             // new requests off the fast path until it is done.
-            if idle && (m.in_flight > 0 || !self.model_waiters[model].is_empty()) {
+            if idle && (m.in_flight > 0 || !self.held.models[model].is_empty()) {
                 drop(live);
                 let _ = done.send(Ok(()));
                 return;
@@ -128,11 +130,13 @@ impl Owner {
                     m.loaded = result.is_ok();
                     m.idle_since = Some(Instant::now());
                 }
-                let waiters = std::mem::take(&mut self.model_waiters[model]);
+                let waiters = std::mem::take(&mut self.held.models[model]);
                 match result {
                     Ok(()) => {
                         info!("Model {name} loaded in {} ms", took.as_millis());
-                        self.lease_to(waiters.into_iter().map(|w| (Some(model), w)).collect());
+                        self.lease_to(
+                            waiters.into_iter().map(|reply| HeldRequest { model: Some(model), reply }).collect(),
+                        );
                     }
                     Err(e) => {
                         warn!("Model {name} failed to load: {e}");
@@ -169,7 +173,7 @@ impl Owner {
                     let _ = w.send(result.clone());
                 }
                 // Requests that arrived during the unload load it again.
-                if !self.model_waiters[model].is_empty() {
+                if !self.held.models[model].is_empty() {
                     self.shared.live().models[model].changing = true;
                     self.begin_load(model);
                 }
@@ -210,7 +214,7 @@ impl Owner {
             live.models.push(ModelLive::new(name, None, true));
             live.models.len() - 1
         };
-        self.model_waiters.push(Vec::new());
+        self.held.models.push(Vec::new());
         self.unload_waiters.push(Vec::new());
         let at = ModelRef { service: self.index, index };
         let routed = self.ctx.directory.add(name, at);
@@ -223,14 +227,5 @@ impl Owner {
         } else {
             info!("Service {} also offers model {name}, which another service serves", self.name());
         }
-    }
-
-    pub(super) fn fail_model_waiters(&mut self, error: impl Fn() -> Unavailable) {
-        for waiters in &mut self.model_waiters {
-            for w in waiters.drain(..) {
-                let _ = w.send(Err(error()));
-            }
-        }
-        self.publish_queue();
     }
 }

@@ -1,0 +1,119 @@
+//! Starting a service: room first (the coordinator offloads what must go), then the driver
+//! starts it and waits until it is healthy, all within one deadline (`start_timeout`). Run by
+//! the owner task; the outcome comes back to its loop as `on_start_result`.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use super::owner::Owner;
+use super::room::RoomRequest;
+use crate::config::{Desired, ServiceKind};
+use crate::driver::{self, Running, StartContext, StartFailure};
+use policy::lifecycle::{start_backoff, Event};
+
+impl Owner {
+    pub(super) fn on_start_result(&mut self, result: Result<Running, StartFailure>) {
+        let took = self.start_began.take().map(|t| t.elapsed()).unwrap_or_default();
+        match result {
+            Ok(running) => {
+                let upstream = match (&self.shared.config.kind, &self.shared.config.upstream) {
+                    (_, Some(up)) => up.clone(),
+                    (ServiceKind::Process(_), None) => format!("127.0.0.1:{}", self.port_in_use()),
+                    (ServiceKind::Container(_) | ServiceKind::Remote(_), None) => {
+                        unreachable!("containers and remotes always have a url")
+                    }
+                };
+                info!("Service {} is ready after {} ms (pid {:?})", self.name(), took.as_millis(), running.pid());
+                {
+                    let now = Instant::now();
+                    let mut live = self.shared.live();
+                    live.pid = running.pid();
+                    live.upstream = Some(upstream.into());
+                    live.meter = running.meter(self.shared.config.device);
+                    live.idle_since = Some(now);
+                    live.running_since = Some(now);
+                    live.last_error = None;
+                    live.starts_total += 1;
+                    for m in &mut live.models {
+                        m.idle_since = Some(now);
+                    }
+                }
+                self.running = Some(running);
+                self.last_failure = None;
+                self.apply(Event::StartSucceeded);
+                // Learn what a multi-model server offers and has loaded.
+                self.reconcile();
+            }
+            Err(failure) => {
+                warn!("Service {} failed to start: {}", self.name(), failure.reason);
+                {
+                    let mut live = self.shared.live();
+                    live.last_error = Some(failure.reason.clone());
+                    live.start_failures_total += 1;
+                }
+                self.last_failure = Some(failure.clone());
+                self.apply(Event::StartFailed);
+                if self.shared.config.desired == Desired::On && !self.shutting_down {
+                    self.restart_timer = Some(Box::pin(tokio::time::sleep(start_backoff(self.machine.failures()))));
+                }
+            }
+        }
+    }
+
+    pub(super) fn port_in_use(&self) -> u16 {
+        self.shared.live().port.unwrap_or(self.shared.config.port)
+    }
+
+    pub(super) fn begin_start(&mut self) {
+        let cfg = self.shared.config.clone();
+        info!("Starting service {}", cfg.name);
+        self.generation += 1;
+        self.start_began = Some(Instant::now());
+        let port = if cfg.port != 0 { cfg.port } else { free_port().unwrap_or(0) };
+        if matches!(cfg.kind, ServiceKind::Process(_)) {
+            self.shared.live().port = Some(port);
+        }
+        let log = self.shared.log.clone();
+        let ctx = self.ctx.clone();
+        let index = self.index;
+        self.starting = Some(Box::pin(async move {
+            let deadline = Instant::now() + cfg.start_timeout;
+            let start = async {
+                // Room first (offloading what must go), then the start itself; one deadline.
+                let (reply, granted) = oneshot::channel();
+                let _ = ctx.room.send(RoomRequest { service: index, deadline, reply });
+                let granted = granted.await.unwrap_or_else(|_| Err("warden is shutting down".into()));
+                granted.map_err(|reason| StartFailure { reason, log_tail: Vec::new() })?;
+                driver::start(StartContext {
+                    config: &cfg,
+                    port,
+                    state_dir: &ctx.state_dir,
+                    log: &log,
+                    client: &ctx.client,
+                    tasks: &ctx.tasks,
+                })
+                .await
+            };
+            match tokio::time::timeout(cfg.start_timeout, start).await {
+                Ok(result) => result,
+                Err(_) => {
+                    // The start future (and with it the process group) is dropped: killed.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Err(StartFailure {
+                        reason: format!("not healthy within start_timeout ({:?})", cfg.start_timeout),
+                        log_tail: log.tail(20),
+                    })
+                }
+            }
+        }));
+    }
+}
+
+/// A port the OS says is free now. Another program could take it before the service binds it;
+/// the start then fails and the next request tries again with a fresh port.
+fn free_port() -> Option<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+    Some(listener.local_addr().ok()?.port())
+}
