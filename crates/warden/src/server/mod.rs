@@ -2,8 +2,6 @@
 //! daemon's start-up and bounded shutdown.
 
 pub mod admin;
-mod admin_resources;
-mod admin_scheduler;
 pub mod api;
 pub mod auth;
 mod metrics;
@@ -29,10 +27,7 @@ use crate::service::directory::Directory;
 use crate::service::{spawn_owner, OwnerContext};
 
 pub fn routes(app: Arc<App>) -> Router {
-    let admin = admin::routes()
-        .merge(admin_resources::routes())
-        .merge(admin_scheduler::routes())
-        .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::admin_auth));
+    let admin = admin::routes().route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::admin_auth));
     // The front door: with [clients] configured, every route here needs a client key.
     let front = Router::new()
         .route("/v1/models", get(openai::list_models))
@@ -51,6 +46,18 @@ pub fn routes(app: Arc<App>) -> Router {
         .merge(admin)
         .fallback(|uri: axum::http::Uri| async move { ApiError::NotFound(format!("route {}", uri.path())) })
         .with_state(app)
+}
+
+/// A JSON request body, with 400 naming what is wrong (`invalid_json` when it is not JSON at
+/// all, `bad_request` when it is JSON of the wrong shape).
+pub(crate) fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            ApiError::BadRequest(format!("invalid request: {e}"))
+        } else {
+            ApiError::BadJson(e.to_string())
+        }
+    })
 }
 
 /// Runs the daemon until SIGTERM/SIGINT, then drains requests (bounded), stops every service

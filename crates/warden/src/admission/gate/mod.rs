@@ -3,34 +3,40 @@
 //! its response ends; then the ticket settles cost and pools and records the usage.
 //!
 //! One mutex guards the dispatcher, the ledgers and the waiters: every decision is a short
-//! pure call under it. Dispatch happens on events (a request arrives, a ticket ends) and, for
-//! what only time can unblock (pool refill, the off-peak window), on a timer task.
+//! pure call under it (`warden-policy`). Dispatch happens on events (a request arrives, a
+//! ticket ends, a waiter gives up) and, for what only time can unblock (pool refill, the
+//! off-peak window, expiring holds), on the timer task.
+//!
+//! Files: `admit.rs` (reserve, queue, wait), `ticket.rs` (what a running request holds and how
+//! it settles), `timer.rs` (the timer task), `alerting.rs` (alert thresholds), `holds.rs`
+//! (`/internal` holds for callers outside the request path), `views.rs` (reads for the API).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use serde::Serialize;
 use tokio::sync::{oneshot, Notify};
-use tokio_util::sync::CancellationToken;
 
-mod reserve;
+mod admit;
+mod alerting;
+mod holds;
+mod ticket;
+mod timer;
 mod views;
 
-pub use reserve::{Reserved, Used};
+pub use holds::{HoldTaken, Used};
+pub use ticket::Ticket;
 pub use views::Standing;
 
 use crate::account::alerts::Alerts;
-use crate::account::store::{Store, UsageRecord};
-use crate::account::usage::Usage;
+use crate::account::store::Store;
 use crate::base::clock;
-use crate::base::errors::ApiError;
 use crate::config::{Config, PoolUnit};
 use policy::bucket::Pool;
 use policy::budget::{Ledger, Micros};
 use policy::class::Class;
 use policy::estimate::Estimate;
-use policy::queue::{Dispatcher, Grant, Id, Limits, Now, Settings, Waiting};
+use policy::queue::{Dispatcher, Grant, Id, Limits, Now, Settings};
 
 /// A request asking to be let in.
 pub struct Ask {
@@ -43,37 +49,47 @@ pub struct Ask {
     pub request_id: String,
 }
 
+/// A queued request's way to be told its turn has come.
 struct Waiter {
+    /// For `by_request`, which must forget it when it leaves.
     request_id: String,
     tx: oneshot::Sender<Grant>,
 }
 
-/// A request that holds capacity, for `/api/execution`.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunningView {
-    pub client: String,
-    pub model: Option<String>,
-    pub class: Class,
-    pub running_ms: u64,
+/// A request that was let in and holds capacity until its answer ends.
+struct Running {
+    /// Index into the ledgers (the anonymous client last).
+    client: usize,
+    class: Class,
+    /// For `running_ms` in `/api/queue/position`.
+    started: Instant,
 }
 
+/// Everything admission decides over, behind the gate's one mutex.
 struct State {
+    /// The pure priority dispatcher: lanes, scores, limits, pools.
     d: Dispatcher,
+    /// Queued requests waiting to be told their turn, by dispatcher id.
     waiters: HashMap<Id, Waiter>,
+    /// Request id → dispatcher id, to find (and cancel) a queued request by its request id.
     by_request: HashMap<String, Id>,
-    running: HashMap<String, (usize, Option<String>, Class, Instant)>,
-    /// One per client, then the anonymous one.
+    /// Requests let in and not yet settled, by request id (for positions and status).
+    running: HashMap<String, Running>,
+    /// One budget ledger per client, then the anonymous one.
     ledgers: Vec<Ledger>,
     /// `/internal/reserve` holds, by reservation id.
-    reservations: HashMap<String, reserve::Held>,
+    holds: HashMap<String, holds::Hold>,
 }
 
 pub struct Gate {
+    /// Clients, pools, prices and scheduler settings (fixed for the gate's life).
     config: Arc<Config>,
     state: Mutex<State>,
     /// Wakes the timer task when what it waits for may have changed.
     changed: Notify,
+    /// The dispatcher's clock starts here (it counts milliseconds since).
     epoch: Instant,
+    /// Where usage records go (SQLite, written by its own thread).
     pub store: Store,
     pub alerts: Alerts,
 }
@@ -108,7 +124,7 @@ impl Gate {
             by_request: HashMap::new(),
             running: HashMap::new(),
             ledgers,
-            reservations: HashMap::new(),
+            holds: HashMap::new(),
         };
         Ok(Gate {
             config,
@@ -157,73 +173,6 @@ impl Gate {
             .map_or(0, |p| p.cost(prompt, completion))
     }
 
-    /// Reserves the request's cost, queues it, and waits (bounded) for its turn.
-    pub async fn admit(self: &Arc<Self>, ask: Ask) -> Result<Ticket, ApiError> {
-        let client = ask.client.unwrap_or(self.anonymous());
-        let reserved = self.cost(ask.model.as_deref(), ask.estimate.prompt_tokens, ask.estimate.completion_tokens);
-        let (now, month) = self.now();
-        let waiting = Waiting {
-            client,
-            tier: self.config.clients.get(client).map_or(20, |c| c.priority),
-            class: ask.class,
-            service: ask.service,
-            route: route_key(ask.service, ask.model.as_deref()),
-            pools: self.pool_units(ask.model.as_deref(), &ask.estimate),
-            enqueued_ms: now.ms,
-        };
-        let (tx, rx) = oneshot::channel();
-        let id = {
-            let mut st = self.lock();
-            if let Err(over) = st.ledgers[client].reserve(reserved, month) {
-                return Err(ApiError::OverBudget { client: self.client_name(client).to_string(), over });
-            }
-            self.budget_alerts(client, &st.ledgers[client]);
-            if st.d.len() >= self.config.scheduler.max_queue {
-                st.ledgers[client].settle(reserved, 0, month);
-                return Err(ApiError::QueueFull { limit: self.config.scheduler.max_queue });
-            }
-            let id = st.d.push(waiting);
-            st.waiters.insert(id, Waiter { request_id: ask.request_id.clone(), tx });
-            st.by_request.insert(ask.request_id.clone(), id);
-            if st.d.len() > 1000 {
-                self.alerts.raise("queue_long", "queue", format!("{} requests are waiting", st.d.len()));
-            }
-            self.dispatch(&mut st, now);
-            id
-        };
-        let mut pending = Pending { gate: self.clone(), id, rx: Some(rx), client, reserved, month, done: false };
-        let wait = self.config.scheduler.queue_timeout;
-        let rx = pending.rx.as_mut().expect("set above");
-        let grant = match tokio::time::timeout(wait, rx).await {
-            Ok(Ok(grant)) => grant,
-            Ok(Err(_)) => {
-                return Err(ApiError::Conflict(format!("request {} was cancelled while queued", ask.request_id)))
-            }
-            Err(_) => return Err(ApiError::QueueTimeout { waited: wait, class: ask.class.as_str() }),
-        };
-        pending.done = true;
-        let queued = Duration::from_millis(self.now().0.ms.saturating_sub(grant.waiting.enqueued_ms));
-        {
-            let mut st = self.lock();
-            st.running.insert(ask.request_id.clone(), (client, ask.model.clone(), ask.class, Instant::now()));
-        }
-        Ok(Ticket {
-            gate: self.clone(),
-            grant: Some(grant),
-            client,
-            reserved,
-            estimate: ask.estimate,
-            model: ask.model,
-            service: self.config.services[ask.service].name.clone(),
-            class: ask.class,
-            request_id: ask.request_id,
-            queued,
-            started: Instant::now(),
-            status: None,
-            usage: None,
-        })
-    }
-
     /// Runs whatever can run now.
     fn dispatch(&self, st: &mut State, now: Now) {
         while let Some(grant) = st.d.next(now) {
@@ -238,59 +187,9 @@ impl Gate {
                 None => st.d.finish(&grant, None, now.ms),
             }
         }
-        for (i, pool) in st.d.pools.iter_mut().enumerate() {
-            let (level, cap) = pool.level(None, now.ms);
-            if cap > 0 && level * 10 < cap {
-                let name = &self.config.pools[i].name;
-                self.alerts.raise("pool_low", name, format!("pool {name} is below 10 % ({level} of {cap} left)"));
-            }
-        }
+        self.pool_alerts(st, now);
         if !st.d.is_empty() {
             self.changed.notify_one();
-        }
-    }
-
-    fn budget_alerts(&self, client: usize, ledger: &Ledger) {
-        let name = self.client_name(client);
-        match ledger.used_percent() {
-            Some(p) if p >= 95 => {
-                self.alerts.raise("budget_95", name, format!("client {name} has used {p} % of its monthly budget"))
-            }
-            Some(p) if p >= 80 => {
-                self.alerts.raise("budget_80", name, format!("client {name} has used {p} % of its monthly budget"))
-            }
-            _ => {}
-        }
-    }
-
-    /// Dispatches what time alone unblocks (pool refill, the off-peak window) and watches for
-    /// requests waiting too long, until shutdown.
-    pub async fn run_timer(self: Arc<Self>, shutdown: CancellationToken) {
-        loop {
-            let wait = {
-                let mut st = self.lock();
-                let (now, _) = self.now();
-                if let Some(oldest) = st.d.waiting().map(|(_, w)| w.enqueued_ms).min() {
-                    let waited = now.ms.saturating_sub(oldest);
-                    if waited > 600_000 {
-                        self.alerts.raise(
-                            "long_wait",
-                            "queue",
-                            format!("a request has waited {} s for its turn", waited / 1000),
-                        );
-                    }
-                }
-                st.d.wake_in_ms(now).map_or(Duration::from_secs(60), |ms| Duration::from_millis(ms.clamp(1, 60_000)))
-            };
-            let wait = self.expire_reservations().map_or(wait, |next| wait.min(next.max(Duration::from_millis(1))));
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = self.changed.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-            }
-            let mut st = self.lock();
-            let (now, _) = self.now();
-            self.dispatch(&mut st, now);
         }
     }
 
@@ -322,135 +221,5 @@ impl Gate {
 
     pub fn paused(&self) -> bool {
         self.lock().d.paused
-    }
-}
-
-/// A stable lane key for (service, model).
-fn route_key(service: usize, model: Option<&str>) -> u32 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (service, model).hash(&mut h);
-    h.finish() as u32
-}
-
-/// A request waiting for its turn; dropped (timeout, client gone) it leaves the queue and
-/// releases its reservation.
-struct Pending {
-    gate: Arc<Gate>,
-    id: Id,
-    rx: Option<oneshot::Receiver<Grant>>,
-    client: usize,
-    reserved: Micros,
-    month: u32,
-    /// Granted: the ticket owns the reservation now.
-    done: bool,
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        let mut st = self.gate.lock();
-        let (now, _) = self.gate.now();
-        if st.d.cancel(self.id).is_some() {
-            if let Some(w) = st.waiters.remove(&self.id) {
-                st.by_request.remove(&w.request_id);
-            }
-        } else if let Some(grant) = self.rx.as_mut().and_then(|rx| rx.try_recv().ok()) {
-            // Granted just as it gave up.
-            st.d.finish(&grant, None, now.ms);
-        }
-        st.ledgers[self.client].settle(self.reserved, 0, self.month);
-        self.gate.dispatch(&mut st, now);
-    }
-}
-
-/// Capacity held by a running request. Dropped when its response ends: it settles the real
-/// cost against the reservation, corrects the pools, frees its slots and records the usage.
-pub struct Ticket {
-    gate: Arc<Gate>,
-    grant: Option<Grant>,
-    client: usize,
-    reserved: Micros,
-    estimate: Estimate,
-    model: Option<String>,
-    service: String,
-    class: Class,
-    pub request_id: String,
-    queued: Duration,
-    started: Instant,
-    /// The upstream's status, once it answered.
-    pub status: Option<u16>,
-    /// What the answer reported using.
-    pub usage: Option<Usage>,
-}
-
-impl Ticket {
-    pub fn queued(&self) -> Duration {
-        self.queued
-    }
-
-    pub fn backend_timed_out(&self, service: &str, after: Duration) {
-        let msg = format!(
-            "service {service} sent no response within {:.1} s (request {})",
-            after.as_secs_f64(),
-            self.request_id
-        );
-        self.gate.alerts.raise("backend_timeout", service, msg);
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        let Some(grant) = self.grant.take() else { return };
-        let gate = &self.gate;
-        let ok = self.status.is_some_and(|s| (200..300).contains(&s));
-        // No answer or an error: nothing was charged. An answer without usage (cut short, or
-        // an upstream that does not report it) is charged as reserved, never less.
-        let (prompt, completion, cost, estimated) = match (ok, self.usage) {
-            (false, _) => (0, 0, 0, false),
-            (true, Some(u)) => (
-                u.prompt_tokens,
-                u.completion_tokens,
-                gate.cost(self.model.as_deref(), u.prompt_tokens, u.completion_tokens),
-                false,
-            ),
-            (true, None) => (self.estimate.prompt_tokens, self.estimate.completion_tokens, self.reserved, true),
-        };
-        let used: Vec<u64> = grant
-            .taken
-            .iter()
-            .map(|&(p, _, took)| match gate.config.pools[p].unit {
-                PoolUnit::Tokens if ok => prompt + completion,
-                PoolUnit::Tokens => 0,
-                PoolUnit::Requests => took,
-            })
-            .collect();
-        let (now, month) = gate.now();
-        {
-            let mut st = gate.lock();
-            st.d.finish(&grant, Some(&used), now.ms);
-            st.ledgers[self.client].settle(self.reserved, cost, month);
-            st.running.remove(&self.request_id);
-            gate.budget_alerts(self.client, &st.ledgers[self.client]);
-            gate.dispatch(&mut st, now);
-        }
-        gate.store.record(UsageRecord {
-            request_id: std::mem::take(&mut self.request_id),
-            client: gate.client_name(self.client).to_string(),
-            model: self.model.take(),
-            service: std::mem::take(&mut self.service),
-            class: self.class.as_str().to_string(),
-            status: self.status.unwrap_or(0),
-            prompt_tokens: prompt,
-            completion_tokens: completion,
-            cost_micros: cost,
-            estimated,
-            queued_ms: self.queued.as_millis() as u64,
-            duration_ms: self.started.elapsed().as_millis() as u64,
-            finished_at_ms: clock::unix_ms(),
-            month,
-        });
     }
 }

@@ -67,7 +67,7 @@ impl Gate {
     fn standing_of(&self, request_id: &str) -> Option<(usize, Standing)> {
         let (now, _) = self.now();
         let st = self.lock();
-        if let Some(&(client, _, class, started)) = st.running.get(request_id) {
+        if let Some(&super::Running { client, class, started }) = st.running.get(request_id) {
             return Some((client, Standing::Running { class, running_ms: started.elapsed().as_millis() as u64 }));
         }
         let &id = st.by_request.get(request_id)?;

@@ -10,12 +10,13 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{client_named, parse};
+use super::client_named;
 use crate::admission::gate::Used;
 use crate::app::App;
 use crate::base::caller::Caller;
 use crate::base::errors::ApiError;
 use crate::config::units::parse_duration;
+use crate::server::parse_json as parse;
 use policy::budget::{micros_to_usd, usd_to_micros, Micros};
 use policy::estimate::Estimate;
 
@@ -72,7 +73,7 @@ pub async fn reserve(
     };
     let estimate = Estimate { prompt_tokens: b.prompt_tokens, completion_tokens: b.max_tokens };
     let client_index = client.unwrap_or(app.config.clients.len());
-    let r = app.gate.reserve(client_index, b.model.as_deref(), estimate, amount, ttl)?;
+    let r = app.gate.hold(client_index, b.model.as_deref(), estimate, amount, ttl)?;
     Ok(Json(json!({
         "reservation_id": r.id,
         "reserved_usd": micros_to_usd(r.reserved),
@@ -95,7 +96,7 @@ pub async fn release(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let b: SettleBody = parse(&body)?;
-    app.gate.settle_reservation(&b.reservation_id, owner(&caller, &app), None)?;
+    app.gate.settle_hold(&b.reservation_id, owner(&caller, &app), None)?;
     Ok(Json(json!({"reservation_id": b.reservation_id, "state": "released"})))
 }
 
@@ -116,6 +117,6 @@ pub async fn consume(
             ))
         }
     };
-    let cost = app.gate.settle_reservation(&b.reservation_id, owner(&caller, &app), Some(used))?;
+    let cost = app.gate.settle_hold(&b.reservation_id, owner(&caller, &app), Some(used))?;
     Ok(Json(json!({"reservation_id": b.reservation_id, "state": "consumed", "cost_usd": micros_to_usd(cost)})))
 }

@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use axum::routing::{delete, get, post};
 use axum::Router;
-use serde::Deserialize;
 
 use crate::account::store::Store;
 use crate::app::App;
@@ -57,17 +56,6 @@ pub async fn query<T: Send + 'static>(
     .await
     .map_err(|e| ApiError::Internal(format!("usage lookup failed: {e}")))?
     .map_err(ApiError::Internal)
-}
-
-/// A JSON body, with 400 naming what is wrong.
-pub fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        if e.is_data() || e.is_eof() && !body.is_empty() {
-            ApiError::BadRequest(format!("invalid request: {e}"))
-        } else {
-            ApiError::BadJson(e.to_string())
-        }
-    })
 }
 
 /// The client named in a path or body: its index (None = the anonymous client: everyone in

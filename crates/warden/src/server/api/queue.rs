@@ -12,7 +12,6 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::parse;
 use crate::admission::gate::Standing;
 use crate::app::App;
 use crate::base::caller::Caller;
@@ -20,6 +19,7 @@ use crate::base::errors::ApiError;
 use crate::base::http::REQUEST_ID_HEADER;
 use crate::jobs::Outcome;
 use crate::pipeline::{self, Endpoint, Inbound, Target};
+use crate::server::parse_json as parse;
 
 /// `{endpoint, request, priority}`: what `/api/queue/enqueue` and `/api/execute` take.
 #[derive(Deserialize)]

@@ -1,8 +1,9 @@
-//! Reservations for callers outside the request path (`/internal/reserve|release|consume`):
-//! another gateway, or a batch runner that calls a hosted API itself, can hold budget and pool
-//! units in warden's books, then settle what it really used. A reservation that is neither
-//! consumed nor released expires after its TTL and gives everything back, so a crashed caller
-//! never leaks capacity.
+//! Holds for callers outside the request path (`/internal/reserve|release|consume`): another
+//! gateway, or a batch runner that calls a hosted API itself, can hold budget and pool units in
+//! warden's books, then settle what it really used. A hold that is neither consumed nor
+//! released expires after its TTL and gives everything back, so a crashed caller never leaks
+//! capacity. (Not to be confused with the budget reservation every front-door request makes in
+//! `admit.rs`: that one lives and dies with its request.)
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,8 @@ use policy::bucket::From;
 use policy::budget::Micros;
 use policy::estimate::Estimate;
 
-pub struct Held {
+/// One hold, by its id in `State::holds`.
+pub struct Hold {
     client: usize,
     model: Option<String>,
     reserved: Micros,
@@ -25,7 +27,8 @@ pub struct Held {
     expires: Instant,
 }
 
-pub struct Reserved {
+/// What `hold` gives back to the caller.
+pub struct HoldTaken {
     pub id: String,
     pub reserved: Micros,
     pub expires_in: Duration,
@@ -40,14 +43,14 @@ pub enum Used {
 impl Gate {
     /// Holds `amount` (or the estimate's cost at the model's price) against the client's
     /// budget and takes the model's pool units now; 402 or 429 when it cannot.
-    pub fn reserve(
+    pub fn hold(
         &self,
         client: usize,
         model: Option<&str>,
         estimate: Estimate,
         amount: Option<Micros>,
         ttl: Duration,
-    ) -> Result<Reserved, ApiError> {
+    ) -> Result<HoldTaken, ApiError> {
         let reserved = amount.unwrap_or_else(|| self.cost(model, estimate.prompt_tokens, estimate.completion_tokens));
         let units = self.pool_units(model, &estimate);
         let (now, month) = self.now();
@@ -71,7 +74,7 @@ impl Gate {
         }
         self.budget_alerts(client, &st.ledgers[client]);
         let id = format!("res-{}", crate::base::http::new_request_id());
-        let held = Held {
+        let held = Hold {
             client,
             model: model.map(str::to_string),
             reserved,
@@ -80,18 +83,18 @@ impl Gate {
             taken,
             expires: Instant::now() + ttl,
         };
-        st.reservations.insert(id.clone(), held);
+        st.holds.insert(id.clone(), held);
         self.changed.notify_one();
-        Ok(Reserved { id, reserved, expires_in: ttl })
+        Ok(HoldTaken { id, reserved, expires_in: ttl })
     }
 
     /// Settles a reservation: `None` releases it (nothing was used), `Some` charges what was
     /// used and records it. Only its own client (or the admin, `client = None`) may.
-    pub fn settle_reservation(&self, id: &str, client: Option<usize>, used: Option<Used>) -> Result<Micros, ApiError> {
+    pub fn settle_hold(&self, id: &str, client: Option<usize>, used: Option<Used>) -> Result<Micros, ApiError> {
         let (now, month) = self.now();
         let mut st = self.lock();
-        let held = match st.reservations.get(id) {
-            Some(h) if client.is_none_or(|c| c == h.client) => st.reservations.remove(id).expect("present"),
+        let held = match st.holds.get(id) {
+            Some(h) if client.is_none_or(|c| c == h.client) => st.holds.remove(id).expect("present"),
             _ => return Err(ApiError::NotFound(format!("reservation {id}"))),
         };
         let record = used.is_some();
@@ -135,17 +138,17 @@ impl Gate {
     }
 
     /// Releases reservations past their TTL; returns when the next one expires.
-    pub(super) fn expire_reservations(&self) -> Option<Duration> {
+    pub(super) fn expire_holds(&self) -> Option<Duration> {
         let now = Instant::now();
         let expired: Vec<String> = {
             let st = self.lock();
-            st.reservations.iter().filter(|(_, h)| h.expires <= now).map(|(id, _)| id.clone()).collect()
+            st.holds.iter().filter(|(_, h)| h.expires <= now).map(|(id, _)| id.clone()).collect()
         };
         for id in expired {
             tracing::warn!("Reservation {id} expired unsettled; its budget and pool units are released");
-            let _ = self.settle_reservation(&id, None, None);
+            let _ = self.settle_hold(&id, None, None);
         }
-        self.lock().reservations.values().map(|h| h.expires.saturating_duration_since(now)).min()
+        self.lock().holds.values().map(|h| h.expires.saturating_duration_since(now)).min()
     }
 }
 

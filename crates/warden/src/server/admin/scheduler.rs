@@ -8,12 +8,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::api::{client_named, client_usage, queue_status};
 use crate::app::App;
 use crate::base::caller::Caller;
 use crate::base::errors::ApiError;
+use crate::server::api::{client_named, client_usage, queue_status};
 
-pub fn routes() -> Router<Arc<App>> {
+pub(super) fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/admin/scheduler/start", post(start))
         .route("/admin/scheduler/stop", post(stop))

@@ -1,5 +1,5 @@
-//! The admin API (/admin/*). Reads come from each service's published state; changes go to the
-//! owner tasks as commands, never around them.
+//! Services and idle settings: list, start, stop, idle sleep on or off, model unload, and the
+//! idle settings now in force.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -20,7 +20,7 @@ use crate::pipeline::route;
 use crate::service::{ServiceHandle, StopReason};
 use policy::idle::{decide, decide_model, IdleDecision, ModelDecision};
 
-pub fn routes() -> Router<Arc<App>> {
+pub(super) fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/admin/idle-status", get(idle_status))
         .route("/admin/settings", post(settings))
@@ -33,16 +33,6 @@ pub fn routes() -> Router<Arc<App>> {
 
 fn unix_secs(t: Option<SystemTime>) -> Value {
     t.map_or(Value::Null, |t| json!(crate::base::clock::since_epoch(t).as_secs()))
-}
-
-fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        if e.is_data() {
-            ApiError::BadRequest(format!("invalid request: {e}"))
-        } else {
-            ApiError::BadJson(e.to_string())
-        }
-    })
 }
 
 /// One service as `GET /admin/services` shows it, its memory measured now.
@@ -176,7 +166,7 @@ fn positive(field: &str, value: Option<f64>, unit_secs: f64) -> Result<Option<Du
 }
 
 async fn settings(State(app): State<Arc<App>>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let change: SettingsChange = parse_json(&body)?;
+    let change: SettingsChange = crate::server::parse_json(&body)?;
     // Validate everything before changing anything.
     let timeout = positive("idleTimeout", change.idle_timeout, 60.0)?;
     let keep_alive = positive("modelKeepAlive", change.model_keep_alive, 3600.0)?;
@@ -215,7 +205,7 @@ async fn idle_sleep(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let svc = service(&app, &name)?;
-    let change: IdleSleepChange = parse_json(&body)?;
+    let change: IdleSleepChange = crate::server::parse_json(&body)?;
     svc.shared.set_idle_sleep(change.enabled);
     Ok(Json(json!({"service": name, "idle_sleep_enabled": change.enabled})))
 }

@@ -17,7 +17,7 @@ use crate::config::Device;
 use crate::resources::estimate::estimate;
 use policy::planner::Plan;
 
-pub fn routes() -> Router<Arc<App>> {
+pub(super) fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/admin/resources", get(resources))
         .route("/admin/plan/{service}", get(plan))

@@ -1,0 +1,123 @@
+//! Letting a request in: its largest cost is reserved against its client's budget, it is
+//! queued, and it waits (bounded by `queue_timeout`) for the dispatcher to give it its turn.
+//! A request that gives up (timeout, client gone, job cancelled) is a dropped [`Pending`]:
+//! it leaves the queue and releases its reservation.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::ticket::Ticket;
+use super::{Ask, Gate, Running, Waiter};
+use crate::base::errors::ApiError;
+use policy::budget::Micros;
+use policy::queue::{Grant, Id, Waiting};
+
+impl Gate {
+    /// Reserves the request's cost, queues it, and waits (bounded) for its turn.
+    pub async fn admit(self: &Arc<Self>, ask: Ask) -> Result<Ticket, ApiError> {
+        let client = ask.client.unwrap_or(self.anonymous());
+        let reserved = self.cost(ask.model.as_deref(), ask.estimate.prompt_tokens, ask.estimate.completion_tokens);
+        let (now, month) = self.now();
+        let waiting = Waiting {
+            client,
+            tier: self.config.clients.get(client).map_or(20, |c| c.priority),
+            class: ask.class,
+            service: ask.service,
+            route: route_key(ask.service, ask.model.as_deref()),
+            pools: self.pool_units(ask.model.as_deref(), &ask.estimate),
+            enqueued_ms: now.ms,
+        };
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut st = self.lock();
+            if let Err(over) = st.ledgers[client].reserve(reserved, month) {
+                return Err(ApiError::OverBudget { client: self.client_name(client).to_string(), over });
+            }
+            self.budget_alerts(client, &st.ledgers[client]);
+            if st.d.len() >= self.config.scheduler.max_queue {
+                st.ledgers[client].settle(reserved, 0, month);
+                return Err(ApiError::QueueFull { limit: self.config.scheduler.max_queue });
+            }
+            let id = st.d.push(waiting);
+            st.waiters.insert(id, Waiter { request_id: ask.request_id.clone(), tx });
+            st.by_request.insert(ask.request_id.clone(), id);
+            self.queue_alerts(st.d.len());
+            self.dispatch(&mut st, now);
+            id
+        };
+        let mut pending = Pending { gate: self.clone(), id, rx: Some(rx), client, reserved, month, done: false };
+        let wait = self.config.scheduler.queue_timeout;
+        let rx = pending.rx.as_mut().expect("set above");
+        let grant = match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(grant)) => grant,
+            Ok(Err(_)) => {
+                return Err(ApiError::Conflict(format!("request {} was cancelled while queued", ask.request_id)))
+            }
+            Err(_) => return Err(ApiError::QueueTimeout { waited: wait, class: ask.class.as_str() }),
+        };
+        pending.done = true;
+        let queued = Duration::from_millis(self.now().0.ms.saturating_sub(grant.waiting.enqueued_ms));
+        {
+            let mut st = self.lock();
+            st.running.insert(ask.request_id.clone(), Running { client, class: ask.class, started: Instant::now() });
+        }
+        Ok(Ticket {
+            gate: self.clone(),
+            grant: Some(grant),
+            client,
+            reserved,
+            estimate: ask.estimate,
+            model: ask.model,
+            service: self.config.services[ask.service].name.clone(),
+            class: ask.class,
+            request_id: ask.request_id,
+            queued,
+            started: Instant::now(),
+            status: None,
+            usage: None,
+        })
+    }
+}
+
+/// A stable lane key for (service, model).
+fn route_key(service: usize, model: Option<&str>) -> u32 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (service, model).hash(&mut h);
+    h.finish() as u32
+}
+
+/// A request waiting for its turn; dropped (timeout, client gone) it leaves the queue and
+/// releases its reservation.
+struct Pending {
+    gate: Arc<Gate>,
+    id: Id,
+    rx: Option<oneshot::Receiver<Grant>>,
+    client: usize,
+    reserved: Micros,
+    month: u32,
+    /// Granted: the ticket owns the reservation now.
+    done: bool,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut st = self.gate.lock();
+        let (now, _) = self.gate.now();
+        if st.d.cancel(self.id).is_some() {
+            if let Some(w) = st.waiters.remove(&self.id) {
+                st.by_request.remove(&w.request_id);
+            }
+        } else if let Some(grant) = self.rx.as_mut().and_then(|rx| rx.try_recv().ok()) {
+            // Granted just as it gave up.
+            st.d.finish(&grant, None, now.ms);
+        }
+        st.ledgers[self.client].settle(self.reserved, 0, self.month);
+        self.gate.dispatch(&mut st, now);
+    }
+}

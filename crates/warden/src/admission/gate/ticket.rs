@@ -1,0 +1,112 @@
+//! What a running request holds: its grant (slots, pool units) and its reservation. Dropped
+//! when its answer ends, whatever the path: it settles the real cost against the reservation,
+//! corrects the pools, frees its slots and records the usage.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Gate;
+use crate::account::store::UsageRecord;
+use crate::account::usage::Usage;
+use crate::base::clock;
+use crate::config::PoolUnit;
+use policy::budget::Micros;
+use policy::class::Class;
+use policy::estimate::Estimate;
+use policy::queue::Grant;
+
+/// Capacity held by a running request. Dropped when its response ends: it settles the real
+/// cost against the reservation, corrects the pools, frees its slots and records the usage.
+pub struct Ticket {
+    pub(super) gate: Arc<Gate>,
+    /// The slots and pool units the dispatcher gave it; taken when it settles.
+    pub(super) grant: Option<Grant>,
+    /// Index into the ledgers (the anonymous client last).
+    pub(super) client: usize,
+    /// Held against the client's budget until the real cost is known.
+    pub(super) reserved: Micros,
+    /// What the reservation was computed from; charged as is when the answer reports no usage.
+    pub(super) estimate: Estimate,
+    pub(super) model: Option<String>,
+    /// The service's name, for the usage record.
+    pub(super) service: String,
+    pub(super) class: Class,
+    pub request_id: String,
+    /// How long it waited for its turn.
+    pub(super) queued: Duration,
+    /// When it was let in, for the usage record's duration.
+    pub(super) started: Instant,
+    /// The upstream's status, once it answered.
+    pub status: Option<u16>,
+    /// What the answer reported using.
+    pub usage: Option<Usage>,
+}
+
+impl Ticket {
+    pub fn queued(&self) -> Duration {
+        self.queued
+    }
+
+    pub fn backend_timed_out(&self, service: &str, after: Duration) {
+        let msg = format!(
+            "service {service} sent no response within {:.1} s (request {})",
+            after.as_secs_f64(),
+            self.request_id
+        );
+        self.gate.alerts.raise("backend_timeout", service, msg);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let Some(grant) = self.grant.take() else { return };
+        let gate = &self.gate;
+        let ok = self.status.is_some_and(|s| (200..300).contains(&s));
+        // No answer or an error: nothing was charged. An answer without usage (cut short, or
+        // an upstream that does not report it) is charged as reserved, never less.
+        let (prompt, completion, cost, estimated) = match (ok, self.usage) {
+            (false, _) => (0, 0, 0, false),
+            (true, Some(u)) => (
+                u.prompt_tokens,
+                u.completion_tokens,
+                gate.cost(self.model.as_deref(), u.prompt_tokens, u.completion_tokens),
+                false,
+            ),
+            (true, None) => (self.estimate.prompt_tokens, self.estimate.completion_tokens, self.reserved, true),
+        };
+        let used: Vec<u64> = grant
+            .taken
+            .iter()
+            .map(|&(p, _, took)| match gate.config.pools[p].unit {
+                PoolUnit::Tokens if ok => prompt + completion,
+                PoolUnit::Tokens => 0,
+                PoolUnit::Requests => took,
+            })
+            .collect();
+        let (now, month) = gate.now();
+        {
+            let mut st = gate.lock();
+            st.d.finish(&grant, Some(&used), now.ms);
+            st.ledgers[self.client].settle(self.reserved, cost, month);
+            st.running.remove(&self.request_id);
+            gate.budget_alerts(self.client, &st.ledgers[self.client]);
+            gate.dispatch(&mut st, now);
+        }
+        gate.store.record(UsageRecord {
+            request_id: std::mem::take(&mut self.request_id),
+            client: gate.client_name(self.client).to_string(),
+            model: self.model.take(),
+            service: std::mem::take(&mut self.service),
+            class: self.class.as_str().to_string(),
+            status: self.status.unwrap_or(0),
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            cost_micros: cost,
+            estimated,
+            queued_ms: self.queued.as_millis() as u64,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            finished_at_ms: clock::unix_ms(),
+            month,
+        });
+    }
+}
