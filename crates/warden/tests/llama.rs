@@ -77,6 +77,7 @@ async fn llama_router_loads_models_on_demand_and_unloads_them() {
         r#"
 [idle]
 check_interval = "100ms"
+keep_alive = "1h"
 
 [services.router]
 kind = "process"
@@ -87,7 +88,6 @@ idle_timeout = "1s"
 
 [models.tiny-a]
 service = "router"
-keep_alive = "1s"
 
 [models.tiny-b]
 service = "router"
@@ -109,7 +109,16 @@ keep_alive = "60m"
     assert_eq!(children_of(router_pid).len(), 2, "one child process per loaded model");
     let both = svc["rss_bytes"].as_u64().unwrap();
 
-    // tiny-a's keep-alive ends: its child process goes, measured memory goes down.
+    // tiny-a's keep-alive (the global one, tiny-b has its own) is cut to about 1 s: its child
+    // process goes, measured memory goes down. (Set only now: with a 1 s keep-alive from the
+    // start, tiny-a could be unloaded before both were seen loaded on a busy machine.)
+    let resp = reqwest::Client::new()
+        .post(w.url("/admin/settings"))
+        .json(&json!({"modelKeepAlive": 0.0003}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
     assert!(w.wait_log("Successfully unloaded idle model tiny-a", Duration::from_secs(10)), "{}", w.log());
     assert!(w.log().contains("Model tiny-a keep-alive expired, unloading..."));
     assert!(wait_until(Duration::from_secs(5), || children_of(router_pid).len() == 1));
