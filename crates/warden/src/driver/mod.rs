@@ -5,6 +5,7 @@ pub mod container;
 pub mod health;
 pub mod logs;
 pub mod models;
+pub mod nvml;
 pub mod orphans;
 pub mod process;
 pub mod procfs;
@@ -60,7 +61,7 @@ impl Meter {
         match self {
             Meter::ProcessGroup(pgid) => Some(procfs::group_rss_bytes(*pgid)),
             Meter::GpuProcessGroup(pgid) => {
-                let per_pid = crate::resources::nvml::process_memory()?;
+                let per_pid = nvml::process_memory()?;
                 let pids = procfs::group_pids(*pgid);
                 Some(per_pid.iter().filter(|(pid, _)| pids.contains(pid)).map(|(_, b)| b).sum())
             }

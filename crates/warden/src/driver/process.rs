@@ -150,3 +150,10 @@ impl Drop for ProcessHandle {
         }
     }
 }
+
+/// A port the OS says is free now. Another program could take it before the service binds it;
+/// the start then fails and the next request tries again with a fresh port.
+pub fn free_port() -> Option<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+    Some(listener.local_addr().ok()?.port())
+}

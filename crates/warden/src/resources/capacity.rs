@@ -30,7 +30,7 @@ pub fn resolve(setting: CapacitySetting, detect: impl FnOnce() -> Option<u64>) -
 
 /// Total memory of GPU 0 through NVML, if a driver is present.
 pub fn detect_vram() -> Option<u64> {
-    super::nvml::total_memory()
+    crate::driver::nvml::total_memory()
 }
 
 #[cfg(test)]
@@ -50,7 +50,7 @@ mod tests {
     fn nvml_answers_all_or_nothing() {
         // Without the NVIDIA driver both are None (this machine); with one, both answer.
         let total = detect_vram();
-        let per_process = super::super::nvml::process_memory();
+        let per_process = crate::driver::nvml::process_memory();
         assert_eq!(total.is_some(), per_process.is_some());
         if let Some(total) = total {
             assert!(total > 0);

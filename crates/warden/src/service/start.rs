@@ -71,7 +71,7 @@ impl Owner {
         info!("Starting service {}", cfg.name);
         self.generation += 1;
         self.start_began = Some(Instant::now());
-        let port = if cfg.port != 0 { cfg.port } else { free_port().unwrap_or(0) };
+        let port = if cfg.port != 0 { cfg.port } else { driver::process::free_port().unwrap_or(0) };
         if matches!(cfg.kind, ServiceKind::Process(_)) {
             self.shared.live().port = Some(port);
         }
@@ -109,11 +109,4 @@ impl Owner {
             }
         }));
     }
-}
-
-/// A port the OS says is free now. Another program could take it before the service binds it;
-/// the start then fails and the next request tries again with a fresh port.
-fn free_port() -> Option<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
-    Some(listener.local_addr().ok()?.port())
 }
