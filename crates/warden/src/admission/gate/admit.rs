@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::ticket::Ticket;
-use super::{Ask, Gate, Running, Waiter};
+use super::{Ask, Gate, Waiter};
 use crate::base::errors::ApiError;
 use policy::budget::Micros;
 use policy::queue::{Grant, Id, Waiting};
@@ -47,7 +47,16 @@ impl Gate {
             self.dispatch(&mut st, now);
             id
         };
-        let mut pending = Pending { gate: self.clone(), id, rx: Some(rx), client, reserved, month, done: false };
+        let mut pending = Pending {
+            gate: self.clone(),
+            id,
+            request_id: ask.request_id.clone(),
+            rx: Some(rx),
+            client,
+            reserved,
+            month,
+            done: false,
+        };
         let wait = self.config.scheduler.queue_timeout;
         let rx = pending.rx.as_mut().expect("set above");
         let grant = match tokio::time::timeout(wait, rx).await {
@@ -57,12 +66,9 @@ impl Gate {
             }
             Err(_) => return Err(ApiError::QueueTimeout { waited: wait, class: ask.class.as_str() }),
         };
+        // Dispatch recorded it as running when it granted the turn: no second lock here.
         pending.done = true;
         let queued = Duration::from_millis(self.now().0.ms.saturating_sub(grant.waiting.enqueued_ms));
-        {
-            let mut st = self.lock();
-            st.running.insert(ask.request_id.clone(), Running { client, class: ask.class, started: Instant::now() });
-        }
         Ok(Ticket {
             gate: self.clone(),
             grant: Some(grant),
@@ -93,10 +99,16 @@ fn route_key(service: usize, model: Option<&str>) -> u32 {
 /// releases its reservation.
 struct Pending {
     gate: Arc<Gate>,
+    /// Its place in the dispatcher.
     id: Id,
+    /// To forget it in `running` if it was granted its turn just as it gave up.
+    request_id: String,
+    /// Where its turn is announced.
     rx: Option<oneshot::Receiver<Grant>>,
     client: usize,
+    /// Held against the client's budget; released if it never runs.
     reserved: Micros,
+    /// The month the reservation was made in (budgets reset monthly).
     month: u32,
     /// Granted: the ticket owns the reservation now.
     done: bool,
@@ -116,6 +128,7 @@ impl Drop for Pending {
         } else if let Some(grant) = self.rx.as_mut().and_then(|rx| rx.try_recv().ok()) {
             // Granted just as it gave up.
             st.d.finish(&grant, None, now.ms);
+            st.running.remove(&self.request_id);
         }
         st.ledgers[self.client].settle(self.reserved, 0, self.month);
         self.gate.dispatch(&mut st, now);

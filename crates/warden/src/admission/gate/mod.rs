@@ -179,9 +179,13 @@ impl Gate {
             match st.waiters.remove(&grant.id) {
                 Some(w) => {
                     st.by_request.remove(&w.request_id);
+                    let running =
+                        Running { client: grant.waiting.client, class: grant.waiting.class, started: Instant::now() };
+                    st.running.insert(w.request_id.clone(), running);
                     if let Err(grant) = w.tx.send(grant) {
                         // It gave up in the same instant: give the capacity back.
                         st.d.finish(&grant, None, now.ms);
+                        st.running.remove(&w.request_id);
                     }
                 }
                 None => st.d.finish(&grant, None, now.ms),
