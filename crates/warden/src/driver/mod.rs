@@ -1,6 +1,7 @@
 //! Drivers are the only code that touches the outside world for a service: processes,
 //! containers, sockets, health endpoints. The service owner calls them; the HTTP layer never does.
 
+pub mod cgroup;
 pub mod container;
 pub mod health;
 pub mod logs;
@@ -45,13 +46,33 @@ pub enum Running {
     Remote,
 }
 
+/// The processes of a service: its process group, and every member of its cgroup (which also
+/// holds descendants that left the group).
+#[derive(Clone, Debug)]
+pub struct ProcessTree {
+    pub pgid: u32,
+    pub cgroup: Option<cgroup::Cgroup>,
+}
+
+impl ProcessTree {
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = procfs::group_pids(self.pgid);
+        if let Some(cg) = &self.cgroup {
+            pids.extend(cg.pids().into_iter().filter_map(|p| u32::try_from(p).ok()));
+            pids.sort_unstable();
+            pids.dedup();
+        }
+        pids
+    }
+}
+
 /// Measures a running service's memory; cheap to clone out of a lock and await elsewhere.
 #[derive(Clone, Debug)]
 pub enum Meter {
-    /// Resident memory of the whole process group.
-    ProcessGroup(u32),
-    /// GPU memory (NVML) of the processes in the group: for `device = "gpu"` services.
-    GpuProcessGroup(u32),
+    /// Resident memory of the service's processes.
+    Processes(ProcessTree),
+    /// GPU memory (NVML) of the service's processes: for `device = "gpu"` services.
+    GpuProcesses(ProcessTree),
     /// Container stats: usage minus inactive file cache.
     Container { docker: bollard::Docker, name: String },
 }
@@ -59,10 +80,10 @@ pub enum Meter {
 impl Meter {
     pub async fn memory_bytes(&self) -> Option<u64> {
         match self {
-            Meter::ProcessGroup(pgid) => Some(procfs::group_rss_bytes(*pgid)),
-            Meter::GpuProcessGroup(pgid) => {
+            Meter::Processes(tree) => Some(procfs::rss_bytes(&tree.pids())),
+            Meter::GpuProcesses(tree) => {
                 let per_pid = nvml::process_memory()?;
-                let pids = procfs::group_pids(*pgid);
+                let pids = tree.pids();
                 Some(per_pid.iter().filter(|(pid, _)| pids.contains(pid)).map(|(_, b)| b).sum())
             }
             Meter::Container { docker, name } => container::memory_of(docker, name).await,
@@ -135,8 +156,8 @@ impl Running {
     /// How to measure it: a GPU service by its GPU memory, anything else by resident memory.
     pub fn meter(&self, device: crate::config::Device) -> Option<Meter> {
         match self {
-            Running::Process(p) if device == crate::config::Device::Gpu => Some(Meter::GpuProcessGroup(p.pid())),
-            Running::Process(p) => Some(Meter::ProcessGroup(p.pid())),
+            Running::Process(p) if device == crate::config::Device::Gpu => Some(Meter::GpuProcesses(p.tree())),
+            Running::Process(p) => Some(Meter::Processes(p.tree())),
             Running::Container(c) => Some(c.meter()),
             Running::Remote => None,
         }

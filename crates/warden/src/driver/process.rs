@@ -1,4 +1,6 @@
-//! `kind = "process"`: a command run in its own process group, stopped as a group.
+//! `kind = "process"`: a command run in its own process group and, where cgroups are writable,
+//! its own cgroup (`cgroup.rs`), stopped as a whole: every descendant, wrappers' children and
+//! double forks included.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -9,6 +11,7 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use tokio_util::task::TaskTracker;
 
+use super::cgroup::Cgroup;
 use super::logs::ServiceLog;
 use super::orphans;
 use crate::config::ProcessSpec;
@@ -21,6 +24,8 @@ pub struct ProcessHandle {
     port: u16,
     stop_command: Option<Vec<String>>,
     pidfile: PathBuf,
+    /// Every process the service started, whatever its process group (None: no cgroups here).
+    cgroup: Option<Cgroup>,
     /// The leader has been reaped and its group cleaned up.
     reaped: bool,
 }
@@ -58,27 +63,45 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<ProcessHandle, String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    // SAFETY: prctl is async-signal-safe. If warden dies without cleaning up, the kernel kills
-    // the service's leader; the pidfile lets the next warden stop the rest of its group.
+    let cgroup = Cgroup::create(req.state_dir, req.service);
+    let procs = match &cgroup {
+        Some(cg) => Some(cg.procs_for_child().map_err(|e| format!("cannot use cgroup {}: {e}", cg.path().display()))?),
+        None => None,
+    };
+    // SAFETY: prctl and write are async-signal-safe. If warden dies without cleaning up, the
+    // kernel kills the service's leader; the pidfile lets the next warden stop the rest of its
+    // group and cgroup.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if let Some(fd) = &procs {
+                Cgroup::join_from_child(fd)?;
+            }
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", argv[0]))?;
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            if let Some(cg) = &cgroup {
+                cg.remove();
+            }
+            return Err(format!("cannot run {}: {e}", argv[0]));
+        }
+    };
     let pid = child.id().expect("a just-spawned child has a pid");
     for pipe in [child.stdout.take().map(boxed), child.stderr.take().map(boxed)].into_iter().flatten() {
         req.tasks.spawn(req.log.clone().pump(pipe));
     }
     let pidfile = orphans::pidfile(req.state_dir, req.service);
-    orphans::record(&pidfile, pid);
+    orphans::record(&pidfile, pid, cgroup.as_ref());
     Ok(ProcessHandle {
         child,
         pid,
         port: req.port,
         stop_command: req.spec.stop_command.clone(),
         pidfile,
+        cgroup,
         reaped: false,
     })
 }
@@ -90,6 +113,11 @@ fn boxed(pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Box<dyn to
 impl ProcessHandle {
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Every process the service started.
+    pub fn tree(&self) -> super::ProcessTree {
+        super::ProcessTree { pgid: self.pid, cgroup: self.cgroup.clone() }
     }
 
     pub fn port(&self) -> u16 {
@@ -126,14 +154,23 @@ impl ProcessHandle {
         self.cleanup_group();
     }
 
+    /// Signals the process group and everything else in the service's cgroup (processes that
+    /// left the group with setsid).
     fn signal(&self, sig: Signal) {
         let _ = killpg(Pid::from_raw(self.pid as i32), sig);
+        if let Some(cg) = &self.cgroup {
+            cg.signal(sig);
+        }
     }
 
-    /// After the leader is gone: kill whatever else is left in its group, forget the pidfile.
+    /// After the leader is gone: kill whatever else is left in its group and cgroup, remove
+    /// the cgroup, forget the pidfile.
     fn cleanup_group(&mut self) {
         if !self.reaped {
-            self.signal(Signal::SIGKILL);
+            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+            if let Some(cg) = &self.cgroup {
+                cg.remove();
+            }
             orphans::forget(&self.pidfile);
             self.reaped = true;
         }
@@ -146,6 +183,9 @@ impl Drop for ProcessHandle {
             self.signal(Signal::SIGKILL);
             // Reap in the background so no zombie is left; tokio does this for dropped children.
             let _ = self.child.start_kill();
+            if let Some(cg) = &self.cgroup {
+                cg.remove();
+            }
             orphans::forget(&self.pidfile);
         }
     }

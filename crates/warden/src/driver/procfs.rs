@@ -1,16 +1,9 @@
-//! Reads of /proc: resident memory of a process group, process identity for pidfiles.
+//! Reads of /proc: resident memory of a service's processes, process identity for pidfiles.
 
-/// Resident bytes of every process in the process group `pgid` (a service's whole tree, since
-/// each service runs in a group of its own).
-pub fn group_rss_bytes(pgid: u32) -> u64 {
+/// Resident bytes of these processes together.
+pub fn rss_bytes(pids: &[u32]) -> u64 {
     let page = page_size();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let stat = read_stat(pid)?;
-            (stat.pgrp == pgid).then_some(stat.rss_pages * page)
-        })
-        .sum()
+    pids.iter().filter_map(|&pid| read_stat(pid)).map(|s| s.rss_pages * page).sum()
 }
 
 /// The processes in process group `pgid`.
@@ -59,7 +52,8 @@ mod tests {
         let me = std::process::id();
         let stat = read_stat(me).expect("own stat");
         assert!(stat.rss_pages > 0);
-        assert!(group_rss_bytes(stat.pgrp) >= stat.rss_pages * page_size());
-        assert_eq!(group_rss_bytes(u32::MAX - 7), 0);
+        assert!(rss_bytes(&group_pids(stat.pgrp)) >= stat.rss_pages * page_size());
+        assert!(group_pids(u32::MAX - 7).is_empty());
+        assert_eq!(rss_bytes(&[u32::MAX - 7]), 0);
     }
 }

@@ -7,6 +7,7 @@ pub mod auth;
 mod metrics;
 mod openai;
 mod passthrough;
+mod state_lock;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,13 +69,19 @@ pub async fn serve(config: Config) -> Result<(), String> {
         std::fs::create_dir_all(state_dir.join(dir))
             .map_err(|e| format!("cannot create {}: {e}", state_dir.join(dir).display()))?;
     }
-    for service in orphans::stop_leftovers(&state_dir) {
-        warn!("Stopped service {service}'s processes left running by a previous warden");
-    }
+    // First the lock (nothing is touched before it), then the port, then leftovers of a crash:
+    // a warden that cannot run kills nothing.
+    let _lock = state_lock::acquire(&state_dir)?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    for service in orphans::stop_leftovers(&state_dir) {
+        warn!("Stopped service {service}'s processes left running by a previous warden");
+    }
+    if !crate::driver::cgroup::available(&state_dir) {
+        warn!("No writable cgroup: a service's processes are tracked by process group only, so one that leaves its group (setsid) could outlive warden");
+    }
 
     let tasks = TaskTracker::new();
     let shutdown = CancellationToken::new();

@@ -72,6 +72,34 @@ impl Warden {
         (self.child, self.base, self.log) = (child, base, log);
     }
 
+    /// SIGKILLs this warden (no cleanup of any kind), then starts a new one on the same config
+    /// and state dir, as a user would after a crash.
+    pub fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, base, log) = spawn_warden(&self.dir.path().join("warden.toml"));
+        (self.child, self.base, self.log) = (child, base, log);
+    }
+
+    /// Runs a second `warden serve` on this warden's config and state dir; returns its exit
+    /// status and output, or None if it was still running after `within` (then it is killed).
+    pub fn serve_again(&self, within: Duration) -> Option<(ExitStatus, String)> {
+        let mut child = Command::new(warden_bin())
+            .args(["serve", "--config"])
+            .arg(self.dir.path().join("warden.toml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let exited = wait_until(within, || child.try_wait().unwrap().is_some());
+        if !exited {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().unwrap();
+        exited.then(|| (out.status, String::from_utf8_lossy(&out.stderr).into_owned()))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

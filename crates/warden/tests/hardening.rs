@@ -1,0 +1,86 @@
+//! Faults a user can run into: a second warden on the same state dir, wrapper scripts and
+//! double forks outliving a crashed warden.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn fake_pid(v: &Value) -> u32 {
+    v["pid"].as_u64().expect("the fake backend's /stats names its pid") as u32
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_warden_on_the_same_state_dir_exits_and_kills_nothing() {
+    let w = Warden::start(
+        r#"
+[services.pinned]
+kind = "process"
+command = ["FAKE", "--port", "${PORT}"]
+desired = "on"
+"#,
+    );
+    assert!(w.wait_state("pinned", "running", Duration::from_secs(10)).await);
+    let backend = fake_pid(&w.get("/svc/pinned/stats").await);
+
+    // Same config, same state dir (and listen port 0, so the port alone would not stop it).
+    let (status, stderr) = w.serve_again(Duration::from_secs(10)).expect("the second warden exits at once");
+    assert!(!status.success());
+    let expected = format!("is in use by warden pid {}", w.pid());
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!stderr.contains("left running by a previous warden"), "{stderr}");
+
+    // The first warden's service was not touched.
+    assert!(process_alive(backend));
+    assert_eq!(fake_pid(&w.get("/svc/pinned/stats").await), backend);
+    assert_eq!(w.service("pinned").await["state"], "running");
+}
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_a_wrapper_started_outlives_a_crashed_warden() {
+    // A wrapper script whose server is its child, and one whose server leaves the process
+    // group and the session (a double fork with setsid): after kill -9 of warden, the wrappers
+    // die (their parent-death signal) but the servers would live on unmanaged.
+    let mut w = Warden::start(
+        r#"
+[services.wrapped]
+kind = "process"
+command = ["sh", "-c", "FAKE --port ${PORT} & wait"]
+
+[services.escaped]
+kind = "process"
+command = ["sh", "-c", "setsid FAKE --port ${PORT} & wait"]
+"#,
+    );
+    let wrapped = fake_pid(&w.get("/svc/wrapped/stats").await);
+    let escaped = fake_pid(&w.get("/svc/escaped/stats").await);
+    assert!(process_alive(wrapped) && process_alive(escaped));
+
+    w.crash_and_restart();
+    assert!(wait_until(Duration::from_secs(10), || !process_alive(wrapped)), "{wrapped} outlived warden");
+    assert!(w.log().contains("Stopped service wrapped's processes left running by a previous warden"), "{}", w.log());
+    if running_as_root() {
+        assert!(!w.log().contains("No writable cgroup"), "{}", w.log());
+        assert!(wait_until(Duration::from_secs(10), || !process_alive(escaped)), "{escaped} outlived warden");
+    } else {
+        eprintln!("not root: no cgroups, so a server that calls setsid is not tracked");
+        unsafe { libc::kill(escaped as i32, libc::SIGKILL) };
+    }
+
+    // The restarted warden serves them again, and a plain stop ends every process too.
+    let escaped = fake_pid(&w.get("/svc/escaped/stats").await);
+    let resp = reqwest::Client::new().post(w.url("/admin/services/escaped/stop")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    if running_as_root() {
+        assert!(wait_until(Duration::from_secs(10), || !process_alive(escaped)), "{escaped} outlived its stop");
+    } else {
+        unsafe { libc::kill(escaped as i32, libc::SIGKILL) };
+    }
+}
