@@ -43,6 +43,9 @@ struct Args {
     /// Serve this many requests, then exit abruptly in the middle of the next one.
     #[arg(long)]
     crash_after: Option<u64>,
+    /// Exit abruptly in the middle of a stream, after sending this many tokens of it.
+    #[arg(long)]
+    cut_stream_after: Option<u64>,
     /// Ignore SIGTERM (so only SIGKILL stops it).
     #[arg(long)]
     ignore_sigterm: bool,
@@ -242,12 +245,19 @@ async fn answer(fake: &Fake, body: &Value, object: &'static str) -> Response {
     }
     let include_usage = body["stream_options"]["include_usage"].as_bool() == Some(true);
     let chunk_object = if chat { "chat.completion.chunk" } else { "text_completion" };
+    let cut_after = fake.args.cut_stream_after;
     let stream = futures_util::stream::unfold(0u64, move |i| {
         let model = model.clone();
         let usage = usage.clone();
         async move {
             if i > n + 1 {
                 return None;
+            }
+            if cut_after == Some(i) {
+                // Let what was sent reach the client, then die without ending the stream.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                eprintln!("fake-backend: dying mid-stream after {i} tokens as asked (--cut-stream-after)");
+                std::process::exit(3);
             }
             let event = if i < n {
                 if let Some(p) = pace {

@@ -109,3 +109,87 @@ mod tests {
         assert!(p.rewritten.is_none());
     }
 }
+
+/// How a request's answer ended, as settling sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// No answer, or an error status: nothing reached the client worth charging.
+    Failed,
+    /// The answer reported its usage.
+    Reported { prompt_tokens: u64, completion_tokens: u64 },
+    /// The service died mid-answer after about this many completion tokens reached the client.
+    Cut { delivered_tokens: u64 },
+    /// A whole answer without usage (an upstream that does not report it).
+    Unreported,
+}
+
+/// The tokens a request is charged, and whether they are an estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charge {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Not reported by the service: from the reservation or counted from what was delivered.
+    pub estimated: bool,
+}
+
+/// What to charge for an answer that ended so, given what was reserved. A cut answer pays for
+/// its prompt (as estimated) and for what was delivered, never more than reserved and never
+/// nothing once tokens reached the client; an answer without usage pays its reservation.
+pub fn charge(ending: Ending, reserved: Estimate) -> Charge {
+    match ending {
+        Ending::Failed => Charge { prompt_tokens: 0, completion_tokens: 0, estimated: false },
+        Ending::Reported { prompt_tokens, completion_tokens } => {
+            Charge { prompt_tokens, completion_tokens, estimated: false }
+        }
+        // At most what was reserved, but at least one token once any flowed.
+        Ending::Cut { delivered_tokens } => Charge {
+            prompt_tokens: reserved.prompt_tokens,
+            completion_tokens: delivered_tokens.min(reserved.completion_tokens.max(1)),
+            estimated: true,
+        },
+        Ending::Unreported => Charge {
+            prompt_tokens: reserved.prompt_tokens,
+            completion_tokens: reserved.completion_tokens,
+            estimated: true,
+        },
+    }
+}
+
+/// Completion tokens in `bytes` of answer text, for an answer cut before it said: about one
+/// token per 4 bytes.
+pub fn tokens_in(bytes: u64) -> u64 {
+    bytes.div_ceil(4)
+}
+
+#[cfg(test)]
+mod charge_tests {
+    use super::*;
+
+    const RESERVED: Estimate = Estimate { prompt_tokens: 40, completion_tokens: 100 };
+
+    #[test]
+    fn each_ending_is_charged_what_it_delivered() {
+        assert_eq!(charge(Ending::Failed, RESERVED), Charge { prompt_tokens: 0, completion_tokens: 0, estimated: false });
+        let reported = Ending::Reported { prompt_tokens: 7, completion_tokens: 9 };
+        assert_eq!(charge(reported, RESERVED), Charge { prompt_tokens: 7, completion_tokens: 9, estimated: false });
+        assert_eq!(
+            charge(Ending::Cut { delivered_tokens: 5 }, RESERVED),
+            Charge { prompt_tokens: 40, completion_tokens: 5, estimated: true }
+        );
+        assert_eq!(charge(Ending::Unreported, RESERVED), Charge { prompt_tokens: 40, completion_tokens: 100, estimated: true });
+    }
+
+    #[test]
+    fn a_cut_is_never_more_than_reserved_and_never_nothing_once_tokens_flowed() {
+        for delivered in [0, 1, 5, 100, 1000] {
+            let c = charge(Ending::Cut { delivered_tokens: delivered }, RESERVED);
+            assert!(c.completion_tokens <= RESERVED.completion_tokens);
+            assert_eq!(c.completion_tokens == 0, delivered == 0);
+            assert_eq!(c.prompt_tokens, RESERVED.prompt_tokens);
+        }
+        // Even a reservation of 0 output tokens (unpriced models reserve nothing) charges what
+        // was seen to flow.
+        let none = Estimate::default();
+        assert_eq!(charge(Ending::Cut { delivered_tokens: 3 }, none).completion_tokens, 1);
+    }
+}

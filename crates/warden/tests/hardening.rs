@@ -84,3 +84,46 @@ command = ["sh", "-c", "setsid FAKE --port ${PORT} & wait"]
         unsafe { libc::kill(escaped as i32, libc::SIGKILL) };
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_by_a_dying_backend_ends_with_an_error_event_and_is_charged_what_was_delivered() {
+    // 100 tokens asked for; the backend dies after sending 5 of them.
+    let w = Warden::start(
+        r#"
+[services.cut]
+kind = "process"
+command = ["FAKE", "--port", "${PORT}", "--tokens", "100", "--cut-stream-after", "5"]
+
+[models.cutter]
+service = "cut"
+price = { input_per_1k = 1.0, output_per_1k = 2.0 }
+"#,
+    );
+    let body = serde_json::json!({"model": "cutter", "stream": true, "max_tokens": 100,
+        "messages": [{"role": "user", "content": "count to a hundred"}]});
+    let resp = reqwest::Client::new()
+        .post(w.url("/v1/chat/completions"))
+        .header("x-request-id", "cut-1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // The body ends cleanly (no transport error) ...
+    let text = resp.text().await.expect("a cut stream still ends as a whole chunked body");
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.iter().filter(|e| e.contains("\"content\"")).count(), 5, "{text}");
+    // ... with a last event an OpenAI client reads as an error.
+    let last: Value = serde_json::from_str(events.last().unwrap().strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "backend_error", "{last}");
+    assert!(last["error"]["message"].as_str().unwrap().contains("service cut failed mid-request"), "{last}");
+
+    // Charged for its prompt and the 5 tokens delivered, marked estimated: not its whole
+    // reservation of 100 output tokens.
+    let cost = fetch_until(Duration::from_secs(5), || w.get("/api/cost/cut-1"), |c| c["completion_tokens"].is_u64()).await;
+    assert_eq!(cost["completion_tokens"], 5, "{cost}");
+    assert_eq!(cost["estimated"], true, "{cost}");
+    let prompt = cost["prompt_tokens"].as_i64().unwrap();
+    assert!(prompt > 0, "{cost}");
+    assert_eq!(cost["cost_micros"].as_i64().unwrap(), prompt * 1000 + 5 * 2000, "{cost}");
+}

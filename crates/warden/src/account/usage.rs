@@ -25,14 +25,30 @@ pub struct Scanner {
     buf: Vec<u8>,
     overflow: bool,
     found: Option<Usage>,
+    /// SSE: events that carried generated text (about one token each), for an answer cut
+    /// before its usage.
+    text_events: u64,
+    /// Bytes seen, for a JSON answer cut before its end.
+    bytes: u64,
 }
 
 impl Scanner {
     pub fn new(sse: bool) -> Self {
-        Scanner { sse, buf: Vec::new(), overflow: false, found: None }
+        Scanner { sse, buf: Vec::new(), overflow: false, found: None, text_events: 0, bytes: 0 }
+    }
+
+    /// About how many completion tokens reached the client so far: one per text event of a
+    /// stream (servers send a token or a few per event), or from the size of a JSON body.
+    pub fn delivered_tokens(&self) -> u64 {
+        if self.sse {
+            self.text_events
+        } else {
+            policy::estimate::tokens_in(self.bytes)
+        }
     }
 
     pub fn feed(&mut self, mut data: &[u8]) {
+        self.bytes += data.len() as u64;
         if !self.sse {
             if self.buf.len() + data.len() > LIMIT {
                 self.overflow = true;
@@ -58,6 +74,9 @@ impl Scanner {
 
     fn line(&mut self, line: &[u8]) {
         let Some(payload) = line.strip_prefix(b"data:") else { return };
+        if memchr(payload, b"\"content\"") || memchr(payload, b"\"text\"") {
+            self.text_events += 1;
+        }
         // Only chunks that mention usage are parsed: most carry one token.
         if memchr(payload, b"\"usage\"") {
             if let Ok(WithUsage { usage: Some(u) }) = serde_json::from_slice(payload.trim_ascii()) {
@@ -112,6 +131,11 @@ mod tests {
         }
         let mut s = Scanner::new(true);
         s.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n");
+        s.feed(b"data: {\"choices\":[{\"text\":\" there\"}]}\n\n");
+        assert_eq!(s.delivered_tokens(), 2, "two events of text delivered");
         assert_eq!(s.finish(), None, "a stream cut before its usage reports none");
+        let mut s = Scanner::new(false);
+        s.feed(br#"{"choices":[{"message":{"content":"abcdefgh"#);
+        assert_eq!(s.delivered_tokens(), 11);
     }
 }

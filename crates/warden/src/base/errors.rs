@@ -219,9 +219,17 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The OpenAI-shaped error object: `{"error": {"message", "type", "code"}}`. Sent as a
+    /// response body, or as the last event of a stream that could not be finished.
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {"message": self.message(), "type": self.kind(), "code": self.code()}})
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"message": self.message(), "type": self.kind(), "code": self.code()}});
+        let body = self.body();
         let mut resp = (self.status_code(), Json(body)).into_response();
         if let Some(after) = self.retry_after() {
             // Whole seconds, rounded up: Retry-After has no fractions.

@@ -5,7 +5,7 @@
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
 
-use super::settle::{LeaseBody, Meter};
+use super::settle::{is_sse, LeaseBody, Meter};
 use crate::admission::gate::Ticket;
 use crate::base::errors::ApiError;
 use crate::base::http::{HttpClient, REQUEST_ID_HEADER};
@@ -93,7 +93,8 @@ pub(super) async fn forward(
         parts.headers.insert(REQUEST_ID_HEADER, v);
     }
     let meter = Meter::new(extras.ticket, &parts, extras.usage);
-    Ok(Response::from_parts(parts, Body::new(LeaseBody::new(incoming, lease, meter))))
+    let sse = is_sse(&parts);
+    Ok(Response::from_parts(parts, Body::new(LeaseBody::new(incoming, lease, meter, sse))))
 }
 
 fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {

@@ -12,6 +12,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::account::usage::Scanner;
 use crate::admission::gate::Ticket;
+use crate::base::errors::ApiError;
 use crate::service::lease::Lease;
 
 /// The request's admission ticket, and what reads the answer's usage for it.
@@ -25,11 +26,15 @@ impl Meter {
     /// For an answer with these headers; `usage`: read what it reports using (model requests).
     pub fn new(mut ticket: Ticket, answer: &http::response::Parts, usage: bool) -> Meter {
         ticket.status = Some(answer.status.as_u16());
-        let content_type = answer.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-        let stream = content_type.unwrap_or("").contains("event-stream");
-        let scanner = (usage && answer.status.is_success()).then(|| Scanner::new(stream));
+        let scanner = (usage && answer.status.is_success()).then(|| Scanner::new(is_sse(answer)));
         Meter { ticket, scanner }
     }
+}
+
+/// A server-sent event stream (whose end can still carry an error event).
+pub fn is_sse(answer: &http::response::Parts) -> bool {
+    let content_type = answer.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    content_type.unwrap_or("").contains("event-stream")
 }
 
 pub struct LeaseBody {
@@ -38,19 +43,33 @@ pub struct LeaseBody {
     lease: Option<Lease>,
     /// Settled with the lease: with the usage read if the answer ended, else as reserved.
     meter: Option<Meter>,
+    /// The answer is a server-sent event stream: if the service dies mid-way, it still ends
+    /// with an error event and a clean end of the body, so a client can tell why.
+    sse: bool,
+    /// The service, for that error's message.
+    service: String,
+    /// The body has ended (after the error event of a cut stream).
+    ended: bool,
 }
 
 impl LeaseBody {
-    pub fn new(inner: Incoming, lease: Lease, meter: Meter) -> Self {
-        LeaseBody { inner, lease: Some(lease), meter: Some(meter) }
+    pub fn new(inner: Incoming, lease: Lease, meter: Meter, sse: bool) -> Self {
+        let service = lease.service().to_string();
+        LeaseBody { inner, lease: Some(lease), meter: Some(meter), sse, service, ended: false }
     }
-}
 
-impl LeaseBody {
     /// The answer ended whole: settle with the usage it reported, and free the lease.
     fn finish(&mut self) {
         if let Some(mut m) = self.meter.take() {
             m.ticket.usage = m.scanner.take().and_then(Scanner::finish);
+        }
+        self.lease = None;
+    }
+
+    /// The service failed mid-answer: settle for what reached the client, free the lease.
+    fn cut(&mut self) {
+        if let Some(mut m) = self.meter.take() {
+            m.ticket.cut_after = Some(m.scanner.as_ref().map_or(0, Scanner::delivered_tokens));
         }
         self.lease = None;
     }
@@ -61,6 +80,9 @@ impl Body for LeaseBody {
     type Error = hyper::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -74,9 +96,16 @@ impl Body for LeaseBody {
                 }
             }
             Poll::Ready(None) => self.finish(),
-            Poll::Ready(Some(Err(_))) => {
-                self.meter = None;
-                self.lease = None;
+            Poll::Ready(Some(Err(e))) => {
+                self.cut();
+                if self.sse {
+                    self.ended = true;
+                    let error = ApiError::BadGateway {
+                        service: std::mem::take(&mut self.service),
+                        detail: format!("the stream was cut: {e}"),
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(format!("data: {}\n\n", error.body()))))));
+                }
             }
             Poll::Pending => {}
         }
@@ -84,7 +113,7 @@ impl Body for LeaseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ended || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -83,6 +83,7 @@ impl Gate {
             started: Instant::now(),
             status: None,
             usage: None,
+            cut_after: None,
         })
     }
 }

@@ -12,7 +12,7 @@ use crate::base::clock;
 use crate::config::PoolUnit;
 use policy::budget::Micros;
 use policy::class::Class;
-use policy::estimate::Estimate;
+use policy::estimate::{charge, Charge, Ending, Estimate};
 use policy::queue::Grant;
 
 /// Capacity held by a running request. Dropped when its response ends: it settles the real
@@ -40,6 +40,8 @@ pub struct Ticket {
     pub status: Option<u16>,
     /// What the answer reported using.
     pub usage: Option<Usage>,
+    /// The service died mid-answer after about this many completion tokens reached the client.
+    pub cut_after: Option<u64>,
 }
 
 impl Ticket {
@@ -62,18 +64,14 @@ impl Drop for Ticket {
         let Some(grant) = self.grant.take() else { return };
         let gate = &self.gate;
         let ok = self.status.is_some_and(|s| (200..300).contains(&s));
-        // No answer or an error: nothing was charged. An answer without usage (cut short, or
-        // an upstream that does not report it) is charged as reserved, never less.
-        let (prompt, completion, cost, estimated) = match (ok, self.usage) {
-            (false, _) => (0, 0, 0, false),
-            (true, Some(u)) => (
-                u.prompt_tokens,
-                u.completion_tokens,
-                gate.cost(self.model.as_deref(), u.prompt_tokens, u.completion_tokens),
-                false,
-            ),
-            (true, None) => (self.estimate.prompt_tokens, self.estimate.completion_tokens, self.reserved, true),
+        let ending = match (ok, self.usage, self.cut_after) {
+            (false, _, _) => Ending::Failed,
+            (true, Some(u), _) => Ending::Reported { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens },
+            (true, None, Some(delivered_tokens)) => Ending::Cut { delivered_tokens },
+            (true, None, None) => Ending::Unreported,
         };
+        let Charge { prompt_tokens: prompt, completion_tokens: completion, estimated } = charge(ending, self.estimate);
+        let cost = gate.cost(self.model.as_deref(), prompt, completion);
         let used: Vec<u64> = grant
             .taken
             .iter()
