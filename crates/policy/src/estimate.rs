@@ -169,14 +169,20 @@ mod charge_tests {
 
     #[test]
     fn each_ending_is_charged_what_it_delivered() {
-        assert_eq!(charge(Ending::Failed, RESERVED), Charge { prompt_tokens: 0, completion_tokens: 0, estimated: false });
+        assert_eq!(
+            charge(Ending::Failed, RESERVED),
+            Charge { prompt_tokens: 0, completion_tokens: 0, estimated: false }
+        );
         let reported = Ending::Reported { prompt_tokens: 7, completion_tokens: 9 };
         assert_eq!(charge(reported, RESERVED), Charge { prompt_tokens: 7, completion_tokens: 9, estimated: false });
         assert_eq!(
             charge(Ending::Cut { delivered_tokens: 5 }, RESERVED),
             Charge { prompt_tokens: 40, completion_tokens: 5, estimated: true }
         );
-        assert_eq!(charge(Ending::Unreported, RESERVED), Charge { prompt_tokens: 40, completion_tokens: 100, estimated: true });
+        assert_eq!(
+            charge(Ending::Unreported, RESERVED),
+            Charge { prompt_tokens: 40, completion_tokens: 100, estimated: true }
+        );
     }
 
     #[test]

@@ -234,12 +234,21 @@ async fn a_restart_after_a_crash_stops_the_orphans_of_the_last_run() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let err = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (sink, mut stderr) = (err.clone(), second.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = std::io::Read::read(&mut stderr, &mut buf) {
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
     assert!(wait_until(Duration::from_secs(5), || !process_alive(pid)), "orphan {pid} was not stopped");
+    // Wait for the report before stopping it: a SIGTERM in between would end it unreported.
+    let reported = "Stopped service alpha's processes left running by a previous warden";
+    let said = wait_until(Duration::from_secs(5), || err.lock().unwrap().contains(reported));
     unsafe { libc::kill(second.id() as i32, libc::SIGTERM) };
     let _ = second.wait();
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
-    assert!(err.contains("Stopped service alpha's processes left running by a previous warden"), "{err}");
+    assert!(said, "{}", err.lock().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

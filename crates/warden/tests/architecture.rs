@@ -48,8 +48,16 @@ const ONLY_IN: &[(&str, &[&str], &str)] = &[
     ("std::process::Child", &["driver/"], "drivers are the only code touching processes"),
     ("std::process::Stdio", &["driver/"], "drivers are the only code touching processes"),
     ("tokio::process", &["driver/"], "drivers are the only code touching processes"),
-    ("TcpStream", &["driver/"], "drivers are the only code opening sockets to services"),
-    ("TcpListener", &["driver/", "server/mod.rs"], "only the server listens (drivers probe ports)"),
+    (
+        "TcpStream",
+        &["driver/", "server/listen.rs"],
+        "drivers open sockets to services; the front door accepts clients'",
+    ),
+    (
+        "TcpListener",
+        &["driver/", "server/mod.rs", "server/listen.rs"],
+        "only the front door listens (drivers probe ports)",
+    ),
     ("rusqlite", &["account/store.rs"], "only the store module runs SQL"),
     ("IntoResponse", &["server/", "base/errors.rs"], "only server/ builds HTTP responses (and the one error mapping)"),
     ("into_response", &["server/", "base/errors.rs"], "only server/ builds HTTP responses (and the one error mapping)"),

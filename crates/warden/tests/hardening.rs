@@ -120,10 +120,84 @@ price = { input_per_1k = 1.0, output_per_1k = 2.0 }
 
     // Charged for its prompt and the 5 tokens delivered, marked estimated: not its whole
     // reservation of 100 output tokens.
-    let cost = fetch_until(Duration::from_secs(5), || w.get("/api/cost/cut-1"), |c| c["completion_tokens"].is_u64()).await;
+    let cost =
+        fetch_until(Duration::from_secs(5), || w.get("/api/cost/cut-1"), |c| c["completion_tokens"].is_u64()).await;
     assert_eq!(cost["completion_tokens"], 5, "{cost}");
     assert_eq!(cost["estimated"], true, "{cost}");
     let prompt = cost["prompt_tokens"].as_i64().unwrap();
     assert!(prompt > 0, "{cost}");
     assert_eq!(cost["cost_micros"].as_i64().unwrap(), prompt * 1000 + 5 * 2000, "{cost}");
+}
+
+/// Waits (bounded) until the server closes `conn`: a read returns end of file or an error.
+async fn closed_by_server(conn: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_clients_are_timed_out() {
+    use tokio::io::AsyncWriteExt;
+    let w = Warden::start_with_server("", "header_timeout = \"1s\"");
+    // 300 clients that send half a request header and then nothing.
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let mut conn = tokio::net::TcpStream::connect(w.base.trim_start_matches("http://")).await.unwrap();
+        conn.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: warden\r\n").await.unwrap();
+        slow.push(conn);
+    }
+    // Others are served meanwhile.
+    assert_eq!(reqwest::get(w.url("/health")).await.unwrap().status(), 200);
+    for (i, conn) in slow.iter_mut().enumerate() {
+        assert!(closed_by_server(conn, Duration::from_secs(15)).await, "half-sent request {i} still open");
+    }
+    // An idle keep-alive connection is closed too.
+    let mut idle = tokio::net::TcpStream::connect(w.base.trim_start_matches("http://")).await.unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: warden\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 512];
+    let n = tokio::io::AsyncReadExt::read(&mut idle, &mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    assert!(closed_by_server(&mut idle, Duration::from_secs(15)).await, "idle keep-alive still open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_get_a_clear_503() {
+    let w = Warden::start_with_server("", "max_connections = 3");
+    let addr = w.base.trim_start_matches("http://").to_string();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // The three are accepted in order; the next connection is over the cap.
+    let over = fetch_until(
+        Duration::from_secs(5),
+        || async {
+            let resp = reqwest::Client::new().get(w.url("/health")).send().await.unwrap();
+            let retry = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+            serde_json::json!({"status": resp.status().as_u16(), "retry": retry, "body": resp.json::<Value>().await.unwrap()})
+        },
+        |v| v["status"] == 503,
+    )
+    .await;
+    assert_eq!(over["status"], 503, "{over}");
+    assert_eq!(over["retry"], "1", "{over}");
+    assert_eq!(over["body"]["error"]["code"], "too_many_connections", "{over}");
+    assert!(over["body"]["error"]["message"].as_str().unwrap().contains("max_connections"), "{over}");
+    // Once they go, new clients are served again.
+    drop(held);
+    let ok = fetch_until(
+        Duration::from_secs(5),
+        || async { serde_json::json!(reqwest::get(w.url("/health")).await.unwrap().status().as_u16()) },
+        |s| s == 200,
+    )
+    .await;
+    assert_eq!(ok, 200);
 }

@@ -76,6 +76,10 @@ pub enum ApiError {
         service: String,
         after: Duration,
     },
+    /// warden already serves `server.max_connections` client connections.
+    TooManyConnections {
+        limit: usize,
+    },
     /// warden's own failure (its usage database, say): nothing the client did.
     Internal(String),
     /// The request waited its `queue_timeout` for its turn.
@@ -94,7 +98,7 @@ impl ApiError {
             }
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable { .. } | ApiError::TooManyConnections { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             ApiError::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -122,6 +126,7 @@ impl ApiError {
             ApiError::BadGateway { .. } => "backend_error",
             ApiError::BackendTimeout { .. } => "backend_timeout",
             ApiError::Internal(_) => "internal_error",
+            ApiError::TooManyConnections { .. } => "too_many_connections",
             ApiError::Conflict(_) => "conflict",
             ApiError::Forbidden { .. } => "model_not_allowed",
             ApiError::NotYours { .. } => "not_your_client",
@@ -176,6 +181,9 @@ impl ApiError {
             }
             ApiError::Conflict(m) => m.clone(),
             ApiError::Internal(m) => format!("warden failed: {m}"),
+            ApiError::TooManyConnections { limit } => {
+                format!("warden already serves {limit} connections (server.max_connections); retry later")
+            }
             ApiError::Forbidden { client, model } => format!("client {client} may not use model {model:?}"),
             ApiError::NotYours { client, what } => {
                 format!("client {client} may not see {what}: a client sees only its own usage and requests")
@@ -209,9 +217,9 @@ impl ApiError {
         match self {
             ApiError::Unavailable { why: Unavailable::QueueFull { retry_after }, .. }
             | ApiError::Unavailable { why: Unavailable::StartFailed { retry_after, .. }, .. } => Some(*retry_after),
-            ApiError::Unavailable { why: Unavailable::Stopped { .. }, .. } | ApiError::QueueFull { .. } => {
-                Some(Duration::from_secs(1))
-            }
+            ApiError::Unavailable { why: Unavailable::Stopped { .. }, .. }
+            | ApiError::QueueFull { .. }
+            | ApiError::TooManyConnections { .. } => Some(Duration::from_secs(1)),
             ApiError::QueueTimeout { waited, .. } => Some((*waited / 10).max(Duration::from_secs(1))),
             ApiError::PoolShort { wait, .. } => Some(*wait),
             _ => None,

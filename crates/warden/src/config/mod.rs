@@ -194,6 +194,12 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     pub max_body: usize,
     pub drain_timeout: Duration,
+    /// Bound on reading a request's headers and on an idle keep-alive connection (default 30s):
+    /// a client that sends half a request is closed, not kept forever.
+    pub header_timeout: Duration,
+    /// Client connections at once (None: as many as the open-file limit allows, less a
+    /// reserve for services, logs and the database).
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

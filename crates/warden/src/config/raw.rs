@@ -125,6 +125,11 @@ pub struct RawServer {
     pub max_body: Option<HumanSize>,
     /// How long SIGTERM waits for in-flight requests before stopping services anyway.
     pub drain_timeout: Option<HumanDuration>,
+    /// How long a client may take to send a request's headers, and how long an idle
+    /// keep-alive connection stays open.
+    pub header_timeout: Option<HumanDuration>,
+    /// Client connections open at once; past it new ones get 503.
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -26,10 +26,23 @@ pub(super) fn err(path: impl Into<String>, message: impl Into<String>) -> Config
     ConfigError { path: path.into(), message: message.into(), line: None }
 }
 
+/// "127.0.0.1:8080", "[::1]:8080", or a host name ("localhost:8080"), resolved now: the first
+/// address, IPv4 first (what "localhost" means to most clients).
+fn resolve_listen(text: &str) -> Option<SocketAddr> {
+    if let Ok(addr) = text.parse() {
+        return Some(addr);
+    }
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text).ok()?.collect();
+    addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied()
+}
+
 pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     let listen_text = raw.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-    let listen: SocketAddr = listen_text.parse().map_err(|_| {
-        err("server.listen", format!("invalid address {listen_text:?} (expected e.g. \"127.0.0.1:8080\")"))
+    let listen: SocketAddr = resolve_listen(listen_text).ok_or_else(|| {
+        err(
+            "server.listen",
+            format!("invalid address {listen_text:?} (expected e.g. \"127.0.0.1:8080\" or \"localhost:8080\")"),
+        )
     })?;
     let state_dir = base.join(raw.server.state_dir.unwrap_or_else(|| "warden-state".into()));
     let max_body = raw.server.max_body.map_or(DEFAULT_MAX_BODY, |s| s.0);
@@ -45,6 +58,15 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         admin_token: raw.server.admin_token,
         max_body: max_body as usize,
         drain_timeout: raw.server.drain_timeout.map_or(Duration::from_secs(30), |d| d.0),
+        header_timeout: match raw.server.header_timeout {
+            None => Duration::from_secs(30),
+            Some(d) if d.0.is_zero() => return Err(err("server.header_timeout", "must be more than 0")),
+            Some(d) => d.0,
+        },
+        max_connections: match raw.server.max_connections {
+            Some(0) => return Err(err("server.max_connections", "must be at least 1")),
+            n => n,
+        },
     };
 
     let idle = IdleConfig {

@@ -4,6 +4,7 @@
 pub mod cgroup;
 pub mod container;
 pub mod health;
+pub mod limits;
 pub mod logs;
 pub mod models;
 pub mod nvml;

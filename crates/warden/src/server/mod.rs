@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+mod listen;
 mod metrics;
 mod openai;
 mod passthrough;
@@ -13,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::{any, get, post};
-use axum::serve::ListenerExt;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -72,6 +72,11 @@ pub async fn serve(config: Config) -> Result<(), String> {
     // First the lock (nothing is touched before it), then the port, then leftovers of a crash:
     // a warden that cannot run kills nothing.
     let _lock = state_lock::acquire(&state_dir)?;
+    // From here on SIGTERM is ours (and waits its turn): a signal during start-up must not kill
+    // warden between stopping leftovers and reporting it, or before its services are stopped.
+    let termination = termination_signal();
+    // Each connection is a file descriptor; keep a reserve for services, logs and the database.
+    let default_max_connections = (crate::driver::limits::raise_open_files().saturating_sub(256)).max(64) as usize;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
@@ -111,23 +116,26 @@ pub async fn serve(config: Config) -> Result<(), String> {
     );
 
     let stop_accepting = CancellationToken::new();
-    // TCP_NODELAY on every client connection: without it a stream's small SSE chunks wait for
-    // the client's delayed ACK (Nagle), which added ~40 ms to the end of every streamed answer.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server =
-        axum::serve(listener, routes(app.clone())).with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
-    let mut server = tokio::spawn(async move { server.await });
-    info!("warden listening on http://{addr} with {} services", config.services.len());
+    let limits = listen::Limits {
+        header_timeout: config.server.header_timeout,
+        max_connections: config.server.max_connections.unwrap_or(default_max_connections),
+    };
+    let serving = listen::serve(listener, routes(app.clone()), limits, stop_accepting.clone());
+    let mut server = tokio::spawn(serving.instrument(tracing::info_span!("front door")));
+    info!(
+        "warden listening on http://{addr} with {} services (up to {} connections)",
+        config.services.len(),
+        limits.max_connections
+    );
 
     tokio::select! {
         result = &mut server => warn!("HTTP server ended on its own: {result:?}"),
-        signal = termination_signal() => {
+        signal = termination => {
             info!("Received {signal}: draining requests (up to {:?})", config.server.drain_timeout);
             stop_accepting.cancel();
             if tokio::time::timeout(config.server.drain_timeout, &mut server).await.is_err() {
                 warn!("Requests still in flight after the drain timeout; closing them");
+                // Aborting the front door drops every connection's task with it.
                 server.abort();
             }
         }
@@ -146,12 +154,15 @@ pub async fn serve(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-async fn termination_signal() -> &'static str {
+/// Installs the SIGTERM and SIGINT handlers now; the future resolves at the first signal.
+fn termination_signal() -> impl std::future::Future<Output = &'static str> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     }
 }

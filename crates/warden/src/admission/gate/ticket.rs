@@ -66,7 +66,9 @@ impl Drop for Ticket {
         let ok = self.status.is_some_and(|s| (200..300).contains(&s));
         let ending = match (ok, self.usage, self.cut_after) {
             (false, _, _) => Ending::Failed,
-            (true, Some(u), _) => Ending::Reported { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens },
+            (true, Some(u), _) => {
+                Ending::Reported { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens }
+            }
             (true, None, Some(delivered_tokens)) => Ending::Cut { delivered_tokens },
             (true, None, None) => Ending::Unreported,
         };
