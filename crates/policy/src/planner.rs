@@ -9,8 +9,12 @@
 //!    `idle_sleep = false`), idle ones before busy ones (a busy victim is drained first, never
 //!    cut), lowest priority first, then least recently used; then the set is pruned to the
 //!    smallest that still makes room.
-//! 5. A service resident for less than the minimum residency is not offloaded (no thrash): if
-//!    only such services could make room, the plan says to wait until the earliest may go.
+//! 5. A service whose current run was itself a swap (it displaced others to start, or it was
+//!    reloaded after being offloaded) is not offloaded before its minimum residency: that is
+//!    what stops two services from swapping back and forth on every request. A service that
+//!    started without displacing anyone may go at once, so a first swap never waits. If only
+//!    protected services could make room, the plan says to wait, and which services would go
+//!    once the wait is over.
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +35,9 @@ pub struct Resident {
     /// Requests in flight now: offloading it waits for them to finish.
     pub in_flight: u32,
     pub running_since: Instant,
+    /// Its current run was a swap (it displaced others, or was reloaded): only such a run is
+    /// protected by the minimum residency.
+    pub swapped: bool,
     pub group: Option<String>,
     /// Still starting: holds its memory but cannot be offloaded until it has run (its held
     /// requests would fail); a plan that needs it says to wait.
@@ -67,8 +74,9 @@ pub enum Plan {
     Go { victims: Vec<usize>, need: u64, free: u64 },
     /// Cannot fit even alone.
     Impossible { need: u64, limit: u64 },
-    /// Room exists only by offloading services that are pinned or too freshly started.
-    Wait { retry_in: Option<Duration>, need: u64, free: u64 },
+    /// Room exists only by offloading services that are pinned or too freshly swapped in.
+    /// With `retry_in`, room comes once that much time has passed, by offloading `victims`.
+    Wait { retry_in: Option<Duration>, victims: Vec<usize>, need: u64, free: u64 },
 }
 
 impl Plan {
@@ -78,6 +86,20 @@ impl Plan {
 }
 
 pub fn plan(cap: Capacity, residents: &[Resident], new: &Newcomer, min_residency: Duration, now: Instant) -> Plan {
+    match plan_at(cap, residents, new, min_residency, now) {
+        // Say who would go once the wait is over: the plan with the residency run out.
+        Plan::Wait { retry_in: Some(after), need, free, .. } => {
+            let victims = match plan_at(cap, residents, new, Duration::ZERO, now) {
+                Plan::Go { victims, .. } => victims,
+                _ => Vec::new(),
+            };
+            Plan::Wait { retry_in: Some(after), victims, need, free }
+        }
+        p => p,
+    }
+}
+
+fn plan_at(cap: Capacity, residents: &[Resident], new: &Newcomer, min_residency: Duration, now: Instant) -> Plan {
     let limit = cap.limit();
     if new.need > limit {
         return Plan::Impossible { need: new.need, limit };
@@ -85,21 +107,21 @@ pub fn plan(cap: Capacity, residents: &[Resident], new: &Newcomer, min_residency
     let others: Vec<&Resident> = residents.iter().filter(|r| r.id != new.id).collect();
     let used: u64 = others.iter().map(|r| r.bytes).sum();
     let free = limit.saturating_sub(used);
-    let may_go =
-        |r: &Resident| r.may_sleep && !r.starting && now.saturating_duration_since(r.running_since) >= min_residency;
+    // What is left of a resident's protection: only a swapped-in run is protected.
+    let residency_left = |r: &Resident| {
+        if r.swapped {
+            min_residency.saturating_sub(now.saturating_duration_since(r.running_since))
+        } else {
+            Duration::ZERO
+        }
+    };
+    let may_go = |r: &Resident| r.may_sleep && !r.starting && residency_left(r).is_zero();
     // When the earliest blocker could go: after its residency; a starting one, once it has run
-    // its residency (at least a moment, to look again).
+    // (at least a moment, to look again).
     let retry_in = |blocking: &mut dyn Iterator<Item = &&Resident>| {
         blocking
             .filter(|r| r.may_sleep)
-            .map(|r| {
-                let left = min_residency.saturating_sub(now.saturating_duration_since(r.running_since));
-                if r.starting {
-                    left.max(STARTING_RECHECK)
-                } else {
-                    left
-                }
-            })
+            .map(|r| if r.starting { residency_left(r).max(STARTING_RECHECK) } else { residency_left(r) })
             .min()
     };
 
@@ -108,7 +130,7 @@ pub fn plan(cap: Capacity, residents: &[Resident], new: &Newcomer, min_residency
         others.iter().copied().filter(|r| new.group.is_some() && r.group == new.group).collect();
     if group_mates.iter().any(|r| !may_go(r)) {
         let mut blocking = group_mates.iter().filter(|r| !may_go(r));
-        return Plan::Wait { retry_in: retry_in(&mut blocking), need: new.need, free };
+        return Plan::Wait { retry_in: retry_in(&mut blocking), victims: Vec::new(), need: new.need, free };
     }
     let mut victims: Vec<&Resident> = group_mates;
     let mut freed: u64 = victims.iter().map(|r| r.bytes).sum();
@@ -136,7 +158,7 @@ pub fn plan(cap: Capacity, residents: &[Resident], new: &Newcomer, min_residency
     }
     if used - freed + new.need > limit {
         let mut blocking = others.iter().filter(|r| !may_go(r));
-        return Plan::Wait { retry_in: retry_in(&mut blocking), need: new.need, free };
+        return Plan::Wait { retry_in: retry_in(&mut blocking), victims: Vec::new(), need: new.need, free };
     }
     // Smallest set: drop chosen victims (latest first) that turn out not to be needed.
     let mut i = victims.len();
@@ -169,6 +191,7 @@ mod tests {
             may_sleep: true,
             in_flight: 0,
             running_since: t0,
+            swapped: false,
             group: None,
             starting: false,
         }
@@ -224,7 +247,7 @@ mod tests {
         let t0 = Instant::now();
         let pinned = Resident { may_sleep: false, ..res(1, 10, t0) };
         let p = plan(cap(16), std::slice::from_ref(&pinned), &new(2, 8), Duration::ZERO, t0);
-        assert_eq!(p, Plan::Wait { retry_in: None, need: 8 * GIB, free: 6 * GIB });
+        assert_eq!(p, Plan::Wait { retry_in: None, victims: vec![], need: 8 * GIB, free: 6 * GIB });
         // 6 GiB pinned + 4 GiB idle + 8 GiB needed > 16: the idle one goes, the pinned one stays.
         let pinned = Resident { bytes: 6 * GIB, ..pinned };
         let p = plan(cap(16), &[pinned, res(3, 4, t0)], &new(2, 8), Duration::ZERO, t0);
@@ -268,13 +291,26 @@ mod tests {
     }
 
     #[test]
-    fn minimum_residency_prevents_thrash_and_says_when_to_retry() {
+    fn minimum_residency_prevents_thrash_and_says_when_and_who() {
         let t0 = Instant::now();
-        let fresh = res(1, 10, t0);
+        // Swapped in 10 s ago (it displaced someone): protected for 20 s more, then it goes.
+        let fresh = Resident { swapped: true, ..res(1, 10, t0) };
         let min = Duration::from_secs(30);
         let p = plan(cap(16), std::slice::from_ref(&fresh), &new(2, 8), min, t0 + Duration::from_secs(10));
-        assert_eq!(p, Plan::Wait { retry_in: Some(Duration::from_secs(20)), need: 8 * GIB, free: 6 * GIB });
+        assert_eq!(
+            p,
+            Plan::Wait { retry_in: Some(Duration::from_secs(20)), victims: vec![1], need: 8 * GIB, free: 6 * GIB }
+        );
         let p = plan(cap(16), &[fresh], &new(2, 8), min, t0 + Duration::from_secs(30));
+        assert!(go(&[1])(&p), "{p:?}");
+    }
+
+    #[test]
+    fn a_first_swap_never_waits_for_the_minimum_residency() {
+        let t0 = Instant::now();
+        // Started 1 s ago on its own (nobody displaced): it may go at once.
+        let first = res(1, 10, t0);
+        let p = plan(cap(16), &[first], &new(2, 8), Duration::from_secs(30), t0 + Duration::from_secs(1));
         assert!(go(&[1])(&p), "{p:?}");
     }
 
@@ -283,9 +319,13 @@ mod tests {
         let t0 = Instant::now();
         let starting = Resident { starting: true, running_since: t0, ..res(1, 10, t0) };
         let p = plan(cap(16), std::slice::from_ref(&starting), &new(2, 8), Duration::ZERO, t0);
-        assert_eq!(p, Plan::Wait { retry_in: Some(STARTING_RECHECK), need: 8 * GIB, free: 6 * GIB });
-        let p = plan(cap(16), &[starting], &new(2, 8), Duration::from_secs(2), t0);
-        assert_eq!(p, Plan::Wait { retry_in: Some(Duration::from_secs(2)), need: 8 * GIB, free: 6 * GIB });
+        assert_eq!(p, Plan::Wait { retry_in: Some(STARTING_RECHECK), victims: vec![], need: 8 * GIB, free: 6 * GIB });
+        let swapping = Resident { swapped: true, ..starting };
+        let p = plan(cap(16), &[swapping], &new(2, 8), Duration::from_secs(2), t0);
+        assert_eq!(
+            p,
+            Plan::Wait { retry_in: Some(Duration::from_secs(2)), victims: vec![], need: 8 * GIB, free: 6 * GIB }
+        );
     }
 
     #[test]
@@ -314,6 +354,7 @@ mod tests {
                         may_sleep: bits & 2 == 0,
                         in_flight: (bits >> 2) & 1,
                         running_since: t0,
+                        swapped: false,
                         group: None,
                         starting: false,
                     }

@@ -80,6 +80,7 @@ fn eviction_planner(c: &mut Criterion) {
             may_sleep: i % 9 != 0,
             in_flight: (i % 4 == 0) as u32,
             running_since: t0,
+            swapped: i % 3 == 0,
             group: (i % 13 == 0).then(|| "gpu-big".to_string()),
             starting: false,
         })

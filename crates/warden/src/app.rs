@@ -39,6 +39,8 @@ pub struct App {
     pub jobs: Arc<Jobs>,
     /// When this warden started, for `/status` uptime.
     pub started: Instant,
+    /// The same, in Unix seconds (`created` of the models it lists).
+    pub started_unix: u64,
 }
 
 impl App {
@@ -63,6 +65,7 @@ impl App {
             idle_changed: Notify::new(),
             monitor_running: AtomicBool::new(false),
             started: Instant::now(),
+            started_unix: crate::base::clock::unix_secs(),
         }
     }
 

@@ -99,7 +99,16 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         Cmd::Config { command: ConfigCmd::Check { file } } => {
             let cfg = warden::config::load(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-            println!("{}: ok ({} services, {} models)", file.display(), cfg.services.len(), cfg.models.len());
+            // Valid, but would it run? Programs, containers and images that are not there.
+            let warnings = warden::driver::preflight::warnings(&cfg).await;
+            for w in &warnings {
+                println!("warning: {w}");
+            }
+            let (services, models) = (cfg.services.len(), cfg.models.len());
+            match warnings.len() {
+                0 => println!("{}: ok ({services} services, {models} models)", file.display()),
+                n => println!("{}: ok ({services} services, {models} models), {n} warnings", file.display()),
+            }
             Ok(())
         }
         Cmd::Status { json } => cli::status(&client(), json).await,

@@ -78,12 +78,15 @@ async fn a_failing_start_reports_why_backs_off_and_may_be_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_command_that_does_not_exist_is_a_clear_503() {
+async fn a_command_that_does_not_exist_is_a_clear_permanent_error() {
     let w = Warden::start(
         "[services.ghost]\nkind = \"process\"\ncommand = [\"/nonexistent/llama-server\"]\nmodels = [\"g\"]\n",
     );
-    let (status, body) = error_of(w.post("/v1/chat/completions", chat("g")).await).await;
-    assert_eq!(status, 503);
+    // Not a 503 with Retry-After: retrying cannot help until the config changes (issue 15.6).
+    let resp = w.post("/v1/chat/completions", chat("g")).await;
+    assert!(!resp.headers().contains_key("retry-after"));
+    let (status, body) = error_of(resp).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (500, Some("service_cannot_start")), "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("cannot run /nonexistent/llama-server"));
 }
 

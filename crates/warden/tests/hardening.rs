@@ -201,3 +201,119 @@ async fn connections_past_the_cap_get_a_clear_503() {
     .await;
     assert_eq!(ok, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_cannot_work_are_refused_at_once_and_say_why() {
+    let w = Warden::start(
+        r#"
+[services.fake]
+kind = "process"
+command = ["FAKE", "--port", "${PORT}"]
+models = ["m"]
+
+[services.missing]
+kind = "process"
+command = ["no-such-program-warden-test", "--port", "${PORT}"]
+models = ["gone"]
+"#,
+    );
+    let client = reqwest::Client::new();
+    // Deferred with no off-peak window could never run: 400 now, not 503 after queue_timeout.
+    let t0 = std::time::Instant::now();
+    let resp = client
+        .post(w.url("/v1/chat/completions"))
+        .header("x-warden-priority", "deferred")
+        .json(&chat("m"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("off_peak"), "{body}");
+
+    // A body nested 100,000 levels deep never reaches the backend.
+    let before = w.get("/svc/fake/stats").await["requests"].as_u64().unwrap();
+    let deep = format!("{{\"model\":\"m\",\"messages\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+    let resp = client
+        .post(w.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("nests deeper than 128"), "{body}");
+    let after = w.get("/svc/fake/stats").await["requests"].as_u64().unwrap();
+    assert_eq!(after, before, "the backend counted no request (its /stats does not count itself)");
+
+    // A program that does not exist: a permanent failure, not "retry in 1 s".
+    for _ in 0..2 {
+        let resp = client.post(w.url("/v1/chat/completions")).json(&chat("gone")).send().await.unwrap();
+        assert_eq!(resp.status(), 500);
+        assert!(resp.headers().get("retry-after").is_none(), "{:?}", resp.headers());
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "service_cannot_start", "{body}");
+        let msg = body["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("no such program") && msg.contains("will not pass by retrying"), "{msg}");
+    }
+}
+
+#[test]
+fn config_check_warns_about_programs_it_cannot_find() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("warden.toml");
+    std::fs::write(
+        &path,
+        "[services.gone]\nkind = \"process\"\ncommand = [\"no-such-program-warden-test\"]\n\n\
+         [services.here]\nkind = \"process\"\ncommand = [\"sh\", \"-c\", \"true\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(warden_bin()).args(["config", "check"]).arg(&path).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("warning: services.gone.command: program \"no-such-program-warden-test\" is not on PATH"),
+        "{text}"
+    );
+    assert!(!text.contains("services.here"), "{text}");
+    assert!(text.contains("1 warnings") || text.contains("1 warning"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_clients_find_what_they_expect() {
+    let w = Warden::start_with_server(
+        "[services.fake]\nkind = \"process\"\ncommand = [\"FAKE\", \"--port\", \"${PORT}\"]\nmodels = [\"m\", \"org/m2\"]\n",
+        "admin_token = \"tok\"",
+    );
+    let client = reqwest::Client::new();
+    // models.retrieve, ids with a slash too; every model object has `created`.
+    for id in ["m", "org/m2"] {
+        let resp = client.get(w.url(&format!("/v1/models/{id}"))).bearer_auth("tok").send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{id}");
+        let model: Value = resp.json().await.unwrap();
+        assert_eq!((model["id"].as_str(), model["object"].as_str()), (Some(id), Some("model")));
+        assert!(model["created"].as_u64().unwrap() > 1_700_000_000, "{model}");
+    }
+    let list: Value = client.get(w.url("/v1/models")).bearer_auth("tok").send().await.unwrap().json().await.unwrap();
+    assert!(list["data"].as_array().unwrap().iter().all(|m| m["created"].is_u64()), "{list}");
+    let resp = client.get(w.url("/v1/models/nope")).bearer_auth("tok").send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "model_not_found");
+
+    // 405, 414 and 431 in the JSON error shape.
+    let resp = client.delete(w.url("/v1/chat/completions")).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "method_not_allowed");
+    let resp = client.get(w.url(&format!("/v1/models?{}", "x".repeat(20_000)))).send().await.unwrap();
+    assert_eq!(resp.status(), 414);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "uri_too_long");
+    let resp = client.get(w.url("/v1/models")).header("x-big", "y".repeat(100_000)).send().await.unwrap();
+    assert_eq!(resp.status(), 431);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "headers_too_large");
+
+    // The bearer scheme is case-insensitive.
+    let resp = client.get(w.url("/admin/services")).header("authorization", "bearer tok").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}

@@ -128,8 +128,11 @@ async fn a_service_that_cannot_fit_alone_fails_at_once_and_evicts_nothing() {
         let t0 = Instant::now();
         let resp = w.post("/v1/chat/completions", chat("huge")).await;
         assert!(t0.elapsed() < Duration::from_secs(2));
-        assert_eq!(resp.status(), 503);
+        // Permanent until the config changes (issue 15.6): 500, no Retry-After.
+        assert_eq!(resp.status(), 500);
+        assert!(!resp.headers().contains_key("retry-after"));
         let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "service_cannot_start");
         let msg = body["error"]["message"].as_str().unwrap();
         assert!(msg.contains("needs 2048 MiB but at most 500 MiB") && msg.contains("cannot fit even alone"), "{msg}");
     }
@@ -262,4 +265,25 @@ models = ["cpu"]
     assert_eq!(w.post("/v1/chat/completions", chat("llm")).await.status(), 200);
     assert_eq!(w.service("sd").await["state"], "stopped");
     assert_eq!(w.service("cpu").await["state"], "running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_swap_does_not_wait_and_a_protected_plan_names_its_victims() {
+    let w = Warden::start(&two("", "", "30s"));
+    assert_eq!(w.post("/v1/chat/completions", chat("a")).await.status(), 200);
+    // a started without displacing anyone: b takes its place at once, not 30 s later.
+    let t0 = Instant::now();
+    assert_eq!(w.post("/v1/chat/completions", chat("b")).await.status(), 200);
+    assert!(t0.elapsed() < Duration::from_secs(10), "the first swap waited {:?}", t0.elapsed());
+    assert!(w.wait_state("a", "stopped", Duration::from_secs(5)).await);
+    // b displaced a: swapping back is held off by the minimum residency, and the plan says so
+    // (who would go, and when) instead of hiding it.
+    let p = plan(&w, "a").await;
+    assert_eq!(
+        (p["fits"].clone(), p["would_offload"].clone(), p["victims"].clone()),
+        (json!(false), json!(true), json!(["b"])),
+        "{p}"
+    );
+    let after = p["after_ms"].as_u64().expect("after_ms");
+    assert!(after > 0 && after <= 30_000, "{p}");
 }

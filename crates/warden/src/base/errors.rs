@@ -13,8 +13,10 @@ use serde_json::json;
 pub enum Unavailable {
     /// More requests are held than `max_queue`.
     QueueFull { retry_after: Duration },
-    /// The start failed (or a previous one did and we are backing off).
-    StartFailed { reason: String, log_tail: Vec<String>, retry_after: Duration },
+    /// The start failed (or a previous one did and we are backing off). `permanent`: it will
+    /// fail the same way until the config or the machine changes (no such program, no such
+    /// image, too big to ever fit), so the client is not told to retry.
+    StartFailed { reason: String, log_tail: Vec<String>, retry_after: Duration, permanent: bool },
     /// warden is shutting down or the service was stopped while the request waited.
     Stopped { reason: String },
 }
@@ -76,6 +78,19 @@ pub enum ApiError {
         service: String,
         after: Duration,
     },
+    /// The route exists, but not for this method.
+    MethodNotAllowed {
+        method: String,
+        path: String,
+    },
+    /// The request target is longer than warden accepts.
+    UriTooLong {
+        limit: usize,
+    },
+    /// The request headers are larger than warden accepts.
+    HeadersTooLarge {
+        limit: usize,
+    },
     /// warden already serves `server.max_connections` client connections.
     TooManyConnections {
         limit: usize,
@@ -97,7 +112,13 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unavailable { why: Unavailable::StartFailed { permanent: true, .. }, .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             ApiError::Unavailable { .. } | ApiError::TooManyConnections { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             ApiError::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -119,8 +140,14 @@ impl ApiError {
             ApiError::UnknownService { .. } => "service_not_found",
             ApiError::NotFound(_) => "not_found",
             ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::UriTooLong { .. } => "uri_too_long",
+            ApiError::HeadersTooLarge { .. } => "headers_too_large",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Unavailable { why: Unavailable::QueueFull { .. }, .. } => "queue_full",
+            ApiError::Unavailable { why: Unavailable::StartFailed { permanent: true, .. }, .. } => {
+                "service_cannot_start"
+            }
             ApiError::Unavailable { why: Unavailable::StartFailed { .. }, .. } => "service_start_failed",
             ApiError::Unavailable { why: Unavailable::Stopped { .. }, .. } => "service_stopped",
             ApiError::BadGateway { .. } => "backend_error",
@@ -160,13 +187,23 @@ impl ApiError {
             }
             ApiError::NotFound(what) => format!("{what} not found"),
             ApiError::BodyTooLarge { limit } => format!("request body exceeds max_body ({limit} bytes)"),
+            ApiError::MethodNotAllowed { method, path } => format!("{path} does not take {method}"),
+            ApiError::UriTooLong { limit } => format!("request target is longer than {limit} bytes"),
+            ApiError::HeadersTooLarge { limit } => format!("request headers are larger than {limit} bytes"),
             ApiError::Unauthorized => "missing or wrong bearer token".into(),
             ApiError::Unavailable { service, why } => match why {
                 Unavailable::QueueFull { .. } => {
                     format!("service {service} is starting and its queue is full; retry later")
                 }
-                Unavailable::StartFailed { reason, log_tail, .. } => {
-                    let mut m = format!("service {service} failed to start: {reason}");
+                Unavailable::StartFailed { reason, log_tail, permanent, .. } => {
+                    let mut m = if *permanent {
+                        format!(
+                            "service {service} cannot start: {reason}; this will not pass by retrying: fix the \
+                             service's config (services.{service}) or the machine"
+                        )
+                    } else {
+                        format!("service {service} failed to start: {reason}")
+                    };
                     if !log_tail.is_empty() {
                         m.push_str("; last log lines:\n");
                         m.push_str(&log_tail.join("\n"));
@@ -215,6 +252,7 @@ impl ApiError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
+            ApiError::Unavailable { why: Unavailable::StartFailed { permanent: true, .. }, .. } => None,
             ApiError::Unavailable { why: Unavailable::QueueFull { retry_after }, .. }
             | ApiError::Unavailable { why: Unavailable::StartFailed { retry_after, .. }, .. } => Some(*retry_after),
             ApiError::Unavailable { why: Unavailable::Stopped { .. }, .. }

@@ -336,6 +336,21 @@ desired = "on"
 "#;
 
     #[test]
+    fn listen_takes_host_names_and_server_bounds_are_checked() {
+        let with = |server: &str| parse(&format!("[server]\n{server}\n"), Path::new("."));
+        let cfg = with("listen = \"localhost:8083\"").unwrap();
+        assert_eq!(cfg.server.listen, "127.0.0.1:8083".parse().unwrap());
+        assert_eq!(cfg.server.header_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(cfg.server.max_connections, None);
+        assert!(with("listen = \"[::1]:80\"").is_ok());
+        assert!(parse_err("[server]\nlisten = \"nowhere.invalid:80\"\n").contains("server.listen: invalid address"));
+        assert!(parse_err("[server]\nmax_connections = 0\n").contains("server.max_connections: must be at least 1"));
+        assert!(parse_err("[server]\nheader_timeout = \"0s\"\n").contains("server.header_timeout"));
+        let cfg = with("header_timeout = \"5s\"\nmax_connections = 10").unwrap();
+        assert_eq!((cfg.server.header_timeout.as_secs(), cfg.server.max_connections), (5, Some(10)));
+    }
+
+    #[test]
     fn parses_a_full_service() {
         let cfg = parse(GOOD, Path::new("/etc/warden")).unwrap();
         assert_eq!(cfg.server.max_body, 1 << 20);

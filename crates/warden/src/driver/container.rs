@@ -14,7 +14,7 @@ use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::{Stream, StreamExt};
 use tokio::sync::oneshot;
 
-use super::Exit;
+use super::{Exit, StartFailure};
 use crate::config::ContainerSpec;
 
 type Events = Pin<Box<dyn Stream<Item = Result<EventMessage, DockerError>> + Send>>;
@@ -76,35 +76,45 @@ pub async fn connect(engine: Option<&str>) -> Result<Docker, String> {
     Err(format!("cannot reach a container engine ({last})"))
 }
 
-fn not_found(e: &DockerError) -> bool {
+pub fn is_not_found(e: &DockerError) -> bool {
     matches!(e, DockerError::DockerResponseServerError { status_code: 404, .. })
+}
+
+/// An engine call failed: a missing container or image will not appear by retrying.
+fn cannot(what: &str, name: &str, e: DockerError) -> StartFailure {
+    let reason = format!("cannot {what} container {name}: {e}");
+    if is_not_found(&e) {
+        StartFailure::permanent(reason)
+    } else {
+        StartFailure::transient(reason)
+    }
 }
 
 /// Starts the container (creating it from `image` if it does not exist; adopting it if it already
 /// runs). Returns once the engine reports it running; health is the caller's to wait for.
-pub async fn start(spec: &ContainerSpec) -> Result<ContainerHandle, String> {
-    let docker = connect(spec.engine.as_deref()).await?;
+pub async fn start(spec: &ContainerSpec) -> Result<ContainerHandle, StartFailure> {
+    let docker = connect(spec.engine.as_deref()).await.map_err(StartFailure::transient)?;
     let name = spec.container.clone();
     // Events are read from this instant on, so a death right after the start is not missed.
     let since = crate::base::clock::unix_now();
     match docker.inspect_container(&name, None::<InspectContainerOptions>).await {
         Ok(info) if info.state.as_ref().and_then(|s| s.running) == Some(true) => {}
-        Ok(_) => {
-            docker.start_container(&name, None).await.map_err(|e| format!("cannot start container {name}: {e}"))?
-        }
-        Err(e) if not_found(&e) => {
+        Ok(_) => docker.start_container(&name, None).await.map_err(|e| cannot("start", &name, e))?,
+        Err(e) if is_not_found(&e) => {
             let Some(image) = &spec.image else {
-                return Err(format!("container {name} does not exist and no image is configured to create it"));
+                return Err(StartFailure::permanent(format!(
+                    "container {name} does not exist and no image is configured to create it"
+                )));
             };
             create(&docker, spec, image).await?;
-            docker.start_container(&name, None).await.map_err(|e| format!("cannot start container {name}: {e}"))?;
+            docker.start_container(&name, None).await.map_err(|e| cannot("start", &name, e))?;
         }
-        Err(e) => return Err(format!("cannot inspect container {name}: {e}")),
+        Err(e) => return Err(cannot("inspect", &name, e)),
     }
     let info = docker
         .inspect_container(&name, None::<InspectContainerOptions>)
         .await
-        .map_err(|e| format!("cannot inspect container {name}: {e}"))?;
+        .map_err(|e| cannot("inspect", &name, e))?;
     let pid = info.state.and_then(|s| s.pid).filter(|&p| p > 0).map(|p| p as u32);
     // Read now: once the container has died, an inspect can race the engine's cleanup.
     let limit = info.host_config.and_then(|h| h.memory).filter(|&m| m > 0);
@@ -186,7 +196,7 @@ async fn describe_exit(docker: &Docker, name: &str, seen: Seen) -> Exit {
     }
 }
 
-async fn create(docker: &Docker, spec: &ContainerSpec, image: &str) -> Result<(), String> {
+async fn create(docker: &Docker, spec: &ContainerSpec, image: &str) -> Result<(), StartFailure> {
     let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
     for p in &spec.ports {
         bindings
@@ -203,10 +213,15 @@ async fn create(docker: &Docker, spec: &ContainerSpec, image: &str) -> Result<()
         ..Default::default()
     };
     let options = CreateContainerOptions { name: Some(spec.container.clone()), ..Default::default() };
-    docker
-        .create_container(Some(options), body)
-        .await
-        .map_err(|e| format!("cannot create container {} from {image}: {e}", spec.container))?;
+    docker.create_container(Some(options), body).await.map_err(|e| {
+        let reason = format!("cannot create container {} from image {image}: {e}", spec.container);
+        // No such image: nothing is pulled from a registry, so it will not appear by retrying.
+        if is_not_found(&e) {
+            StartFailure::permanent(reason)
+        } else {
+            StartFailure::transient(reason)
+        }
+    })?;
     Ok(())
 }
 

@@ -9,6 +9,7 @@ pub mod logs;
 pub mod models;
 pub mod nvml;
 pub mod orphans;
+pub mod preflight;
 pub mod process;
 pub mod procfs;
 
@@ -29,6 +30,26 @@ pub struct StartFailure {
     pub reason: String,
     /// The last lines the service wrote, for the error the held requests get.
     pub log_tail: Vec<String>,
+    /// Retrying cannot help until the config or the machine changes: no such program, no
+    /// permission, no such image, a service too big to ever fit.
+    pub permanent: bool,
+}
+
+impl StartFailure {
+    /// A failure that may pass (a crash, a timeout, no room yet).
+    pub fn transient(reason: impl Into<String>) -> Self {
+        StartFailure { reason: reason.into(), log_tail: Vec::new(), permanent: false }
+    }
+
+    /// A failure that will repeat until the config or the machine changes.
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        StartFailure { reason: reason.into(), log_tail: Vec::new(), permanent: true }
+    }
+
+    fn with_log(mut self, log: &ServiceLog) -> Self {
+        self.log_tail = log.tail(20);
+        self
+    }
 }
 
 /// How a running service ended on its own.
@@ -105,7 +126,7 @@ pub struct StartContext<'a> {
 /// Starts the service and waits until it is healthy (the caller bounds the wait). On failure
 /// whatever was started is dropped, which for a process kills its group.
 pub async fn start(ctx: StartContext<'_>) -> Result<Running, StartFailure> {
-    let fail = |reason: String| StartFailure { reason, log_tail: ctx.log.tail(20) };
+    let fail = |reason: String| StartFailure::transient(reason).with_log(ctx.log);
     let (mut running, upstream) = match &ctx.config.kind {
         ServiceKind::Process(spec) => {
             let req = SpawnRequest {
@@ -116,15 +137,16 @@ pub async fn start(ctx: StartContext<'_>) -> Result<Running, StartFailure> {
                 log: ctx.log,
                 tasks: ctx.tasks,
             };
-            (Running::Process(process::spawn(req).map_err(fail)?), format!("127.0.0.1:{}", ctx.port))
+            let spawned = process::spawn(req).map_err(|f| f.with_log(ctx.log))?;
+            (Running::Process(spawned), format!("127.0.0.1:{}", ctx.port))
         }
         // Always up and not ours to probe: a hosted API's health is its answers.
         ServiceKind::Remote(_) => return Ok(Running::Remote),
         ServiceKind::Container(spec) => {
             ctx.log.begin_run(&format!("starting container {}", spec.container));
-            let handle = container::start(spec).await.map_err(|e| {
-                ctx.log.note(&e);
-                fail(e)
+            let handle = container::start(spec).await.map_err(|f| {
+                ctx.log.note(&f.reason);
+                f.with_log(ctx.log)
             })?;
             (Running::Container(handle), ctx.config.upstream.clone().unwrap_or_default())
         }

@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use super::cgroup::Cgroup;
 use super::logs::ServiceLog;
 use super::orphans;
+use super::StartFailure;
 use crate::config::ProcessSpec;
 
 /// A running service process. Dropping it kills the whole group, so an abandoned start (or a
@@ -48,7 +49,7 @@ fn substitute(text: &str, port: u16, pid: Option<u32>) -> String {
 }
 
 /// Spawns the command in a process group of its own, its output going to the service log.
-pub fn spawn(req: SpawnRequest<'_>) -> Result<ProcessHandle, String> {
+pub fn spawn(req: SpawnRequest<'_>) -> Result<ProcessHandle, StartFailure> {
     let argv: Vec<String> = req.spec.command.iter().map(|a| substitute(a, req.port, None)).collect();
     let cwd = req.spec.cwd.clone().unwrap_or_else(|| PathBuf::from("."));
     let program = if argv[0].contains('/') { cwd.join(&argv[0]) } else { PathBuf::from(&argv[0]) };
@@ -65,7 +66,10 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<ProcessHandle, String> {
         .process_group(0);
     let cgroup = Cgroup::create(req.state_dir, req.service);
     let procs = match &cgroup {
-        Some(cg) => Some(cg.procs_for_child().map_err(|e| format!("cannot use cgroup {}: {e}", cg.path().display()))?),
+        Some(cg) => Some(
+            cg.procs_for_child()
+                .map_err(|e| StartFailure::transient(format!("cannot use cgroup {}: {e}", cg.path().display())))?,
+        ),
         None => None,
     };
     // SAFETY: prctl and write are async-signal-safe. If warden dies without cleaning up, the
@@ -86,7 +90,7 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<ProcessHandle, String> {
             if let Some(cg) = &cgroup {
                 cg.remove();
             }
-            return Err(format!("cannot run {}: {e}", argv[0]));
+            return Err(spawn_failure(&argv[0], &program, e));
         }
     };
     let pid = child.id().expect("a just-spawned child has a pid");
@@ -104,6 +108,20 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<ProcessHandle, String> {
         cgroup,
         reaped: false,
     })
+}
+
+/// Why the program could not run; a missing program or a permission will not fix itself.
+fn spawn_failure(name: &str, program: &std::path::Path, e: std::io::Error) -> StartFailure {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => StartFailure::permanent(format!(
+            "cannot run {name}: no such program ({} not found; check the service's command, cwd and PATH)",
+            program.display()
+        )),
+        std::io::ErrorKind::PermissionDenied => {
+            StartFailure::permanent(format!("cannot run {name}: permission denied ({})", program.display()))
+        }
+        _ => StartFailure::transient(format!("cannot run {name}: {e}")),
+    }
 }
 
 fn boxed(pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Box<dyn tokio::io::AsyncRead + Unpin + Send> {

@@ -17,17 +17,25 @@ use crate::base::caller::Caller;
 use crate::base::errors::ApiError;
 
 /// The request's class from its `x-warden-priority` header (default `normal`).
-pub fn class_of(headers: &HeaderMap) -> Result<Class, ApiError> {
+pub fn class_of(app: &App, headers: &HeaderMap) -> Result<Class, ApiError> {
     match headers.get(class::HEADER) {
         None => Ok(Class::Normal),
-        Some(v) => parse_class(v.to_str().unwrap_or("(not text)"), class::HEADER),
+        Some(v) => parse_class(app, v.to_str().unwrap_or("(not text)"), class::HEADER),
     }
 }
 
-/// A class by name; 400 naming `field` and the classes otherwise.
-pub fn parse_class(name: &str, field: &str) -> Result<Class, ApiError> {
-    Class::parse(name)
-        .ok_or_else(|| ApiError::BadRequest(format!("{field} must be one of {} (got {name:?})", Class::names())))
+/// A class by name; 400 naming `field` and the classes otherwise. `deferred` without an
+/// off-peak window could never run: refused now rather than after `queue_timeout`.
+pub fn parse_class(app: &App, name: &str, field: &str) -> Result<Class, ApiError> {
+    let class = Class::parse(name)
+        .ok_or_else(|| ApiError::BadRequest(format!("{field} must be one of {} (got {name:?})", Class::names())))?;
+    if class == Class::Deferred && app.config.scheduler.off_peak.is_none() {
+        return Err(ApiError::BadRequest(format!(
+            "{field}: deferred requests run only inside [scheduler].off_peak, and no off_peak window is configured; \
+             use batch, or set off_peak (e.g. \"22:00-06:00\")"
+        )));
+    }
+    Ok(class)
 }
 
 pub async fn admit(
@@ -40,7 +48,7 @@ pub async fn admit(
 ) -> Result<Ticket, ApiError> {
     let ask = Ask {
         client: caller.client,
-        class: class_of(headers)?,
+        class: class_of(app, headers)?,
         service: route.service,
         model: route.model.as_ref().map(|m| m.name.clone()),
         estimate,

@@ -6,8 +6,46 @@ use serde::Deserialize;
 
 use crate::base::errors::ApiError;
 
-/// The body's `model` string. 400 when the body is not a JSON object with one.
+/// Nesting deeper than this is refused: no real request comes close (serde_json's own limit
+/// for documents it builds is 128), and a body nested 100,000 levels deep crashed a backend's
+/// request handler when it was passed on.
+pub const MAX_DEPTH: usize = 128;
+
+/// Whether `body` nests arrays and objects at most `limit` deep. One pass over the bytes
+/// (strings skipped, escapes honoured); it does not validate the JSON.
+pub fn nesting_within(body: &[u8], limit: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > limit {
+                    return false;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
+}
+
+/// The body's `model` string. 400 when the body is not a JSON object with one, or nests
+/// deeper than [`MAX_DEPTH`].
 pub fn model_of(body: &[u8]) -> Result<Cow<'_, str>, ApiError> {
+    if !nesting_within(body, MAX_DEPTH) {
+        return Err(ApiError::BadRequest(format!("request body nests deeper than {MAX_DEPTH} levels")));
+    }
     #[derive(Deserialize)]
     struct ModelOnly<'a> {
         #[serde(borrow)]
@@ -36,5 +74,19 @@ mod tests {
         assert!(matches!(model_of(br#"[1,2]"#), Err(ApiError::BadRequest(_))));
         assert!(matches!(model_of(br#"{"model":"x""#), Err(ApiError::BadJson(_))));
         assert!(matches!(model_of(b"not json"), Err(ApiError::BadJson(_))));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_anything_reads_it() {
+        let deep = |n: usize| format!("{{\"model\":\"m\",\"x\":{}{}}}", "[".repeat(n), "]".repeat(n));
+        assert!(model_of(deep(100).as_bytes()).is_ok());
+        assert!(matches!(model_of(deep(MAX_DEPTH).as_bytes()), Err(ApiError::BadRequest(_))));
+        assert!(
+            matches!(model_of(deep(100_000).as_bytes()), Err(ApiError::BadRequest(m)) if m.contains("nests deeper"))
+        );
+        // Brackets inside strings (escaped quotes too) are text, not nesting.
+        let text = format!("{{\"model\":\"m\",\"s\":\"\\\"{}\"}}", "[".repeat(1000));
+        assert!(nesting_within(text.as_bytes(), 2), "{text}");
+        assert!(!nesting_within(b"[[[", 2));
     }
 }

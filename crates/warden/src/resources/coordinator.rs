@@ -19,6 +19,7 @@ use tracing::{info, warn, Instrument};
 use super::capacity;
 use super::estimate::estimate;
 use crate::config::{Config, Desired, Device, ResourcesConfig};
+use crate::driver::StartFailure;
 use crate::service::room::{RoomRequest, RoomRx};
 use crate::service::{ServiceHandle, StopReason};
 use policy::lifecycle::State;
@@ -42,10 +43,8 @@ pub struct Coordinator {
     services: Vec<ServiceHandle>,
     /// Last measured footprint per service; remembered across restarts.
     measured: Mutex<Vec<Option<u64>>>,
-    /// Per service: its current start was granted room. A starting service holds memory only
-    /// once granted; one still waiting for room holds none (else two waiting starts would each
-    /// count the other and wait forever).
-    granted: Mutex<Vec<bool>>,
+    /// Per service: what room-making knows of its current run.
+    runs: Mutex<Vec<Run>>,
     saved: Mutex<Vec<Saved>>,
     /// Number of saved entries, for `reload/wait`.
     pending: watch::Sender<usize>,
@@ -53,6 +52,21 @@ pub struct Coordinator {
     state_dir: PathBuf,
     /// Services offloaded since warden started, for /metrics.
     offloads: std::sync::atomic::AtomicU64,
+}
+
+/// Room-making's view of one service's current run.
+#[derive(Debug, Clone, Copy, Default)]
+struct Run {
+    /// Its start was granted room. A starting service holds memory only once granted; one
+    /// still waiting for room holds none (else two waiting starts would each count the other
+    /// and wait forever).
+    granted: bool,
+    /// The run is a swap: it displaced others to start, or the reloader brought it back. Only
+    /// such a run is protected by the minimum residency (what stops back-and-forth thrash),
+    /// so a first swap never waits for it.
+    swapped: bool,
+    /// The reloader is starting it: the start that follows is a swap.
+    reloading: bool,
 }
 
 /// How often the reloader looks for room, and how often running services are measured.
@@ -74,7 +88,7 @@ impl Coordinator {
                 .and_then(|t| serde_json::from_str(&t).ok())
                 .unwrap_or_default();
         let measured = names.iter().map(|n| remembered.get(*n).copied()).collect();
-        let granted = Mutex::new(vec![false; names.len()]);
+        let runs = Mutex::new(vec![Run::default(); names.len()]);
         let saved: Vec<Saved> = std::fs::read_to_string(state_dir.join("saved-state.json"))
             .ok()
             .and_then(|t| serde_json::from_str::<Vec<Saved>>(&t).ok())
@@ -89,7 +103,7 @@ impl Coordinator {
             vram: capacity::resolve(config.resources.vram, capacity::detect_vram),
             services,
             measured: Mutex::new(measured),
-            granted,
+            runs,
             saved: Mutex::new(saved),
             pending,
             deciding: tokio::sync::Mutex::new(()),
@@ -148,7 +162,7 @@ impl Coordinator {
                 let live = svc.shared.live();
                 (live.state, live.in_flight, live.running_since, live.idle_since)
             };
-            let granted = self.granted.lock().unwrap_or_else(|p| p.into_inner())[i];
+            let Run { granted, swapped, .. } = self.runs.lock().unwrap_or_else(|p| p.into_inner())[i];
             match state {
                 State::Running | State::Stopping => {}
                 State::Starting if granted => {}
@@ -167,6 +181,7 @@ impl Coordinator {
                 may_sleep: state != State::Stopping && svc.shared.idle_sleep() && cfg.desired == Desired::Off,
                 in_flight,
                 running_since: since.unwrap_or(now),
+                swapped,
                 group: cfg.group.clone(),
                 starting: state == State::Starting,
             });
@@ -184,8 +199,12 @@ impl Coordinator {
         Some((p, cap, residents))
     }
 
+    fn run_of(&self, i: usize, change: impl FnOnce(&mut Run)) {
+        change(&mut self.runs.lock().unwrap_or_else(|p| p.into_inner())[i]);
+    }
+
     fn set_granted(&self, i: usize, granted: bool) {
-        self.granted.lock().unwrap_or_else(|p| p.into_inner())[i] = granted;
+        self.run_of(i, |r| r.granted = granted);
     }
 
     fn name(&self, i: usize) -> &str {
@@ -195,7 +214,7 @@ impl Coordinator {
     /// Makes room for service `i` before it starts: offloads what the plan says (draining busy
     /// victims first), waits out minimum residencies, or fails with the reason. Bounded by
     /// `deadline`.
-    async fn make_room(&self, i: usize, deadline: Instant) -> Result<(), String> {
+    async fn make_room(&self, i: usize, deadline: Instant) -> Result<(), StartFailure> {
         self.set_granted(i, false);
         loop {
             let guard = self.deciding.lock().await;
@@ -205,36 +224,40 @@ impl Coordinator {
             };
             match plan {
                 Plan::Go { victims, .. } => {
+                    let displaces = !victims.is_empty();
                     for v in victims {
-                        self.offload(v, i, deadline).await?;
+                        self.offload(v, i, deadline).await.map_err(StartFailure::transient)?;
                     }
                     // Granted under the decision lock: the next decision counts this start.
-                    self.set_granted(i, true);
+                    self.run_of(i, |r| {
+                        r.granted = true;
+                        r.swapped = displaces || std::mem::take(&mut r.reloading);
+                    });
                     return Ok(());
                 }
                 Plan::Impossible { need, limit } => {
-                    return Err(format!(
+                    return Err(StartFailure::permanent(format!(
                         "needs {} but at most {} of {} may be used (threshold {}, reserve {}): it cannot fit even alone",
                         mib(need),
                         mib(limit),
                         mib(cap.total),
                         self.cfg.threshold,
                         mib(self.cfg.reserve)
-                    ));
+                    )));
                 }
-                Plan::Wait { retry_in: None, need, free } => {
-                    return Err(format!(
+                Plan::Wait { retry_in: None, need, free, .. } => {
+                    return Err(StartFailure::transient(format!(
                         "needs {} with {} free, and the rest is held by services that may not be offloaded (pinned or idle_sleep = false)",
                         mib(need),
                         mib(free)
-                    ));
+                    )));
                 }
                 Plan::Wait { retry_in: Some(wait), need, .. } => {
                     if Instant::now() + wait > deadline {
-                        return Err(format!(
+                        return Err(StartFailure::transient(format!(
                             "needs {}; the services that could make room started too recently to be offloaded again before the start timeout",
                             mib(need)
-                        ));
+                        )));
                     }
                     info!(
                         "Service {} waits {} ms for room (minimum residency of others)",
@@ -409,6 +432,7 @@ impl Coordinator {
                 continue;
             }
             info!("Reloading service {} (offloaded to make room for {})", entry.service, entry.displaced_by);
+            self.run_of(i, |r| r.reloading = true);
             let svc = self.services()[i].clone();
             tasks.spawn(async move {
                 if let Err(e) = svc.acquire(None).await {

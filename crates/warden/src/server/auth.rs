@@ -26,8 +26,12 @@ pub fn is_admin(app: &App, headers: &HeaderMap) -> bool {
     }
 }
 
+/// The token of an `Authorization: Bearer …` header. The scheme is case-insensitive (RFC 9110
+/// §11.1): `bearer` works as well as `Bearer`.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// With clients configured, every front-door request needs `Authorization: Bearer KEY` of one
@@ -59,6 +63,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        let with = |v: &str| {
+            let mut h = super::HeaderMap::new();
+            h.insert(super::header::AUTHORIZATION, v.parse().unwrap());
+            super::bearer(&h).map(str::to_string)
+        };
+        assert_eq!(with("Bearer k1").as_deref(), Some("k1"));
+        assert_eq!(with("bearer k2").as_deref(), Some("k2"));
+        assert_eq!(with("BEARER  k3 ").as_deref(), Some("k3"));
+        assert_eq!(with("Basic abc"), None);
+        assert_eq!(with("Bearer"), None);
+    }
+
     #[test]
     fn eq() {
         assert!(super::constant_time_eq(b"abc", b"abc"));

@@ -32,6 +32,7 @@ pub fn routes(app: Arc<App>) -> Router {
     // The front door: with [clients] configured, every route here needs a client key.
     let front = Router::new()
         .route("/v1/models", get(openai::list_models))
+        .route("/v1/models/{*id}", get(openai::get_model))
         .route("/v1/chat/completions", post(openai::by_model))
         .route("/v1/completions", post(openai::by_model))
         .route("/v1/embeddings", post(openai::by_model))
@@ -46,7 +47,30 @@ pub fn routes(app: Arc<App>) -> Router {
         .merge(front)
         .merge(admin)
         .fallback(|uri: axum::http::Uri| async move { ApiError::NotFound(format!("route {}", uri.path())) })
+        .method_not_allowed_fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
+            ApiError::MethodNotAllowed { method: method.to_string(), path: uri.path().to_string() }
+        })
+        .layer(axum::middleware::from_fn(head_limits))
         .with_state(app)
+}
+
+/// A request target longer than this is refused (414).
+const MAX_URI: usize = 8 << 10;
+/// Request headers larger than this together are refused (431).
+const MAX_HEADERS: usize = 64 << 10;
+
+/// 414 and 431 in the JSON error shape (the HTTP layer's own refusals, for heads larger still,
+/// have no body).
+async fn head_limits(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if req.uri().to_string().len() > MAX_URI {
+        return ApiError::UriTooLong { limit: MAX_URI }.into_response();
+    }
+    let size: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if size > MAX_HEADERS {
+        return ApiError::HeadersTooLarge { limit: MAX_HEADERS }.into_response();
+    }
+    next.run(req).await
 }
 
 /// A JSON request body, with 400 naming what is wrong (`invalid_json` when it is not JSON at

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::Request;
 use axum::response::Response;
 use axum::Extension;
@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use crate::app::App;
 use crate::base::caller::Caller;
 use crate::base::errors::ApiError;
+use crate::config::ModelRef;
 use crate::pipeline::{self, Endpoint, Inbound, Target};
 
 pub async fn by_model(
@@ -27,24 +28,32 @@ pub async fn by_model(
     pipeline::run(&app, Inbound::new(caller, req, Target::Model(endpoint))).await
 }
 
+/// A model as OpenAI's API shows one, plus where it runs and whether it is up now.
+fn model_object(app: &App, model: &str, r: ModelRef) -> Value {
+    let svc = &app.services[r.service];
+    let live = svc.shared.live();
+    json!({
+        "id": model,
+        "object": "model",
+        // OpenAI's is the model's creation time; here, when this warden started serving it.
+        "created": app.started_unix,
+        "owned_by": "warden",
+        "service": svc.name(),
+        "state": live.state.as_str(),
+        "loaded": live.model_loaded(r.index),
+    })
+}
+
 /// Every configured (and discovered) model, sleeping ones too.
 pub async fn list_models(State(app): State<Arc<App>>) -> Json<Value> {
-    let data: Vec<Value> = app
-        .directory
-        .all()
-        .into_iter()
-        .map(|(model, r)| {
-            let svc = &app.services[r.service];
-            let live = svc.shared.live();
-            json!({
-                "id": model,
-                "object": "model",
-                "owned_by": "warden",
-                "service": svc.name(),
-                "state": live.state.as_str(),
-                "loaded": live.model_loaded(r.index),
-            })
-        })
-        .collect();
+    let data: Vec<Value> = app.directory.all().into_iter().map(|(model, r)| model_object(&app, &model, r)).collect();
     Json(json!({"object": "list", "data": data}))
+}
+
+/// `GET /v1/models/{id}` (what the official clients' `models.retrieve` calls); ids may hold
+/// slashes ("org/model").
+pub async fn get_model(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let route = pipeline::route::model(&app, &id)?;
+    let at = ModelRef { service: route.service, index: route.model.map_or(0, |m| m.index) };
+    Ok(Json(model_object(&app, &id, at)))
 }

@@ -145,6 +145,7 @@ impl Owner {
                                 reason: format!("model {name} failed to load: {e}"),
                                 log_tail: self.shared.log.tail(20),
                                 retry_after: Duration::from_secs(1),
+                                permanent: false,
                             }));
                         }
                     }

@@ -222,14 +222,12 @@ impl Owner {
         self.publish_queue();
         let fx = self.apply(Event::Demand);
         if let Some(retry_after) = fx.reject_for {
-            let failure = self
-                .last_failure
-                .clone()
-                .unwrap_or_else(|| StartFailure { reason: "previous start failed".into(), log_tail: Vec::new() });
+            let failure = self.last_failure.clone().unwrap_or_else(|| StartFailure::transient("previous start failed"));
             self.fail_held_start(|| Unavailable::StartFailed {
                 reason: format!("{} (next try in {} ms)", failure.reason, retry_after.as_millis()),
                 log_tail: failure.log_tail.clone(),
                 retry_after,
+                permanent: failure.permanent,
             });
         }
     }
@@ -255,6 +253,7 @@ impl Owner {
                     reason: f.reason.clone(),
                     log_tail: f.log_tail.clone(),
                     retry_after,
+                    permanent: f.permanent,
                 }),
                 _ => self.fail_held_start(|| Unavailable::Stopped { reason: "stopped while starting".into() }),
             }

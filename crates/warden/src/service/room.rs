@@ -7,15 +7,17 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::driver::StartFailure;
+
 /// "Service `service` wants to start; make room by `deadline`."
 pub struct RoomRequest {
     /// The service's index in the config.
     pub service: usize,
     /// The start's deadline: room-making and the start itself share `start_timeout`.
     pub deadline: Instant,
-    /// Ok once room is granted; Err with why it cannot be (never fits, only pinned services
-    /// could make room, ...). Dropped unanswered if the start is abandoned.
-    pub reply: oneshot::Sender<Result<(), String>>,
+    /// Ok once room is granted; Err with why it cannot be (never fits: permanent; only pinned
+    /// services could make room: transient). Dropped unanswered if the start is abandoned.
+    pub reply: oneshot::Sender<Result<(), StartFailure>>,
 }
 
 pub type RoomTx = mpsc::UnboundedSender<RoomRequest>;

@@ -84,8 +84,7 @@ impl Owner {
                 // Room first (offloading what must go), then the start itself; one deadline.
                 let (reply, granted) = oneshot::channel();
                 let _ = ctx.room.send(RoomRequest { service: index, deadline, reply });
-                let granted = granted.await.unwrap_or_else(|_| Err("warden is shutting down".into()));
-                granted.map_err(|reason| StartFailure { reason, log_tail: Vec::new() })?;
+                granted.await.unwrap_or_else(|_| Err(StartFailure::transient("warden is shutting down")))?;
                 driver::start(StartContext {
                     config: &cfg,
                     port,
@@ -102,8 +101,8 @@ impl Owner {
                     // The start future (and with it the process group) is dropped: killed.
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     Err(StartFailure {
-                        reason: format!("not healthy within start_timeout ({:?})", cfg.start_timeout),
                         log_tail: log.tail(20),
+                        ..StartFailure::transient(format!("not healthy within start_timeout ({:?})", cfg.start_timeout))
                     })
                 }
             }

@@ -13,11 +13,32 @@ pub fn warden_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_warden"))
 }
 
-/// The fake backend is built by the same `cargo test --workspace` into the same folder.
+/// The fake backend, built next to warden. `cargo test --workspace` does not build other
+/// packages' binaries for a package's tests, so the first test that needs it builds it
+/// (cargo's own lock keeps parallel test binaries from building it twice at once).
 pub fn fake_backend() -> String {
-    let path = warden_bin().with_file_name("fake-backend");
-    assert!(path.exists(), "{} is missing: run the tests with `cargo test --workspace`", path.display());
-    path.display().to_string()
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let path = warden_bin().with_file_name("fake-backend");
+        // target/<profile>/warden → the target dir and the profile this test binary was built in.
+        let profile_dir = warden_bin().parent().unwrap().to_path_buf();
+        let target_dir = profile_dir.parent().unwrap();
+        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cargo.args(["build", "--quiet", "-p", "fake-backend", "--target-dir"]).arg(target_dir);
+        if profile_dir.file_name().is_some_and(|p| p == "release") {
+            cargo.arg("--release");
+        }
+        let out =
+            cargo.current_dir(env!("CARGO_MANIFEST_DIR")).output().map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("building fake-backend failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(path)
+    });
+    match built {
+        Ok(path) => path.display().to_string(),
+        Err(e) => panic!("{e}"),
+    }
 }
 
 pub struct Warden {

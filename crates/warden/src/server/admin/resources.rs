@@ -84,24 +84,32 @@ async fn plan(State(app): State<Arc<App>>, Path(service): Path<String>) -> Resul
         None => json!({"service": service, "device": device, "managed": false, "fits": true, "would_offload": false,
                        "victims": [], "need_bytes": app.coordinator.need(i), "free_bytes": null}),
         Some((plan, cap, _)) => {
-            let (fits, victims, need, free, reason) = match &plan {
-                Plan::Go { victims, need, free } => (true, name(victims), *need, Some(*free), None),
+            // `after_ms`: how long until the plan can be carried out (victims still under their
+            // minimum residency); 0 when it can run now.
+            let (fits, victims, after, need, free, reason) = match &plan {
+                Plan::Go { victims, need, free } => (true, name(victims), Some(0), *need, Some(*free), None),
                 Plan::Impossible { need, limit } => {
-                    (false, vec![], *need, None, Some(format!("cannot fit even alone: limit is {limit} bytes")))
+                    (false, vec![], None, *need, None, Some(format!("cannot fit even alone: limit is {limit} bytes")))
                 }
-                Plan::Wait { retry_in, need, free } => (
+                Plan::Wait { retry_in: Some(d), victims, need, free } => (
                     false,
-                    vec![],
+                    name(victims),
+                    Some(d.as_millis() as u64),
                     *need,
                     Some(*free),
-                    Some(match retry_in {
-                        Some(d) => format!("room only after a minimum residency, in {} ms", d.as_millis()),
-                        None => "the rest is held by services that may not be offloaded".to_string(),
-                    }),
+                    Some(format!("room only after a minimum residency, in {} ms", d.as_millis())),
+                ),
+                Plan::Wait { retry_in: None, need, free, .. } => (
+                    false,
+                    vec![],
+                    None,
+                    *need,
+                    Some(*free),
+                    Some("the rest is held by services that may not be offloaded".to_string()),
                 ),
             };
             json!({"service": service, "device": device, "managed": true, "fits": fits,
-                   "would_offload": !victims.is_empty(), "victims": victims, "need_bytes": need,
+                   "would_offload": !victims.is_empty(), "victims": victims, "after_ms": after, "need_bytes": need,
                    "free_bytes": free, "limit_bytes": cap.limit(), "reason": reason})
         }
     };

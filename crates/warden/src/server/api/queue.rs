@@ -61,7 +61,7 @@ impl Accepted {
             ));
         }
         if let Some(p) = &envelope.priority {
-            pipeline::parse_class(p, "priority")?;
+            pipeline::parse_class(app, p, "priority")?;
         }
         let body = Bytes::from(serde_json::to_vec(&envelope.request).expect("a Value serializes"));
         pipeline::dry_run(app, &caller, endpoint, body.clone())?;
