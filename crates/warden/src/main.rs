@@ -116,11 +116,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Cmd::Resources { json } => cli::resources(&client(), json).await,
         Cmd::Usage { client: name, json } => cli::usage(&client(), &name, json).await,
         Cmd::Queue { json } => cli::queue(&client(), json).await,
-        Cmd::Wake { name } => {
-            let svc = client().call(Method::POST, &format!("/admin/services/{name}/start")).await?;
-            println!("{name} is {} (pid {})", svc["state"].as_str().unwrap_or("?"), svc["pid"]);
-            Ok(())
-        }
+        Cmd::Wake { name } => cli::wake(&client(), &name).await,
         Cmd::Sleep { name } => {
             let svc = client().call(Method::POST, &format!("/admin/services/{name}/stop")).await?;
             println!("{name} is {}", svc["state"].as_str().unwrap_or("?"));

@@ -144,10 +144,16 @@ fn cli(w: &Warden, args: &[&str]) -> (bool, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_status_wake_and_sleep() {
-    let w = Warden::start_with_server(TWO_SERVICES, "admin_token = \"tok\"");
+    let slow = "[services.slow]\nkind = \"process\"\ncommand = [\"FAKE\", \"--port\", \"${PORT}\", \"--startup-delay-ms\", \"2500\"]\n";
+    let w = Warden::start_with_server(&format!("{TWO_SERVICES}\n{slow}"), "admin_token = \"tok\"");
     let (ok, out, err) = cli(&w, &["wake", "alpha"]);
     assert!(ok, "{err}");
     assert!(out.starts_with("alpha is running (pid "), "{out}");
+    // A slow start shows its progress while it runs (a line a second when not on a terminal).
+    let (ok, out, err) = cli(&w, &["wake", "slow"]);
+    assert!(ok, "{err}");
+    assert!(err.lines().any(|l| l.starts_with("slow: starting, ")), "{err}");
+    assert!(out.starts_with("slow is running (pid ") && out.contains(", after "), "{out}");
     let (ok, out, _) = cli(&w, &["status"]);
     assert!(ok);
     let alpha_line = out.lines().find(|l| l.starts_with("alpha")).unwrap();
@@ -162,7 +168,7 @@ async fn cli_status_wake_and_sleep() {
     assert_eq!(out.trim(), "alpha is stopped");
     let (ok, _, err) = cli(&w, &["wake", "nope"]);
     assert!(!ok);
-    assert!(err.contains("404") && err.contains("known services: alpha, beta"), "{err}");
+    assert!(err.contains("404") && err.contains("known services: alpha, beta, slow"), "{err}");
     // A wrong token is refused.
     let out = Command::new(warden_bin()).args(["--url", &w.base, "--admin-token", "bad", "status"]).output().unwrap();
     assert!(!out.status.success());
@@ -282,4 +288,22 @@ async fn metrics_and_status_show_what_happened() {
     assert_eq!(status["status"], "ok");
     assert_eq!(status["services"]["alpha"], "running");
     assert_eq!(status["services"]["broken"], "failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_tables_line_up() {
+    let w =
+        Warden::start_with_server(&format!("{TWO_SERVICES}\n[resources]\nram = \"4GiB\"\n"), "admin_token = \"tok\"");
+    let (ok, _, err) = cli(&w, &["wake", "alpha"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli(&w, &["resources"]);
+    assert!(ok, "{err}");
+    let header = out.lines().find(|l| l.starts_with("SERVICE")).unwrap_or_else(|| panic!("{out}"));
+    let (state_at, priority_end) = (header.find("STATE").unwrap(), header.find("PRIORITY").unwrap() + "PRIORITY".len());
+    for (name, state) in [("alpha", "running"), ("beta", "stopped")] {
+        let row = out.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{out}"));
+        assert_eq!(row.find(state), Some(state_at), "STATE column:\n{out}");
+        // PRIORITY is right-aligned: the value ends where the header does (default priority 50).
+        assert_eq!(&row[priority_end - 2..priority_end], "50", "PRIORITY column:\n{out}");
+    }
 }

@@ -203,8 +203,8 @@ async fn a_client_sees_only_its_own_usage_and_requests() {
         Command::new(warden_bin()).args(["--url", &w.base, "--admin-token", ADMIN, "usage", "acme"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("1 requests, $0.0080 spent of $0.0500"), "{text}");
-    // Columns line up: serde_json values ignore a width, so they are printed as strings.
+    assert!(text.contains("1 request, $0.0080 spent of $0.0500"), "{text}");
+    // Columns line up (serde_json values ignore a width; the CLI prints tables with comfy-table).
     let row = text.lines().find(|l| l.starts_with("gpt-4")).unwrap_or_default();
     assert_eq!(row.split_whitespace().collect::<Vec<_>>(), ["gpt-4", "1", "2", "8", "$0.0080"], "{text}");
     assert_eq!(row.len(), text.lines().find(|l| l.starts_with("MODEL")).unwrap().len(), "{text}");

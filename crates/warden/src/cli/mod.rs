@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request};
+use comfy_table::{CellAlignment, Table};
 use http_body_util::BodyExt;
 use serde_json::Value;
 
@@ -43,6 +44,40 @@ impl Client {
     }
 }
 
+/// A borderless table whose columns line up: `right` columns (numbers) align right.
+fn table(header: &[&str], right: &[usize]) -> Table {
+    let mut t = Table::new();
+    t.load_style(comfy_table::presets::NOTHING).set_header(header.iter().copied());
+    for (i, column) in t.column_iter_mut().enumerate() {
+        column.set_padding((0, 2));
+        if right.contains(&i) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    t
+}
+
+/// Prints a table without trailing spaces.
+fn print_table(t: &Table) {
+    for line in t.lines() {
+        println!("{}", line.trim_end());
+    }
+}
+
+/// "1 request", "3 requests".
+fn count(n: &Value, noun: &str) -> String {
+    let n = n.as_u64().unwrap_or(0);
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        v => v.to_string(),
+    }
+}
+
 fn fmt_minutes(v: &Value) -> String {
     match v.as_f64() {
         None => "-".into(),
@@ -69,27 +104,28 @@ pub async fn status(client: &Client, as_json: bool) -> Result<(), String> {
         println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
         return Ok(());
     }
-    println!(
-        "{:<20} {:<9} {:>8} {:>10} {:>11} {:>9}  MODELS",
-        "SERVICE", "STATE", "IDLE FOR", "SLEEPS IN", "RSS", "IN FLIGHT"
-    );
+    let mut t = table(&["SERVICE", "STATE", "IDLE FOR", "SLEEPS IN", "RSS", "IN FLIGHT", "MODELS"], &[2, 3, 4, 5]);
+    let mut errors = Vec::new();
     for svc in services.as_array().into_iter().flatten() {
         let name = svc["name"].as_str().unwrap_or("?");
         let i = &idle["services"][name];
         let models: Vec<&str> = svc["models"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-        println!(
-            "{:<20} {:<9} {:>8} {:>10} {:>11} {:>9}  {}",
-            name,
-            svc["state"].as_str().unwrap_or("?"),
+        t.add_row(vec![
+            name.to_string(),
+            text(&svc["state"]),
             fmt_minutes(&i["idle_for_minutes"]),
             fmt_minutes(&i["will_sleep_in_minutes"]),
             fmt_bytes(&svc["rss_bytes"]),
-            svc["in_flight"].to_string(),
+            text(&svc["in_flight"]),
             models.join(", "),
-        );
+        ]);
         if let Some(err) = svc["last_error"].as_str() {
-            println!("{:<20} last error: {err}", "");
+            errors.push(format!("{name}: last error: {err}"));
         }
+    }
+    print_table(&t);
+    for e in errors {
+        println!("{e}");
     }
     println!(
         "idle sleep {}, default timeout {}",
@@ -121,22 +157,20 @@ pub async fn resources(client: &Client, as_json: bool) -> Result<(), String> {
             );
         }
     }
-    println!(
-        "\n{:<20} {:<9} {:<6} {:>11} {:>11} {:>8}  GROUP",
-        "SERVICE", "STATE", "DEVICE", "ESTIMATE", "MEASURED", "PRIORITY"
-    );
+    println!();
+    let mut t = table(&["SERVICE", "STATE", "DEVICE", "ESTIMATE", "MEASURED", "PRIORITY", "GROUP"], &[3, 4, 5]);
     for (name, s) in r["services"].as_object().into_iter().flatten() {
-        println!(
-            "{:<20} {:<9} {:<6} {:>11} {:>11} {:>8}  {}",
-            name,
-            s["state"].as_str().unwrap_or("?"),
-            s["device"].as_str().unwrap_or("?"),
+        t.add_row(vec![
+            name.clone(),
+            text(&s["state"]),
+            text(&s["device"]),
             fmt_bytes(&s["estimate_bytes"]),
             fmt_bytes(&s["measured_bytes"]),
-            s["priority"],
-            s["group"].as_str().unwrap_or("-"),
-        );
+            text(&s["priority"]),
+            text(&s["group"]),
+        ]);
     }
+    print_table(&t);
     Ok(())
 }
 
@@ -181,23 +215,23 @@ pub async fn usage(client: &Client, name: &str, as_json: bool) -> Result<(), Str
     let b = &u["budget"];
     let budget = if b["budget_usd"].is_null() { "no budget".to_string() } else { usd(&b["budget_usd"]) };
     println!(
-        "{name} in {}: {} requests, {} spent of {budget} ({} held for requests in flight)",
+        "{name} in {}: {}, {} spent of {budget} ({} held for requests in flight)",
         u["month"].as_str().unwrap_or("?"),
-        u["requests"],
+        count(&u["requests"], "request"),
         usd(&b["spent_usd"]),
         usd(&b["reserved_usd"]),
     );
-    println!("{:<32} {:>9} {:>14} {:>14} {:>12}", "MODEL", "REQUESTS", "PROMPT TOK", "OUTPUT TOK", "COST");
+    let mut t = table(&["MODEL", "REQUESTS", "PROMPT TOK", "OUTPUT TOK", "COST"], &[1, 2, 3, 4]);
     for m in u["by_model"].as_array().into_iter().flatten() {
-        println!(
-            "{:<32} {:>9} {:>14} {:>14} {:>12}",
-            m["model"].as_str().filter(|s| !s.is_empty()).unwrap_or("(passthrough)"),
-            m["requests"].to_string(),
-            m["prompt_tokens"].to_string(),
-            m["completion_tokens"].to_string(),
+        t.add_row(vec![
+            m["model"].as_str().filter(|s| !s.is_empty()).unwrap_or("(passthrough)").to_string(),
+            text(&m["requests"]),
+            text(&m["prompt_tokens"]),
+            text(&m["completion_tokens"]),
             usd(&m["cost_usd"]),
-        );
+        ]);
     }
+    print_table(&t);
     Ok(())
 }
 
@@ -216,5 +250,49 @@ pub async fn queue(client: &Client, as_json: bool) -> Result<(), String> {
     if let Some(ms) = q["oldest_wait_ms"].as_u64() {
         println!("oldest has waited {:.1} s", ms as f64 / 1000.0);
     }
+    Ok(())
+}
+
+/// `warden wake NAME`: starts the service and waits until it is ready, showing its state and
+/// the time elapsed meanwhile (a spinner on a terminal, a line a second otherwise), then the
+/// result.
+pub async fn wake(client: &Client, name: &str) -> Result<(), String> {
+    let path = format!("/admin/services/{name}/start");
+    let start = client.call(Method::POST, &path);
+    tokio::pin!(start);
+    let t0 = std::time::Instant::now();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let spinner = indicatif::ProgressBar::new_spinner();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut said = 0;
+    let svc = loop {
+        tokio::select! {
+            done = &mut start => break done,
+            _ = tick.tick() => {
+                let state = match client.call(Method::GET, "/admin/services").await {
+                    Ok(all) => all.as_array().into_iter().flatten().find(|s| s["name"] == name)
+                        .map_or("unknown".into(), |s| text(&s["state"])),
+                    Err(_) => continue,
+                };
+                let secs = t0.elapsed().as_secs();
+                let line = format!("{name}: {state}, {:.1} s", t0.elapsed().as_secs_f64());
+                if tty {
+                    spinner.set_message(line);
+                    spinner.tick();
+                } else if secs > said {
+                    said = secs;
+                    eprintln!("{line}");
+                }
+            }
+        }
+    };
+    spinner.finish_and_clear();
+    let svc = svc?;
+    println!(
+        "{name} is {} (pid {}), after {:.1} s",
+        svc["state"].as_str().unwrap_or("?"),
+        text(&svc["pid"]),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }
