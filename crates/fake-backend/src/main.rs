@@ -43,6 +43,17 @@ struct Args {
     /// Serve this many requests, then exit abruptly in the middle of the next one.
     #[arg(long)]
     crash_after: Option<u64>,
+    /// The listening socket's accept backlog (Python's http.server uses 5; the OS default is
+    /// larger): connections past it wait in SYN retransmits.
+    #[arg(long, default_value_t = 1024)]
+    backlog: u32,
+    /// Say in `GET /props` that it serves this many requests at once, as llama-server does
+    /// (`total_slots`); without it `/props` is 404.
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Pause this long before each accept (a single-threaded server busy with its requests).
+    #[arg(long, default_value_t = 0)]
+    accept_delay_ms: u64,
     /// Exit abruptly in the middle of a stream, after sending this many tokens of it.
     #[arg(long)]
     cut_stream_after: Option<u64>,
@@ -72,8 +83,65 @@ struct Args {
 struct Fake {
     args: Args,
     requests: AtomicU64,
+    /// Completions being answered now, and the most there ever were at once (for /stats).
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
     /// Models loaded through the multi-model endpoints, with the memory each holds.
     loaded: Mutex<BTreeMap<String, Vec<u8>>>,
+}
+
+/// A listening socket with the given accept backlog.
+fn listen(host: &str, port: u16, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let addr: std::net::SocketAddr = format!("{host}:{port}")
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{e}")))?;
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+/// A listener that pauses before each accept, as a busy single-threaded server does.
+struct SlowAccept {
+    inner: tokio::net::TcpListener,
+    delay: Duration,
+}
+
+impl axum::serve::Listener for SlowAccept {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            if !self.delay.is_zero() {
+                tokio::time::sleep(self.delay).await;
+            }
+            if let Ok(accepted) = self.inner.accept().await {
+                return accepted;
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// Counts a completion in flight until dropped.
+struct InFlight(Arc<Fake>);
+
+impl InFlight {
+    fn new(fake: &Arc<Fake>) -> InFlight {
+        let now = fake.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        fake.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(fake.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn unix_ns() -> u128 {
@@ -113,7 +181,7 @@ async fn main() {
     }
     eprintln!("fake-backend: loading model {}", args.model);
     tokio::time::sleep(Duration::from_millis(args.startup_delay_ms)).await;
-    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await.unwrap_or_else(|e| {
+    let listener = listen(&args.host, args.port, args.backlog).unwrap_or_else(|e| {
         eprintln!("fake-backend: cannot listen on {}:{}: {e}", args.host, args.port);
         std::process::exit(2);
     });
@@ -122,11 +190,18 @@ async fn main() {
         let _ = std::fs::write(path, json!({"exec_unix_ns": exec_ns, "listen_unix_ns": unix_ns()}).to_string());
     }
     eprintln!("fake-backend: listening on {addr} (pid {})", std::process::id());
+    let listener = SlowAccept { inner: listener, delay: Duration::from_millis(args.accept_delay_ms) };
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
     let health = args.health_path.clone();
-    let state = Arc::new(Fake { args, requests: AtomicU64::new(0), loaded: Mutex::default() });
+    let state = Arc::new(Fake {
+        args,
+        requests: AtomicU64::new(0),
+        in_flight: AtomicU64::new(0),
+        max_in_flight: AtomicU64::new(0),
+        loaded: Mutex::default(),
+    });
     let app = Router::new()
         .route(&health, get(|| async { Json(json!({"status": "ok"})) }))
         .route("/v1/models", get(models))
@@ -134,6 +209,7 @@ async fn main() {
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/stats", get(stats))
+        .route("/props", get(props))
         .route("/allocate/{mb}", post(allocate))
         // Ollama's model endpoints.
         .route("/api/generate", post(ollama_generate))
@@ -188,8 +264,17 @@ async fn models(State(fake): State<Arc<Fake>>) -> Json<Value> {
     Json(json!({"object": "list", "data": [{"id": fake.args.model, "object": "model", "owned_by": "fake-backend"}]}))
 }
 
+/// llama-server's `/props`, as far as warden reads it; not counted as a request.
+async fn props(State(fake): State<Arc<Fake>>) -> Response {
+    match fake.args.slots {
+        Some(n) => Json(json!({"total_slots": n})).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
 async fn stats(State(fake): State<Arc<Fake>>) -> Json<Value> {
-    Json(json!({"pid": std::process::id(), "requests": fake.requests.load(Ordering::SeqCst)}))
+    Json(json!({"pid": std::process::id(), "requests": fake.requests.load(Ordering::SeqCst),
+        "max_in_flight": fake.max_in_flight.load(Ordering::SeqCst)}))
 }
 
 async fn echo(
@@ -207,6 +292,7 @@ async fn echo(
 
 async fn chat(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
     fake.count();
+    let _counted = InFlight::new(&fake);
     let body = match parse(&body) {
         Ok(v) => v,
         Err(bad) => return bad.into_response(),
@@ -216,6 +302,7 @@ async fn chat(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
 
 async fn completions(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
     fake.count();
+    let _counted = InFlight::new(&fake);
     let body = match parse(&body) {
         Ok(v) => v,
         Err(bad) => return bad.into_response(),

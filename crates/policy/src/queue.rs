@@ -151,6 +151,19 @@ impl Dispatcher {
         }
     }
 
+    /// Changes a service's concurrency limit (learned from the service itself, say); requests
+    /// already running keep running, the next dispatch applies it.
+    pub fn set_service_limit(&mut self, service: usize, limit: Option<u32>) {
+        if let Some(slot) = self.limits.service_max.get_mut(service) {
+            *slot = limit;
+        }
+    }
+
+    /// A service's concurrency limit now.
+    pub fn service_limit(&self, service: usize) -> Option<u32> {
+        self.limits.service_max.get(service).copied().flatten()
+    }
+
     pub fn push(&mut self, w: Waiting) -> Id {
         let id = self.next_id;
         self.next_id += 1;

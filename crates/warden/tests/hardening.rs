@@ -317,3 +317,45 @@ async fn openai_clients_find_what_they_expect() {
     let resp = client.get(w.url("/admin/services")).header("authorization", "bearer tok").send().await.unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_released_by_a_cold_start_is_paced_to_a_small_backend() {
+    // Python's accept backlog (5), a slow acceptor, a cold start: 600 requests arrive while it
+    // starts. Sent all at once, most connection attempts would sit in SYN retransmits.
+    let w = Warden::start(
+        r#"
+[services.small]
+kind = "process"
+command = ["FAKE", "--port", "${PORT}", "--backlog", "5", "--accept-delay-ms", "5", "--startup-delay-ms", "300", "--tokens-per-sec", "200"]
+models = ["m"]
+"#,
+    );
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+    let sends = (0..600).map(|_| client.post(w.url("/v1/chat/completions")).json(&chat("m")).send());
+    let answers = futures_util::future::join_all(sends).await;
+    let ok = answers.iter().filter(|r| r.as_ref().is_ok_and(|r| r.status() == 200)).count();
+    assert_eq!(ok, 600, "{:?}", answers.iter().find(|r| r.as_ref().map_or(true, |r| r.status() != 200)));
+    // Never more than the default concurrency at the backend at once; the rest waited in
+    // warden's queue.
+    let stats = w.get("/svc/small/stats").await;
+    let most = stats["max_in_flight"].as_u64().unwrap();
+    assert!((1..=32).contains(&most), "{stats}");
+    assert_eq!(w.service("small").await["max_concurrent"], 32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_says_its_slot_count_is_paced_to_it() {
+    // Like llama-server: `GET /props` says it serves 3 at once.
+    let w = Warden::start(
+        "[services.slotted]\nkind = \"process\"\ncommand = [\"FAKE\", \"--port\", \"${PORT}\", \"--slots\", \"3\", \"--tokens-per-sec\", \"100\"]\nmodels = [\"m\"]\n",
+    );
+    assert_eq!(w.post("/v1/chat/completions", chat("m")).await.status(), 200);
+    let learned = fetch_until(Duration::from_secs(5), || w.service("slotted"), |s| s["max_concurrent"] == 3).await;
+    assert_eq!(learned["max_concurrent"], 3, "{learned}");
+    let sends = (0..30).map(|_| reqwest::Client::new().post(w.url("/v1/chat/completions")).json(&chat("m")).send());
+    for resp in futures_util::future::join_all(sends).await {
+        assert_eq!(resp.unwrap().status(), 200);
+    }
+    let most = w.get("/svc/slotted/stats").await["max_in_flight"].as_u64().unwrap();
+    assert!((1..=3).contains(&most), "{most} at once");
+}

@@ -22,7 +22,7 @@ check_interval = "100ms"
 
 [services.llama]
 kind = "process"
-command = ["{server}", "-m", "{model}", "--port", "${{PORT}}", "-c", "512", "-t", "1"]
+command = ["{server}", "-m", "{model}", "--port", "${{PORT}}", "-c", "512", "-t", "1", "-np", "2"]
 env = {{ LLAMA_ARG_CTX_SIZE = "512" }}
 health = "/health"
 start_timeout = "60s"
@@ -39,6 +39,9 @@ idle_timeout = "1500ms"
     let answer: Value = resp.json().await.unwrap();
     assert_eq!(answer["object"], "chat.completion");
     assert_eq!(answer["usage"]["completion_tokens"], 8);
+    // llama-server says how many requests it serves at once (-np 2): warden sends it no more.
+    let svc = fetch_until(Duration::from_secs(5), || w.service("llama"), |s| s["max_concurrent"] == 2).await;
+    assert_eq!(svc["max_concurrent"], 2, "{svc}");
     let pid = w.service("llama").await["pid"].as_u64().unwrap() as u32;
     assert!(w.service("llama").await["rss_bytes"].as_u64().unwrap() > 5 << 20);
 

@@ -16,7 +16,10 @@ fn service(name: &str, extra_args: &str, settings: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_cold_requests_cause_one_start_and_all_are_answered() {
-    let w = Warden::start(&service("llm", ", \"--startup-delay-ms\", \"400\"", "max_queue = 100"));
+    // max_concurrent above 50: all of them are sent on together once it runs (the default
+    // paces a burst; see tests/hardening.rs).
+    let w =
+        Warden::start(&service("llm", ", \"--startup-delay-ms\", \"400\"", "max_queue = 100\nmax_concurrent = 100"));
     let client = reqwest::Client::new();
     let requests = (0..50).map(|_| {
         let client = client.clone();

@@ -9,6 +9,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+/// A service that has not accepted a connection in this long gets a clear 502, not a hang: a
+/// backend whose accept backlog is full drops connection attempts, and SYN retransmits grow.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Pooled HTTP/1 client to local services: keep-alive connections make the hot path one write
 /// and one read on an open socket.
 pub type HttpClient = Client<HttpConnector, Body>;
@@ -16,7 +20,7 @@ pub type HttpClient = Client<HttpConnector, Body>;
 pub fn client() -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(256)

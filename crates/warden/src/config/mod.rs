@@ -292,7 +292,8 @@ pub struct ServiceConfig {
     pub idle_timeout: Option<Duration>,
     pub desired: Desired,
     pub max_queue: usize,
-    /// Requests it serves at once (None = no limit); more wait in the priority queue.
+    /// Requests it serves at once, as configured (None: not set; see `concurrency`); more wait
+    /// in the priority queue.
     pub max_concurrent: Option<u32>,
     /// The estimate until measured; None = unknown (counts as 0 until measured).
     pub memory: Option<MemorySetting>,
@@ -303,6 +304,24 @@ pub struct ServiceConfig {
     pub reload: bool,
     /// Services in one exclusive group never run together.
     pub group: Option<String>,
+}
+
+/// Requests a local service (process or container) is sent at once unless configured: a burst
+/// released by a cold start must not swamp a backend with a small accept backlog (Python's is
+/// 5), and the rest wait in warden's queue, where priority applies. llama-server's own slot
+/// count replaces it once learned.
+pub const DEFAULT_LOCAL_CONCURRENCY: u32 = 32;
+
+impl ServiceConfig {
+    /// Requests sent to it at once: as configured, else the default for local services (a
+    /// hosted API has no default: its pools and rate limits shape it).
+    pub fn concurrency(&self) -> Option<u32> {
+        match self.kind {
+            _ if self.max_concurrent.is_some() => self.max_concurrent,
+            ServiceKind::Remote(_) => None,
+            ServiceKind::Process(_) | ServiceKind::Container(_) => Some(DEFAULT_LOCAL_CONCURRENCY),
+        }
+    }
 }
 
 /// A config error for people: `services.llama.start_timeout: invalid duration "5 minutes" at line 14`.

@@ -19,6 +19,21 @@ pub fn next_delay(d: Duration) -> Duration {
     (d * 3 / 2).min(MAX_DELAY)
 }
 
+/// llama-server's slot count (`GET /props` → `total_slots`): how many requests it serves at
+/// once. None for servers that do not say.
+pub async fn slots(client: &HttpClient, upstream: &str) -> Option<u32> {
+    let uri: Uri = format!("http://{upstream}/props").parse().ok()?;
+    let req = Request::get(uri).body(Body::empty()).ok()?;
+    let resp = tokio::time::timeout(PROBE_TIMEOUT, client.request(req)).await.ok()?.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let body =
+        tokio::time::timeout(PROBE_TIMEOUT, http_body_util::BodyExt::collect(resp.into_body())).await.ok()?.ok()?;
+    let props: serde_json::Value = serde_json::from_slice(&body.to_bytes()).ok()?;
+    props["total_slots"].as_u64().filter(|&n| n > 0).and_then(|n| u32::try_from(n).ok())
+}
+
 /// One probe: true when the service answers its health check.
 /// `upstream` is "host:port". `Health::Docker` is the container driver's to answer.
 pub async fn probe(client: &HttpClient, health: &Health, upstream: &str) -> bool {

@@ -77,7 +77,21 @@ pub(super) async fn forward(
     let within = lease.config().response_timeout;
     let resp = match tokio::time::timeout(within, client.request(req)).await {
         Ok(resp) => {
-            resp.map_err(|e| ApiError::BadGateway { service: service.clone(), detail: describe_client_error(&e) })?
+            resp.map_err(|e| {
+                // Refused, or no answer to the connect within the client's bound (5 s): say so
+                // rather than leave the client guessing.
+                let detail = if e.is_connect() {
+                    let within = crate::base::http::CONNECT_TIMEOUT.as_secs();
+                    format!(
+                        "could not connect to {} within {within} s: {}",
+                        lease.upstream(),
+                        describe_client_error(&e)
+                    )
+                } else {
+                    describe_client_error(&e)
+                };
+                ApiError::BadGateway { service: service.clone(), detail }
+            })?
         }
         Err(_) => {
             extras.ticket.backend_timed_out(&service, within);

@@ -117,10 +117,12 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let client = crate::base::http::client();
     let directory = Arc::new(Directory::new(config.models.clone()));
     let (room, room_requests) = tokio::sync::mpsc::unbounded_channel();
+    let (learned, mut learned_rx) = tokio::sync::mpsc::unbounded_channel::<crate::service::Learned>();
     let ctx = OwnerContext {
         state_dir,
         room,
         directory: directory.clone(),
+        learned,
         client: client.clone(),
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
@@ -128,6 +130,19 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let config = Arc::new(config);
     let gate = Arc::new(crate::admission::gate::Gate::new(config.clone())?);
     tasks.spawn(gate.clone().run_timer(shutdown.clone()).instrument(tracing::info_span!("scheduler timer")));
+    // What services say of their own concurrency paces what admission sends them.
+    let (pace_gate, pace_shutdown) = (gate.clone(), shutdown.clone());
+    tasks.spawn(
+        async move {
+            loop {
+                tokio::select! {
+                    _ = pace_shutdown.cancelled() => break,
+                    Some(l) = learned_rx.recv() => pace_gate.set_service_limit(l.service, l.slots),
+                }
+            }
+        }
+        .instrument(tracing::info_span!("pacing")),
+    );
     let services: Vec<_> =
         config.services.iter().enumerate().map(|(i, s)| spawn_owner(i, Arc::new(s.clone()), ctx.clone())).collect();
     let coordinator = Arc::new(Coordinator::new(&config, services.clone()));

@@ -25,7 +25,7 @@ use crate::config::ServiceConfig;
 use crate::driver::logs::ServiceLog;
 use crate::driver::Meter;
 use lease::Lease;
-pub use owner::{spawn_owner, OwnerContext};
+pub use owner::{spawn_owner, Learned, OwnerContext};
 use policy::lifecycle::State;
 
 /// What everyone may read about one model of a service. Append-only per service: a model's

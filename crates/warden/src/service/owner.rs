@@ -38,11 +38,21 @@ pub struct OwnerContext {
     pub room: RoomTx,
     /// Where discovered models are published for routing.
     pub directory: Arc<Directory>,
+    /// Where a service's own concurrency, learned once it runs (llama-server's slots), is
+    /// reported; the server passes it to admission.
+    pub learned: mpsc::UnboundedSender<Learned>,
     /// Health probes and model APIs.
     pub client: HttpClient,
     /// Owners and the tasks they spawn (model loads, log pumps) are tracked for shutdown.
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
+}
+
+/// A service said how many requests it serves at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Learned {
+    pub service: usize,
+    pub slots: u32,
 }
 
 type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;

@@ -45,6 +45,7 @@ impl Owner {
                 self.apply(Event::StartSucceeded);
                 // Learn what a multi-model server offers and has loaded.
                 self.reconcile();
+                self.learn_slots();
             }
             Err(failure) => {
                 warn!("Service {} failed to start: {}", self.name(), failure.reason);
@@ -64,6 +65,22 @@ impl Owner {
 
     pub(super) fn port_in_use(&self) -> u16 {
         self.shared.live().port.unwrap_or(self.shared.config.port)
+    }
+
+    /// Asks the running service how many requests it serves at once (llama-server says), for
+    /// admission to pace what it sends; only where no `max_concurrent` is configured.
+    fn learn_slots(&self) {
+        let cfg = &self.shared.config;
+        if cfg.max_concurrent.is_some() || matches!(cfg.kind, ServiceKind::Remote(_)) {
+            return;
+        }
+        let Some(upstream) = self.shared.live().upstream.clone() else { return };
+        let (client, learned, service) = (self.ctx.client.clone(), self.ctx.learned.clone(), self.index);
+        self.ctx.tasks.spawn(async move {
+            if let Some(slots) = driver::health::slots(&client, &upstream).await {
+                let _ = learned.send(super::owner::Learned { service, slots });
+            }
+        });
     }
 
     pub(super) fn begin_start(&mut self) {

@@ -109,7 +109,7 @@ impl Gate {
         ledgers.push(Ledger::new(None, month, 0));
         let mut client_max: Vec<Option<u32>> = config.clients.iter().map(|c| c.max_concurrent).collect();
         client_max.push(None);
-        let limits = Limits { client_max, service_max: config.services.iter().map(|s| s.max_concurrent).collect() };
+        let limits = Limits { client_max, service_max: config.services.iter().map(|s| s.concurrency()).collect() };
         let pools = config.pools.iter().map(|p| Pool::new(p.capacity, p.refill_per_sec, &p.sharing, 0)).collect();
         let s = &config.scheduler;
         let settings = Settings {
@@ -195,6 +195,22 @@ impl Gate {
         if !st.d.is_empty() {
             self.changed.notify_one();
         }
+    }
+
+    /// A service's concurrency, learned from the service itself (llama-server's slots) where
+    /// none is configured.
+    pub fn set_service_limit(&self, service: usize, limit: u32) {
+        let name = &self.config.services[service].name;
+        tracing::info!("Service {name} serves {limit} requests at once (it says so); no more are sent to it at once");
+        let mut st = self.lock();
+        st.d.set_service_limit(service, Some(limit));
+        let (now, _) = self.now();
+        self.dispatch(&mut st, now);
+    }
+
+    /// A service's concurrency limit now (configured, learned, or the default).
+    pub fn service_limit(&self, service: usize) -> Option<u32> {
+        self.lock().d.service_limit(service)
     }
 
     pub fn set_paused(&self, paused: bool) {

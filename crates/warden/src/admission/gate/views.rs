@@ -165,7 +165,7 @@ impl Gate {
         if client_max.is_some_and(|m| st.d.running(c) >= m) {
             reasons.push("the client's max_concurrent requests are running".into());
         }
-        let service_max = self.config.services[service].max_concurrent;
+        let service_max = st.d.service_limit(service);
         if service_max.is_some_and(|m| st.d.service_running(service) >= m) {
             reasons.push(format!("service {} is at its max_concurrent", self.config.services[service].name));
         }

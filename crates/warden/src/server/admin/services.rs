@@ -36,7 +36,7 @@ fn unix_secs(t: Option<SystemTime>) -> Value {
 }
 
 /// One service as `GET /admin/services` shows it, its memory measured now.
-pub async fn service_status(svc: &ServiceHandle) -> Value {
+pub async fn service_status(app: &App, svc: &ServiceHandle) -> Value {
     let meter = svc.shared.live().meter.clone();
     let rss = match meter {
         Some(m) => m.memory_bytes().await,
@@ -56,6 +56,8 @@ pub async fn service_status(svc: &ServiceHandle) -> Value {
         "models": models,
         "last_used": unix_secs(live.last_used),
         "in_flight": live.in_flight,
+        // Requests sent to it at once: configured, learned from it, or the local default.
+        "max_concurrent": app.config.service_index(&cfg.name).and_then(|i| app.gate.service_limit(i)),
         "queued": live.queued,
         "rss_bytes": rss,
         "last_error": live.last_error,
@@ -65,7 +67,7 @@ pub async fn service_status(svc: &ServiceHandle) -> Value {
 }
 
 async fn services(State(app): State<Arc<App>>) -> Json<Value> {
-    let all = futures_util::future::join_all(app.services.iter().map(service_status)).await;
+    let all = futures_util::future::join_all(app.services.iter().map(|svc| service_status(&app, svc))).await;
     Json(Value::Array(all))
 }
 
@@ -215,13 +217,13 @@ async fn start(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<
     // A lease taken and dropped at once: the service is ready and its idle clock starts now.
     let acquired = svc.acquire(None).await.map_err(|why| ApiError::Unavailable { service: name.clone(), why })?;
     drop(acquired);
-    Ok(Json(service_status(svc).await))
+    Ok(Json(service_status(&app, svc).await))
 }
 
 async fn stop(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     let svc = service(&app, &name)?;
     svc.stop(StopReason::Admin).await;
-    Ok(Json(service_status(svc).await))
+    Ok(Json(service_status(&app, svc).await))
 }
 
 /// Unloads a model now; for a single-model service that means stopping the service.

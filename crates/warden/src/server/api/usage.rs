@@ -174,13 +174,14 @@ pub async fn availability(State(app): State<Arc<App>>, Extension(caller): Extens
     let services: Vec<Value> = app
         .services
         .iter()
-        .map(|svc| {
+        .enumerate()
+        .map(|(i, svc)| {
             let live = svc.shared.live();
             json!({
                 "name": svc.name(),
                 "state": live.state.as_str(),
                 "in_flight": live.in_flight,
-                "max_concurrent": svc.shared.config.max_concurrent,
+                "max_concurrent": app.gate.service_limit(i),
             })
         })
         .collect();
