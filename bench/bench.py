@@ -338,13 +338,27 @@ desired = "on"
 # ---------------------------------------------------------------- P2: wake overhead
 
 def p2(bins, a):
+    # Backends that start listening after 0 s, 0.1 s, 1 s and 10 s: the overhead must not grow
+    # with the start time (probes are paced, not backed off).
+    delays = [(0, a.wakes), (100, a.wakes)] if a.smoke else [(0, a.wakes), (100, a.wakes), (1000, 10), (10000, 3)]
+    out = {"by_start": {}}
+    for delay, n in delays:
+        out["by_start"][str(delay)] = p2_fake(bins, delay, n)
+    out["fake"] = out["by_start"]["0"]
+    if LLAMA and not a.smoke:
+        out["llama"] = p2_llama(bins, a)
+    return out
+
+
+def p2_fake(bins, delay_ms, wakes):
     d = tempfile.mkdtemp(prefix="wake-")
     ready = Path(d) / "ready.json"
     w = Warden(bins, f"""
 [services.bench]
 kind = "process"
-command = ["FAKE", "--port", "${{PORT}}", "--ready-file", "{ready}"]
+command = ["FAKE", "--port", "${{PORT}}", "--ready-file", "{ready}", "--startup-delay-ms", "{delay_ms}"]
 models = ["bench"]
+start_timeout = "60s"
 """)
     host, port = "127.0.0.1", w.port
     body = json.dumps(CHAT)
@@ -360,11 +374,11 @@ models = ["bench"]
         warm.append(time.perf_counter_ns() - t0)
     conn.close()
     warm_ms = statistics.median(warm) / 1e6
-    overheads, backend = [], []
-    for _ in range(a.wakes):
+    overheads, backend, noticed, released = [], [], [], []
+    for _ in range(wakes):
         w.admin("/admin/services/bench/stop")
         ready.unlink(missing_ok=True)
-        conn = http.client.HTTPConnection(host, port)
+        conn = http.client.HTTPConnection(host, port, timeout=120)
         conn.connect()
         t0 = time.time_ns()
         conn.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
@@ -376,12 +390,15 @@ models = ["bench"]
         own = (rec["listen_unix_ns"] - rec["exec_unix_ns"]) / 1e6
         backend.append(own)
         overheads.append((t1 - t0) / 1e6 - own - warm_ms)
+        # The backend's own clock: when it first answered /health, and when the held request came.
+        st = json.loads(urllib.request.urlopen(f"{w.base}/svc/bench/stats", timeout=10).read())
+        noticed.append((st["first_health_unix_ns"] - rec["listen_unix_ns"]) / 1e6)
+        released.append((st["first_request_unix_ns"] - st["first_health_unix_ns"]) / 1e6)
     w.close()
-    out = {"fake": {"median": statistics.median(overheads), "p90": pct(overheads, 90), "n": len(overheads),
-                    "backend_exec_to_listen_median": statistics.median(backend), "warm_request_ms": warm_ms}}
-    if LLAMA and not a.smoke:
-        out["llama"] = p2_llama(bins, a)
-    return out
+    return {"median": statistics.median(overheads), "p90": pct(overheads, 90), "n": len(overheads),
+            "backend_exec_to_listen_median": statistics.median(backend), "warm_request_ms": warm_ms,
+            "listen_to_healthy_median": statistics.median(noticed),
+            "healthy_to_request_median": statistics.median(released)}
 
 
 def make_model(path, width):
@@ -526,7 +543,8 @@ def p5(bins, a):
     w = Warden(bins, f"""
 [services.cold]
 kind = "process"
-command = ["FAKE", "--port", "${{PORT}}", "--startup-delay-ms", "1000"]
+# Slow to accept, like a Python server (backlog 5): what warden releases is paced to it.
+command = ["FAKE", "--port", "${{PORT}}", "--startup-delay-ms", "1000", "--backlog", "5", "--accept-delay-ms", "1"]
 models = ["bench"]
 max_queue = {a.held}
 start_timeout = "5m"
@@ -618,15 +636,22 @@ def report(r, a):
     if "p2" in r:
         f = r["p2"]["fake"]
         L += [f"\n## P2 — wake overhead\n",
-              f"A stopped service is woken by a chat completion, {f['n']} times. Overhead = time to the answer's "
+              f"A stopped service is woken by a chat completion. Overhead = time to the answer's "
               f"first bytes − the backend's own exec-to-listening time (the fake backend records both instants) − "
               f"a warm request's time ({f['warm_request_ms']:.3f} ms). It includes spawning the process and "
-              f"noticing it is healthy (probes start at 2 ms and back off ×1.5 to 50 ms).\n",
-              "| backend | overhead median ms | p90 ms | backend's own start median ms |", "|---|---|---|---|",
-              f"| fake-backend | {f['median']:.2f} | {f['p90']:.2f} | {f['backend_exec_to_listen_median']:.2f} |"]
+              f"noticing it is healthy: a TCP connect every 2 ms until the port accepts, then the health check "
+              f"every 5 ms. The fake backend is told to start listening after 0 s to 10 s.\n",
+              "Two parts of it are read off the backend's own clock: from listening to its first answered health "
+              "check (the probe's pace), and from that answer to the held request's arrival (target ≤ 10 ms).\n",
+              "| backend | wakes | overhead median ms | p90 ms | listen → healthy ms | healthy → request ms | "
+              "backend's own start median ms |", "|---|---|---|---|---|---|---|"]
+        for delay, b in r["p2"].get("by_start", {"0": f}).items():
+            L.append(f"| fake-backend, listens after {int(delay) / 1000:g} s | {b['n']} | {b['median']:.2f} | "
+                     f"{b['p90']:.2f} | {b.get('listen_to_healthy_median', float('nan')):.2f} | "
+                     f"{b.get('healthy_to_request_median', float('nan')):.2f} | {b['backend_exec_to_listen_median']:.2f} |")
         if "llama" in r["p2"]:
             l = r["p2"]["llama"]
-            L.append(f"| llama-server (tiny GGUF) | {l['overhead_median']:.2f} | {l['overhead_p90']:.2f} | "
+            L.append(f"| llama-server (tiny GGUF) | {l['n']} | {l['overhead_median']:.2f} | {l['overhead_p90']:.2f} | - | - | "
                      f"{l['alone_exec_to_healthy_median']:.2f} |")
             L.append(f"\nFor llama-server the backend's own time cannot be read from inside it: it is the median "
                      f"exec-to-healthy time of {l['n']} standalone starts polled every millisecond, so the "

@@ -83,6 +83,10 @@ struct Args {
 struct Fake {
     args: Args,
     requests: AtomicU64,
+    /// When it first answered its health check, and first got a completion (Unix ns; 0 =
+    /// not yet): how long a held request took to arrive after the backend was ready.
+    first_health_ns: AtomicU64,
+    first_request_ns: AtomicU64,
     /// Completions being answered now, and the most there ever were at once (for /stats).
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
@@ -132,6 +136,7 @@ struct InFlight(Arc<Fake>);
 
 impl InFlight {
     fn new(fake: &Arc<Fake>) -> InFlight {
+        let _ = fake.first_request_ns.compare_exchange(0, unix_ns() as u64, Ordering::SeqCst, Ordering::SeqCst);
         let now = fake.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         fake.max_in_flight.fetch_max(now, Ordering::SeqCst);
         InFlight(fake.clone())
@@ -200,10 +205,18 @@ async fn main() {
         requests: AtomicU64::new(0),
         in_flight: AtomicU64::new(0),
         max_in_flight: AtomicU64::new(0),
+        first_health_ns: AtomicU64::new(0),
+        first_request_ns: AtomicU64::new(0),
         loaded: Mutex::default(),
     });
     let app = Router::new()
-        .route(&health, get(|| async { Json(json!({"status": "ok"})) }))
+        .route(
+            &health,
+            get(|State(fake): State<Arc<Fake>>| async move {
+                let _ = fake.first_health_ns.compare_exchange(0, unix_ns() as u64, Ordering::SeqCst, Ordering::SeqCst);
+                Json(json!({"status": "ok"}))
+            }),
+        )
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
@@ -274,7 +287,9 @@ async fn props(State(fake): State<Arc<Fake>>) -> Response {
 
 async fn stats(State(fake): State<Arc<Fake>>) -> Json<Value> {
     Json(json!({"pid": std::process::id(), "requests": fake.requests.load(Ordering::SeqCst),
-        "max_in_flight": fake.max_in_flight.load(Ordering::SeqCst)}))
+        "max_in_flight": fake.max_in_flight.load(Ordering::SeqCst),
+        "first_health_unix_ns": fake.first_health_ns.load(Ordering::SeqCst),
+        "first_request_unix_ns": fake.first_request_ns.load(Ordering::SeqCst)}))
 }
 
 async fn echo(

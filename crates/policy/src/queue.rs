@@ -194,6 +194,13 @@ impl Dispatcher {
         self.entries.iter()
     }
 
+    /// When the longest-waiting request was queued: each lane is FIFO, so only lane heads are
+    /// looked at (O(lanes), whatever the number of requests queued).
+    pub fn oldest_enqueued_ms(&mut self) -> Option<u64> {
+        let heads = self.heads();
+        heads.iter().filter_map(|id| self.entries.get(id)).map(|w| w.enqueued_ms).min()
+    }
+
     pub fn running(&self, client: usize) -> u32 {
         self.client_running.get(client).copied().unwrap_or(0)
     }

@@ -201,3 +201,23 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_oldest_wait_and_a_learned_limit() {
+    let mut d = one_at_a_time(2);
+    assert_eq!(d.oldest_enqueued_ms(), None);
+    d.push(req(0, 20, Class::Batch, 50));
+    d.push(req(1, 20, Class::Normal, 30));
+    d.push(req(1, 20, Class::Normal, 40));
+    assert_eq!(d.oldest_enqueued_ms(), Some(30));
+    let first = d.next(at(60)).unwrap();
+    assert!(d.next(at(60)).is_none(), "one at a time");
+    // The service says it serves two at once: the next one runs, not a third.
+    d.set_service_limit(0, Some(2));
+    assert_eq!(d.service_limit(0), Some(2));
+    assert!(d.next(at(61)).is_some());
+    assert!(d.next(at(61)).is_none());
+    d.finish(&first, None, 62);
+    assert!(d.next(at(62)).is_some());
+    assert_eq!(d.oldest_enqueued_ms(), None);
+}

@@ -1,5 +1,8 @@
-//! Readiness probes: fast at first (a few ms), backing off to a short cap, so a held request
-//! is released within milliseconds of the backend becoming healthy.
+//! Readiness probes, paced so that a held request is released within a few milliseconds of
+//! the backend becoming ready, whatever its start takes, at bounded cost: until the port
+//! accepts, a TCP connect every 2 ms (refused at once, a few microseconds each); then the
+//! health check every 5 ms (one request on a kept-alive connection). A container's own
+//! HEALTHCHECK status is asked of the engine, less often.
 
 use std::time::Duration;
 
@@ -9,14 +12,18 @@ use hyper::{Request, Uri};
 use crate::base::http::HttpClient;
 use crate::config::Health;
 
-pub const FIRST_DELAY: Duration = Duration::from_millis(2);
-pub const MAX_DELAY: Duration = Duration::from_millis(50);
+/// Between TCP connect checks while the port does not accept yet.
+pub const PORT_EVERY: Duration = Duration::from_millis(2);
+/// Between health checks once the port accepts.
+pub const HEALTH_EVERY: Duration = Duration::from_millis(5);
+/// Between asks of the container engine for a HEALTHCHECK status.
+pub const ENGINE_EVERY: Duration = Duration::from_millis(50);
 /// One probe may not hang on a port that accepts but never answers.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The delay after `d`: ×1.5, capped.
-pub fn next_delay(d: Duration) -> Duration {
-    (d * 3 / 2).min(MAX_DELAY)
+/// Whether something accepts connections at `upstream` ("host:port").
+pub async fn port_open(upstream: &str) -> bool {
+    tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(upstream)).await.is_ok_and(|r| r.is_ok())
 }
 
 /// llama-server's slot count (`GET /props` → `total_slots`): how many requests it serves at
@@ -38,9 +45,7 @@ pub async fn slots(client: &HttpClient, upstream: &str) -> Option<u32> {
 /// `upstream` is "host:port". `Health::Docker` is the container driver's to answer.
 pub async fn probe(client: &HttpClient, health: &Health, upstream: &str) -> bool {
     match health {
-        Health::Port | Health::Docker => {
-            tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(upstream)).await.is_ok_and(|r| r.is_ok())
-        }
+        Health::Port | Health::Docker => port_open(upstream).await,
         Health::Path(path) => {
             let Ok(uri) = format!("http://{upstream}{path}").parse::<Uri>() else { return false };
             let req = Request::get(uri).body(Body::empty()).expect("valid request");
@@ -49,25 +54,5 @@ pub async fn probe(client: &HttpClient, health: &Health, upstream: &str) -> bool
                 Ok(Ok(resp)) if resp.status().is_success()
             )
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn delays_grow_to_the_cap() {
-        let mut d = FIRST_DELAY;
-        let mut total = Duration::ZERO;
-        for _ in 0..8 {
-            total += d;
-            d = next_delay(d);
-        }
-        assert!(total < Duration::from_millis(100), "early probes stay dense: {total:?}");
-        for _ in 0..20 {
-            d = next_delay(d);
-        }
-        assert_eq!(d, MAX_DELAY);
     }
 }

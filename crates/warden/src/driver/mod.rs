@@ -151,18 +151,27 @@ pub async fn start(ctx: StartContext<'_>) -> Result<Running, StartFailure> {
             (Running::Container(handle), ctx.config.upstream.clone().unwrap_or_default())
         }
     };
-    let mut delay = health::FIRST_DELAY;
+    // A health path is asked only once the port accepts (cheap connects until then).
+    let mut listening = !matches!(ctx.config.health, Health::Path(_));
     loop {
-        if running.probe(ctx.client, &ctx.config.health, &upstream).await {
+        if !listening {
+            listening = health::port_open(&upstream).await;
+        }
+        if listening && running.probe(ctx.client, &ctx.config.health, &upstream).await {
             return Ok(running);
         }
+        let every = match (&running, &ctx.config.health) {
+            (Running::Container(_), Health::Docker) => health::ENGINE_EVERY,
+            (_, Health::Path(_)) if listening => health::HEALTH_EVERY,
+            _ => health::PORT_EVERY,
+        };
         tokio::select! {
             exit = running.exited() => {
                 // Let the log pumps catch the last lines before reporting them.
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 return Err(fail(format!("exited before becoming healthy ({})", exit.reason)));
             }
-            _ = tokio::time::sleep(delay) => delay = health::next_delay(delay),
+            _ = tokio::time::sleep(every) => {}
         }
     }
 }

@@ -26,7 +26,8 @@ impl Meter {
     /// For an answer with these headers; `usage`: read what it reports using (model requests).
     pub fn new(mut ticket: Ticket, answer: &http::response::Parts, usage: bool) -> Meter {
         ticket.status = Some(answer.status.as_u16());
-        let scanner = (usage && answer.status.is_success()).then(|| Scanner::new(is_sse(answer)));
+        // The usage is read only where it is accounted (a price, pools, or clients).
+        let scanner = (usage && ticket.accounted && answer.status.is_success()).then(|| Scanner::new(is_sse(answer)));
         Meter { ticket, scanner }
     }
 }

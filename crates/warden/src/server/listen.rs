@@ -33,6 +33,19 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
+/// The accept backlog asked for (the kernel caps it at net.core.somaxconn): a burst of
+/// thousands of clients, as when many requests arrive for a sleeping service, must not sit in
+/// SYN retransmits before warden even sees them (tokio's default is 1024).
+const BACKLOG: u32 = 65_535;
+
+/// The front door's socket.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// A refused connection gets this long to read its 503.
 const REFUSAL_WITHIN: Duration = Duration::from_secs(5);
 

@@ -101,9 +101,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let termination = termination_signal();
     // Each connection is a file descriptor; keep a reserve for services, logs and the database.
     let default_max_connections = (crate::driver::limits::raise_open_files().saturating_sub(256)).max(64) as usize;
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+    let listener =
+        listen::bind(config.server.listen).map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     for service in orphans::stop_leftovers(&state_dir) {
         warn!("Stopped service {service}'s processes left running by a previous warden");

@@ -42,6 +42,10 @@ pub struct Ticket {
     pub usage: Option<Usage>,
     /// The service died mid-answer after about this many completion tokens reached the client.
     pub cut_after: Option<u64>,
+    /// Its usage is worth reading and a durable row: the model has a price or pools, or clients
+    /// are configured (each client's history). An anonymous request to a free model pays for
+    /// neither; `/metrics` still counts it.
+    pub accounted: bool,
 }
 
 impl Ticket {
@@ -91,6 +95,9 @@ impl Drop for Ticket {
             st.running.remove(&self.request_id);
             gate.budget_alerts(self.client, &st.ledgers[self.client]);
             gate.dispatch(&mut st, now);
+        }
+        if !self.accounted {
+            return;
         }
         gate.store.record(UsageRecord {
             request_id: std::mem::take(&mut self.request_id),

@@ -17,7 +17,7 @@ impl Gate {
             let wait = {
                 let mut st = self.lock();
                 let (now, _) = self.now();
-                if let Some(oldest) = st.d.waiting().map(|(_, w)| w.enqueued_ms).min() {
+                if let Some(oldest) = st.d.oldest_enqueued_ms() {
                     self.wait_alerts(now.ms.saturating_sub(oldest));
                 }
                 st.d.wake_in_ms(now).map_or(Duration::from_secs(60), |ms| Duration::from_millis(ms.clamp(1, 60_000)))
