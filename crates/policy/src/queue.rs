@@ -4,8 +4,10 @@
 //! Shape: one FIFO lane per (client, class, route). Within a lane every request has the same
 //! tier, urgency, fairness, service and pools, and the older one has waited longer, so the
 //! head is always the lane's best: only the k lane heads are scored, never all n requests.
-//! Push is O(1); choosing is O(k log k) in the number of non-empty lanes, independent of how
-//! many requests wait.
+//! Push is O(1); choosing is O(k) in the number of non-empty lanes, independent of how many
+//! requests wait: each lane entry carries what its rank needs (tier, enqueue time), so the
+//! usual dispatch scores every head with integer math and no map lookups, fairness being
+//! computed once per client.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
@@ -102,11 +104,14 @@ impl Score {
 }
 
 pub fn score(w: &Waiting, now_ms: u64, fairness: u32, s: &Settings) -> Score {
-    let waited = now_ms.saturating_sub(w.enqueued_ms);
+    score_of(w.tier, w.class, now_ms.saturating_sub(w.enqueued_ms), fairness, s)
+}
+
+fn score_of(tier: u32, class: Class, waited_ms: u64, fairness: u32, s: &Settings) -> Score {
     Score {
-        tier: w.tier.min(40) * 100,
-        urgency: w.class.urgency() * 100,
-        aging: (waited.saturating_mul(2000) / s.aging_full_ms.max(1)).min(2000) as u32,
+        tier: tier.min(40) * 100,
+        urgency: class.urgency() * 100,
+        aging: (waited_ms.saturating_mul(2000) / s.aging_full_ms.max(1)).min(2000) as u32,
         fairness,
     }
 }
@@ -114,9 +119,40 @@ pub fn score(w: &Waiting, now_ms: u64, fairness: u32, s: &Settings) -> Score {
 /// (not starving, score, enqueued, id): ascending = the order requests would run in.
 type Key = (Reverse<bool>, Reverse<u32>, u64, Id);
 
+/// A request in its lane, with what its rank needs besides the lane's own client and class.
+#[derive(Debug, Clone, Copy)]
+struct Queued {
+    id: Id,
+    tier: u32,
+    enqueued_ms: u64,
+}
+
+/// A request's rank key: starving ones oldest first (they ignore the score), then by score,
+/// then oldest.
+fn rank_key(w: &Waiting, id: Id, now: Now, settings: &Settings, fairness: u32) -> Key {
+    rank(w.tier, w.class, w.enqueued_ms, id, now, settings, fairness)
+}
+
+fn rank(tier: u32, class: Class, enqueued_ms: u64, id: Id, now: Now, s: &Settings, fairness: u32) -> Key {
+    let waited = now.ms.saturating_sub(enqueued_ms);
+    let starving = waited >= s.starve_ms;
+    // Starving requests ignore the score: oldest first.
+    let total = if starving { 0 } else { score_of(tier, class, waited, fairness, s).total() };
+    (Reverse(starving), Reverse(total), enqueued_ms, id)
+}
+
+/// Fairness points (hundredths, 0–1000) of a client given everyone's decayed use: 10 for one
+/// that used nothing recently, down to 0 for one that had it all.
+fn fairness_share(recent: &[f64], total: f64, client: usize) -> u32 {
+    if total <= 0.0 {
+        return 1000;
+    }
+    (1000.0 * (1.0 - recent[client] / total)).round().clamp(0.0, 1000.0) as u32
+}
+
 pub struct Dispatcher {
     entries: IdMap<Waiting>,
-    lanes: HashMap<(usize, Class, u32), VecDeque<Id>>,
+    lanes: HashMap<(usize, Class, u32), VecDeque<Queued>>,
     next_id: Id,
     client_running: Vec<u32>,
     service_running: Vec<u32>,
@@ -167,7 +203,8 @@ impl Dispatcher {
     pub fn push(&mut self, w: Waiting) -> Id {
         let id = self.next_id;
         self.next_id += 1;
-        self.lanes.entry((w.client, w.class, w.route)).or_default().push_back(id);
+        let queued = Queued { id, tier: w.tier, enqueued_ms: w.enqueued_ms };
+        self.lanes.entry((w.client, w.class, w.route)).or_default().push_back(queued);
         self.entries.insert(id, w);
         id
     }
@@ -228,10 +265,7 @@ impl Dispatcher {
     /// Fairness points (hundredths, 0–1000) of a client: 10 for one that used nothing
     /// recently, down to 0 for one that had it all.
     fn fairness_of(&self, client: usize) -> u32 {
-        if self.recent_total <= 0.0 {
-            return 1000;
-        }
-        (1000.0 * (1.0 - self.recent[client] / self.recent_total)).round().clamp(0.0, 1000.0) as u32
+        fairness_share(&self.recent, self.recent_total, client)
     }
 
     /// Fairness points of every client.
@@ -248,10 +282,7 @@ impl Dispatcher {
     fn keys(&self, ids: impl Iterator<Item = Id>, now: Now) -> Vec<Key> {
         ids.filter_map(|id| {
             let w = self.entries.get(&id)?;
-            let starving = now.ms.saturating_sub(w.enqueued_ms) >= self.settings.starve_ms;
-            // Starving requests ignore the score: oldest first.
-            let total = if starving { 0 } else { score(w, now.ms, self.fairness_of(w.client), &self.settings).total() };
-            Some((Reverse(starving), Reverse(total), w.enqueued_ms, id))
+            Some(rank_key(w, id, now, &self.settings, self.fairness_of(w.client)))
         })
         .collect()
     }
@@ -263,16 +294,52 @@ impl Dispatcher {
         keyed.into_iter().map(|k| k.3).collect()
     }
 
+    /// The best lane head (the smallest rank key), with cancelled requests dropped from the
+    /// front of their lanes and empty lanes forgotten, in one pass.
+    fn best_head(&mut self, now: Now) -> Option<Id> {
+        let fairness: Vec<u32> = (0..self.recent.len()).map(|c| self.fairness_of(c)).collect();
+        loop {
+            let settings = &self.settings;
+            let mut best: Option<(Key, (usize, Class, u32))> = None;
+            self.lanes.retain(|&(client, class, route), lane| {
+                let Some(head) = lane.front() else { return false };
+                let key = rank(head.tier, class, head.enqueued_ms, head.id, now, settings, fairness[client]);
+                if best.is_none_or(|(b, _)| key < b) {
+                    best = Some((key, (client, class, route)));
+                }
+                true
+            });
+            let (key, lane) = best?;
+            // A cancelled request stays in its lane until it reaches the front: drop it, look again.
+            if self.entries.contains_key(&key.3) {
+                return Some(key.3);
+            }
+            if let Some(l) = self.lanes.get_mut(&lane) {
+                l.pop_front();
+            }
+        }
+    }
+
+    /// `fits` for a request that takes no pool units: only the concurrency limits and the
+    /// off-peak window (no allocation).
+    fn fits_without_pools(&self, w: &Waiting, now: Now) -> bool {
+        let full =
+            |max: &[Option<u32>], i: usize, running: u32| max.get(i).copied().flatten().is_some_and(|m| running >= m);
+        !full(&self.limits.client_max, w.client, self.running(w.client))
+            && !full(&self.limits.service_max, w.service, self.service_running(w.service))
+            && !(w.class == Class::Deferred && !self.off_peak(now))
+    }
+
     /// Lane heads, with cancelled requests dropped from the front of their lanes.
     fn heads(&mut self) -> Vec<Id> {
         let entries = &self.entries;
         self.lanes.retain(|_, lane| {
-            while lane.front().is_some_and(|id| !entries.contains_key(id)) {
+            while lane.front().is_some_and(|q| !entries.contains_key(&q.id)) {
                 lane.pop_front();
             }
             !lane.is_empty()
         });
-        self.lanes.values().filter_map(|l| l.front().copied()).collect()
+        self.lanes.values().filter_map(|l| l.front().map(|q| q.id)).collect()
     }
 
     /// Whether `w` could run now; Err carries the pools it waits for.
@@ -308,6 +375,14 @@ impl Dispatcher {
     pub fn next(&mut self, now: Now) -> Option<Grant> {
         if self.paused || self.entries.is_empty() {
             return None;
+        }
+        // Usually the best lane head fits: found in one pass over the lanes, no allocation.
+        if let Some(id) = self.best_head(now) {
+            let w = &self.entries[&id];
+            if w.pools.is_empty() && self.fits_without_pools(w, now) {
+                let w = self.entries[&id].clone();
+                return Some(self.start(id, w, now));
+            }
         }
         let heads = self.heads();
         let mut held: HashSet<usize> = HashSet::new();

@@ -39,7 +39,7 @@ use crate::app::App;
 use crate::base::caller::Caller;
 use crate::base::errors::ApiError;
 pub use admit::{class_of, parse_class};
-pub use find::model_of;
+pub use find::{model_of, nesting_within};
 pub use forward::COLD_START_HEADER;
 pub use route::Route;
 
