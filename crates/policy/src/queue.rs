@@ -327,7 +327,7 @@ impl Dispatcher {
             |max: &[Option<u32>], i: usize, running: u32| max.get(i).copied().flatten().is_some_and(|m| running >= m);
         !full(&self.limits.client_max, w.client, self.running(w.client))
             && !full(&self.limits.service_max, w.service, self.service_running(w.service))
-            && !(w.class == Class::Deferred && !self.off_peak(now))
+            && (w.class != Class::Deferred || self.off_peak(now))
     }
 
     /// Lane heads, with cancelled requests dropped from the front of their lanes.
