@@ -63,7 +63,8 @@ const MAX_HEADERS: usize = 64 << 10;
 /// have no body).
 async fn head_limits(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
     use axum::response::IntoResponse;
-    if req.uri().to_string().len() > MAX_URI {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > MAX_URI {
         return ApiError::UriTooLong { limit: MAX_URI }.into_response();
     }
     let size: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();

@@ -59,7 +59,12 @@ impl Gate {
         };
         let wait = self.config.scheduler.queue_timeout;
         let rx = pending.rx.as_mut().expect("set above");
-        let grant = match tokio::time::timeout(wait, rx).await {
+        // Usually the turn was granted at once, under the same lock: no timer to set up.
+        let granted = match rx.try_recv() {
+            Ok(grant) => Ok(Ok(grant)),
+            Err(_) => tokio::time::timeout(wait, rx).await,
+        };
+        let grant = match granted {
             Ok(Ok(grant)) => grant,
             Ok(Err(_)) => {
                 return Err(ApiError::Conflict(format!("request {} was cancelled while queued", ask.request_id)))
