@@ -23,7 +23,10 @@ pub struct Alert {
 
 #[derive(Default)]
 pub struct Alerts {
+    /// The latest alerts, newest last, at most `KEEP` (for `/admin/alerts`).
     recent: Mutex<VecDeque<Alert>>,
+    /// When each (kind, subject) was last raised: the same alert is not repeated within
+    /// `QUIET`, so a hot path that keeps tripping a threshold does not flood the log.
     last: Mutex<HashMap<(&'static str, String), Instant>>,
 }
 

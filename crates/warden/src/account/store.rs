@@ -41,8 +41,11 @@ enum Msg {
 }
 
 pub struct Store {
+    /// To the writer thread (records, flush requests); None once closed.
     tx: Mutex<Option<mpsc::Sender<Msg>>>,
+    /// The one thread that writes (grouped commits); joined on close.
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Reads for the API on a connection of their own (WAL lets them run beside the writer).
     reader: Mutex<Connection>,
 }
 

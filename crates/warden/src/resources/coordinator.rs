@@ -36,7 +36,9 @@ pub struct Saved {
 }
 
 pub struct Coordinator {
+    /// `[resources]`: threshold, reserve, minimum residency.
     cfg: ResourcesConfig,
+    /// RAM and VRAM capacity for managed services, resolved at start (None: not managed).
     ram: Option<u64>,
     vram: Option<u64>,
     /// Every service, in config order: read to plan, stopped through to offload.
@@ -45,10 +47,15 @@ pub struct Coordinator {
     measured: Mutex<Vec<Option<u64>>>,
     /// Per service: what room-making knows of its current run.
     runs: Mutex<Vec<Run>>,
+    /// Offloaded services to bring back when they fit (also in `state_dir/saved-state.json`,
+    /// so a restart still reloads them).
     saved: Mutex<Vec<Saved>>,
     /// Number of saved entries, for `reload/wait`.
     pending: watch::Sender<usize>,
+    /// Held while a room-making (or reload) decision is taken and carried out: two decisions
+    /// never count the same free bytes.
     deciding: tokio::sync::Mutex<()>,
+    /// Where footprints and the saved state are persisted.
     state_dir: PathBuf,
     /// Services offloaded since warden started, for /metrics.
     offloads: std::sync::atomic::AtomicU64,

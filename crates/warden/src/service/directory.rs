@@ -7,6 +7,8 @@ use std::sync::RwLock;
 use crate::config::ModelRef;
 
 pub struct Directory {
+    /// Model name → service and model index; read on every model request, written only when
+    /// an owner discovers a model (hence a read-write lock).
     map: RwLock<BTreeMap<String, ModelRef>>,
 }
 

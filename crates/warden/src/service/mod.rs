@@ -108,10 +108,14 @@ impl Live {
 }
 
 pub struct Shared {
+    /// The service as configured; never changes while warden runs.
     pub config: Arc<ServiceConfig>,
+    /// What everyone reads (state, leases, models), under one small mutex: leases and the
+    /// owner's state changes meet here, which is what makes idle stops race-free.
     live: Mutex<Live>,
     /// The service's `idle_sleep`, changeable at run time through the admin API.
     idle_sleep: AtomicBool,
+    /// The service's log file and in-memory tail (for start failures' messages).
     pub log: ServiceLog,
 }
 
