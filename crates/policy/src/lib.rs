@@ -5,6 +5,8 @@
 //! - `lifecycle`: a service's states and the events that move it (start backoff included).
 //! - `idle`: when a service sleeps and when a model unloads.
 //! - `planner`: does a newcomer fit in memory, and what to offload first.
+//! - `pressure`: memory level, trend and time to exhaustion, degrade at once / upgrade after a
+//!   stabilization.
 //! - admission: `class` (the five classes, the off-peak window), `budget` (micro-dollars,
 //!   prices, the monthly ledger), `bucket` (token-bucket pools), `queue` (the priority
 //!   dispatcher), `estimate` (what a request may use, from its body), `calendar` (UTC months).
@@ -18,4 +20,5 @@ pub mod estimate;
 pub mod idle;
 pub mod lifecycle;
 pub mod planner;
+pub mod pressure;
 pub mod queue;
