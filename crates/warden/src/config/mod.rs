@@ -1,6 +1,7 @@
 //! Configuration: read raw (`raw`), then validated into the runtime [`Config`] (`validate`).
 //! Every error names the full key path and the line it stands on.
 
+pub mod adapt;
 mod locate;
 pub mod raw;
 mod tenants;
@@ -33,6 +34,12 @@ pub struct Config {
     /// Pools and prices of models that have them.
     pub model_terms: BTreeMap<String, ModelTerms>,
     pub scheduler: SchedulerConfig,
+    /// `[pressure]`: the monitor's pace and thresholds.
+    pub pressure: adapt::PressureConfig,
+    /// Model → its ladder (`smaller`, `fallback`, `on_pressure`), for models that have one.
+    pub ladders: BTreeMap<String, adapt::Ladder>,
+    /// `[tasks.X]`: parameter presets by task name.
+    pub tasks: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -30,6 +30,10 @@ pub struct RawConfig {
     pub pools: BTreeMap<String, RawPool>,
     #[serde(default)]
     pub scheduler: RawScheduler,
+    #[serde(default)]
+    pub pressure: super::adapt::RawPressure,
+    #[serde(default)]
+    pub tasks: BTreeMap<String, toml::Table>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,7 +114,11 @@ pub enum RawDevice {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawModel {
-    pub service: String,
+    /// The service that serves it; may be left out for a model a service already lists.
+    pub service: Option<String>,
+    pub smaller: Option<String>,
+    pub fallback: Option<Vec<String>>,
+    pub on_pressure: Option<String>,
     pub keep_alive: Option<HumanDuration>,
     pub pools: Option<Vec<String>>,
     pub price: Option<RawPrice>,

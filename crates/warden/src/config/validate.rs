@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::raw::{RawApi, RawConfig, RawDesired, RawDevice, RawKind, RawResources, RawService};
-use super::tenants;
 use super::units::parse_size;
+use super::{adapt, tenants};
 use super::{
     Api, CapacitySetting, Config, ConfigError, ContainerSpec, Desired, Device, Health, IdleConfig, MemorySetting,
     ModelConfig, ModelRef, PortMap, ProcessSpec, RemoteSpec, ResourcesConfig, Secret, ServerConfig, ServiceConfig,
@@ -85,10 +85,25 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     }
     // `[models.X]` tables attach a keep-alive to a model, adding it to its service if needed.
     let mut terms = Vec::new();
+    let mut ladders = BTreeMap::new();
     for (model, raw_model) in raw.models {
-        let Some(svc) = services.iter_mut().find(|s| s.name == raw_model.service) else {
-            return Err(err(format!("models.{model}.service"), format!("unknown service {:?}", raw_model.service)));
+        let svc = match &raw_model.service {
+            Some(name) => services
+                .iter_mut()
+                .find(|s| &s.name == name)
+                .ok_or_else(|| err(format!("models.{model}.service"), format!("unknown service {name:?}")))?,
+            None => services.iter_mut().find(|s| s.models.iter().any(|m| m.name == model)).ok_or_else(|| {
+                err(format!("models.{model}.service"), "no service lists this model: name its service here")
+            })?,
         };
+        let ladder = adapt::Ladder {
+            smaller: raw_model.smaller,
+            fallback: raw_model.fallback.unwrap_or_default(),
+            on_pressure: adapt::on_pressure(&format!("models.{model}.on_pressure"), raw_model.on_pressure.as_deref())?,
+        };
+        if ladder != adapt::Ladder::default() {
+            ladders.insert(model.clone(), ladder);
+        }
         let keep_alive = raw_model.keep_alive.map(|d| d.0);
         terms.push((model.clone(), raw_model.pools, raw_model.price));
         match svc.models.iter_mut().find(|m| m.name == model) {
@@ -114,7 +129,24 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     let pools = tenants::pools(raw.pools, &clients)?;
     let model_terms = tenants::model_terms(terms, &pools)?;
     let scheduler = tenants::scheduler(raw.scheduler)?;
-    Ok(Config { server, idle, services, models, resources, tiers, clients, pools, model_terms, scheduler })
+    adapt::check_ladders(&ladders, &|m| models.contains_key(m))?;
+    let pressure = adapt::pressure(raw.pressure)?;
+    let tasks = adapt::tasks(raw.tasks)?;
+    Ok(Config {
+        server,
+        idle,
+        services,
+        models,
+        resources,
+        tiers,
+        clients,
+        pools,
+        model_terms,
+        scheduler,
+        pressure,
+        ladders,
+        tasks,
+    })
 }
 
 fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, ConfigError> {
@@ -334,6 +366,65 @@ models = ["tiny", "tiny-alias"]
 idle_timeout = "5m"
 desired = "on"
 "#;
+
+    #[test]
+    fn pressure_ladders_and_tasks() {
+        use crate::config::adapt::{HardwareTier, OnPressure};
+        let text = r#"
+[pressure]
+enabled = true
+degrade_at = 0.8
+upgrade_below = 0.7
+stabilization = "5m"
+tier = "auto"
+
+[pressure.tiers.small]
+degrade_at = 0.7
+upgrade_below = 0.6
+
+[services.big]
+kind = "process"
+command = ["x"]
+models = ["qwen-7b"]
+
+[services.small]
+kind = "process"
+command = ["x"]
+models = ["qwen-3b"]
+
+[models."qwen-7b"]
+smaller = "qwen-3b"
+fallback = ["qwen-3b"]
+on_pressure = "degrade"
+
+[tasks.summarization]
+temperature = 0.2
+max_tokens = 500
+"#;
+        let cfg = parse(text, Path::new(".")).unwrap();
+        assert!(cfg.pressure.enabled && cfg.pressure.tier.is_none());
+        let small = cfg.pressure.limits(HardwareTier::Small);
+        assert_eq!((small.degrade_at, small.upgrade_below), (0.7, 0.6), "a tier's own keys win");
+        let medium = cfg.pressure.limits(HardwareTier::Medium);
+        assert_eq!((medium.degrade_at, medium.upgrade_below, medium.stop_idle_at), (0.8, 0.7, 0.85));
+        let ladder = &cfg.ladders["qwen-7b"];
+        assert_eq!((ladder.smaller.as_deref(), ladder.on_pressure), (Some("qwen-3b"), OnPressure::Degrade));
+        assert_eq!(cfg.tasks["summarization"]["max_tokens"], 500);
+        assert_eq!(HardwareTier::of_capacity(8 << 30), HardwareTier::Small);
+        assert_eq!(HardwareTier::of_capacity(24 << 30), HardwareTier::Medium);
+        assert_eq!(HardwareTier::of_capacity(80 << 30), HardwareTier::Large);
+
+        let bad = |from: &str, to: &str| parse_err(&text.replace(from, to));
+        assert!(bad("smaller = \"qwen-3b\"", "smaller = \"nope\"").contains("models.qwen-7b.smaller: unknown model"));
+        assert!(bad("upgrade_below = 0.6", "upgrade_below = 0.75")
+            .contains("pressure.tiers.small.upgrade_below: must be below degrade_at"));
+        assert!(bad("tier = \"auto\"", "tier = \"huge\"").contains("pressure.tier"));
+        assert!(bad("degrade_at = 0.8", "degrade_at = 1.5").contains("pressure.degrade_at: must be a share"));
+        assert!(bad("on_pressure = \"degrade\"", "on_pressure = \"panic\"").contains("models.qwen-7b.on_pressure"));
+        let looped = text
+            .replace("[tasks.summarization]", "[models.\"qwen-3b\"]\nsmaller = \"qwen-7b\"\n\n[tasks.summarization]");
+        assert!(parse_err(&looped).contains("the ladder loops"), "{}", parse_err(&looped));
+    }
 
     #[test]
     fn listen_takes_host_names_and_server_bounds_are_checked() {
