@@ -167,6 +167,9 @@ pub struct Dispatcher {
     settings: Settings,
     /// `/admin/scheduler/stop`: nothing is dispatched, requests keep queueing.
     pub paused: bool,
+    /// The CPU is busy (`[pressure] cpu_defer_at`): `batch` and `deferred` requests wait
+    /// (bounded by their queue timeout, as always).
+    pub background_held: bool,
 }
 
 impl Dispatcher {
@@ -184,6 +187,7 @@ impl Dispatcher {
             limits,
             settings,
             paused: false,
+            background_held: false,
         }
     }
 
@@ -273,6 +277,11 @@ impl Dispatcher {
         (0..self.recent.len()).map(|c| self.fairness_of(c)).collect()
     }
 
+    /// Background classes wait while the CPU is busy.
+    fn held_back(&self, class: Class) -> bool {
+        self.background_held && matches!(class, Class::Batch | Class::Deferred)
+    }
+
     fn off_peak(&self, now: Now) -> bool {
         self.settings.off_peak.is_some_and(|w| w.contains(now.minute_utc))
     }
@@ -328,6 +337,7 @@ impl Dispatcher {
         !full(&self.limits.client_max, w.client, self.running(w.client))
             && !full(&self.limits.service_max, w.service, self.service_running(w.service))
             && (w.class != Class::Deferred || self.off_peak(now))
+            && !self.held_back(w.class)
     }
 
     /// Lane heads, with cancelled requests dropped from the front of their lanes.
@@ -353,7 +363,7 @@ impl Dispatcher {
             .copied()
             .flatten()
             .is_some_and(|m| self.service_running(w.service) >= m);
-        if client_full || service_full || (w.class == Class::Deferred && !self.off_peak(now)) {
+        if client_full || service_full || (w.class == Class::Deferred && !self.off_peak(now)) || self.held_back(w.class) {
             return Err(Vec::new());
         }
         let short: Vec<usize> = w

@@ -221,3 +221,16 @@ fn the_oldest_wait_and_a_learned_limit() {
     assert!(d.next(at(62)).is_some());
     assert_eq!(d.oldest_enqueued_ms(), None);
 }
+
+#[test]
+fn background_classes_wait_while_the_cpu_is_busy() {
+    let limits = Limits { client_max: vec![None], service_max: vec![None] };
+    let mut d = Dispatcher::new(1, limits, Vec::new(), SETTINGS);
+    d.background_held = true;
+    let batch = d.push(req(0, 20, Class::Batch, 0));
+    let urgent = d.push(req(0, 20, Class::Immediate, 1));
+    assert_eq!(d.next(at(5)).unwrap().id, urgent);
+    assert!(d.next(at(5)).is_none(), "batch waits while the CPU is busy");
+    d.background_held = false;
+    assert_eq!(d.next(at(6)).unwrap().id, batch);
+}

@@ -213,6 +213,18 @@ impl Gate {
         self.lock().d.service_limit(service)
     }
 
+    /// While the CPU is busy, `batch` and `deferred` requests wait (the pressure monitor says
+    /// when); released, they are dispatched at once.
+    pub fn set_background_held(&self, held: bool) {
+        let mut st = self.lock();
+        if st.d.background_held == held {
+            return;
+        }
+        st.d.background_held = held;
+        let (now, _) = self.now();
+        self.dispatch(&mut st, now);
+    }
+
     pub fn set_paused(&self, paused: bool) {
         let mut st = self.lock();
         st.d.paused = paused;
