@@ -67,10 +67,13 @@ pub struct Trend {
 }
 
 /// Least-squares slope of use over the samples within `window_ms` of `now_ms`, and when it
-/// reaches capacity from the latest sample. None with fewer than two samples in the window.
+/// reaches capacity from the latest sample. None until there are at least three samples
+/// spanning half the window: a trend from a couple of points would read every service start
+/// (a step) as a runaway ramp.
 pub fn trend(samples: &[Sample], window_ms: u64, now_ms: u64) -> Option<Trend> {
     let recent: Vec<&Sample> = samples.iter().filter(|s| now_ms.saturating_sub(s.at_ms) <= window_ms).collect();
-    if recent.len() < 2 {
+    let span = recent.last()?.at_ms.saturating_sub(recent.first()?.at_ms);
+    if recent.len() < 3 || span < window_ms / 2 {
         return None;
     }
     let n = recent.len() as f64;
@@ -283,12 +286,14 @@ mod tests {
     #[test]
     fn the_trend_is_a_least_squares_fit() {
         let s = |at_ms, used| Sample { at_ms, used, capacity: 1000 };
-        let tr = trend(&[s(0, 100), s(1000, 200), s(2000, 300)], 60_000, 2000).unwrap();
+        let tr = trend(&[s(0, 100), s(1000, 200), s(2000, 300)], 4000, 2000).unwrap();
         assert!((tr.bytes_per_sec - 100.0).abs() < 1e-9);
         assert_eq!(tr.exhausted_in_ms, Some(7000));
-        // Falling use never exhausts; old samples leave the window; one sample is no trend.
-        assert_eq!(trend(&[s(0, 300), s(1000, 200)], 60_000, 1000).unwrap().exhausted_in_ms, None);
-        assert!(trend(&[s(0, 100), s(100_000, 200)], 60_000, 100_000).is_none());
-        assert!(trend(&[s(0, 100)], 60_000, 0).is_none());
+        // Falling use never exhausts; old samples leave the window; too few samples, or too
+        // short a span of them, is no trend.
+        assert_eq!(trend(&[s(0, 300), s(1000, 250), s(2000, 200)], 4000, 2000).unwrap().exhausted_in_ms, None);
+        assert!(trend(&[s(0, 100), s(100_000, 200), s(100_001, 200)], 60_000, 100_001).is_none());
+        assert!(trend(&[s(0, 100), s(1000, 200)], 2000, 1000).is_none());
+        assert!(trend(&[s(0, 100), s(100, 200), s(200, 300)], 60_000, 200).is_none(), "a step is no ramp");
     }
 }

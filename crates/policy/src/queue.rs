@@ -363,7 +363,8 @@ impl Dispatcher {
             .copied()
             .flatten()
             .is_some_and(|m| self.service_running(w.service) >= m);
-        if client_full || service_full || (w.class == Class::Deferred && !self.off_peak(now)) || self.held_back(w.class) {
+        if client_full || service_full || (w.class == Class::Deferred && !self.off_peak(now)) || self.held_back(w.class)
+        {
             return Err(Vec::new());
         }
         let short: Vec<usize> = w

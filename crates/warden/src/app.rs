@@ -11,6 +11,7 @@ use crate::admission::gate::Gate;
 use crate::base::http::HttpClient;
 use crate::config::{Config, IdleConfig};
 use crate::jobs::Jobs;
+use crate::pressure::Monitor;
 use crate::resources::coordinator::Coordinator;
 use crate::service::directory::Directory;
 use crate::service::ServiceHandle;
@@ -37,31 +38,38 @@ pub struct App {
     pub gate: Arc<Gate>,
     /// Async jobs from `/api/queue/enqueue`.
     pub jobs: Arc<Jobs>,
+    /// The pressure monitor: whether to serve smaller rungs now, pinned sessions.
+    pub pressure: Arc<Monitor>,
     /// When this warden started, for `/status` uptime.
     pub started: Instant,
     /// The same, in Unix seconds (`created` of the models it lists).
     pub started_unix: u64,
 }
 
+/// The owners `App` holds handles to, made at start-up.
+pub struct Owners {
+    pub config: Arc<Config>,
+    pub services: Vec<ServiceHandle>,
+    pub directory: Arc<Directory>,
+    pub coordinator: Arc<Coordinator>,
+    pub client: HttpClient,
+    pub gate: Arc<Gate>,
+    pub jobs: Arc<Jobs>,
+    pub pressure: Arc<Monitor>,
+}
+
 impl App {
-    pub fn new(
-        config: Arc<Config>,
-        services: Vec<ServiceHandle>,
-        directory: Arc<Directory>,
-        coordinator: Arc<Coordinator>,
-        client: HttpClient,
-        gate: Arc<Gate>,
-        jobs: Arc<Jobs>,
-    ) -> Self {
+    pub fn new(o: Owners) -> Self {
         App {
-            gate,
-            jobs,
-            idle: Mutex::new(config.idle),
-            config,
-            services,
-            directory,
-            coordinator,
-            client,
+            idle: Mutex::new(o.config.idle),
+            config: o.config,
+            services: o.services,
+            directory: o.directory,
+            coordinator: o.coordinator,
+            client: o.client,
+            gate: o.gate,
+            jobs: o.jobs,
+            pressure: o.pressure,
             idle_changed: Notify::new(),
             monitor_running: AtomicBool::new(false),
             started: Instant::now(),

@@ -11,6 +11,7 @@ pub mod driver;
 pub mod idle;
 pub mod jobs;
 pub mod pipeline;
+pub mod pressure;
 pub mod resources;
 pub mod server;
 pub mod service;

@@ -16,9 +16,18 @@ const MAY_IMPORT: &[(&str, &[&str], &str)] = &[
     ("service", &["base", "config", "driver"], "services know drivers, never admission, memory or the server"),
     ("resources", &["base", "config", "driver", "service"], "the coordinator sits above services"),
     ("jobs", &["base"], "the job table holds outcomes; what a job runs is the server's business"),
-    ("app", &["base", "config", "admission", "service", "resources", "jobs"], "App only holds handles"),
+    (
+        "pressure",
+        &["base", "config", "account", "admission", "resources", "service"],
+        "the monitor measures and tells admission; it knows no HTTP and no pipeline",
+    ),
+    ("app", &["base", "config", "admission", "service", "resources", "jobs", "pressure"], "App only holds handles"),
     ("idle", &["base", "config", "service", "app"], "the idle monitor reads services through App"),
-    ("pipeline", &["base", "config", "account", "admission", "service", "app"], "the pipeline knows no routes"),
+    (
+        "pipeline",
+        &["base", "config", "account", "admission", "service", "app", "pressure"],
+        "the pipeline knows no routes",
+    ),
     (
         "server",
         &[
@@ -33,6 +42,7 @@ const MAY_IMPORT: &[(&str, &[&str], &str)] = &[
             "app",
             "idle",
             "pipeline",
+            "pressure",
         ],
         "the server is the top: everything but the CLI",
     ),

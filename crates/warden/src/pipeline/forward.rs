@@ -23,7 +23,14 @@ pub struct Extras {
     pub request_id: String,
     /// Read the answer's `usage` for the ticket (OpenAI routes).
     pub usage: bool,
+    /// The model that answers, told to the client (`x-warden-model`).
+    pub model: Option<String>,
+    /// `x-warden-degraded`: another rung than asked for answers, and why.
+    pub degraded: Option<String>,
 }
+
+pub const MODEL_HEADER: &str = "x-warden-model";
+pub const DEGRADED_HEADER: &str = "x-warden-degraded";
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) are for one connection and never forwarded.
 fn strip_hop_headers(headers: &mut HeaderMap) {
@@ -105,6 +112,11 @@ pub(super) async fn forward(
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
         parts.headers.insert(REQUEST_ID_HEADER, v);
+    }
+    for (name, value) in [(MODEL_HEADER, &extras.model), (DEGRADED_HEADER, &extras.degraded)] {
+        if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+            parts.headers.insert(name, v);
+        }
     }
     let meter = Meter::new(extras.ticket, &parts, extras.usage);
     let sse = is_sse(&parts);

@@ -6,7 +6,8 @@
 //!
 //! 1. `read`     — the body, bounded by `max_body` (413 past it)
 //! 2. `find`     — the model the body names (OpenAI dialect), or the service in the path
-//! 3. `route`    — model → service (configured or discovered)
+//! 3. `route`    — model → service (configured or discovered); then `ladder` (under
+//!    pressure, a smaller rung instead; a session keeps its rung)
 //! 4. `allow`    — may this client use this model (403)
 //! 5. `estimate` — what it may use (tokens, cost); bound `max_tokens`, ask streams for usage
 //! 6. `admit`    — budget reserved, a turn in the priority queue (bounded)
@@ -23,6 +24,7 @@ mod allow;
 mod estimate;
 mod find;
 mod forward;
+pub mod ladder;
 mod read;
 pub mod route;
 mod settle;
@@ -122,6 +124,8 @@ pub struct Planned {
     target: String,
     /// Read the answer's `usage` to settle (model requests).
     usage: bool,
+    /// Served by another rung than asked for (memory pressure), and why: told to the client.
+    degraded: Option<ladder::Degraded>,
 }
 
 /// Runs a request through every stage and answers with the service's response, whose body
@@ -132,7 +136,14 @@ pub async fn run(app: &Arc<App>, inbound: Inbound) -> Result<Response, ApiError>
     let planned = plan(app, &caller, &mut parts, body, target).await?;
     let ticket = admit::admit(app, &caller, &parts.headers, &planned.route, planned.estimate, &request_id).await?;
     let acquired = acquire::acquire(app, &planned.route).await?;
-    let extras = forward::Extras { ticket, strip_client_auth: caller.warden_key, request_id, usage: planned.usage };
+    let extras = forward::Extras {
+        ticket,
+        strip_client_auth: caller.warden_key,
+        request_id,
+        usage: planned.usage,
+        model: planned.route.model.as_ref().map(|m| m.name.clone()),
+        degraded: planned.degraded.as_ref().map(ladder::Degraded::header),
+    };
     let req = Request::from_parts(parts, planned.body);
     forward::forward(&app.client, req, &planned.target, acquired, extras).await
 }
@@ -142,15 +153,23 @@ async fn plan(app: &App, caller: &Caller, parts: &mut Parts, body: Body, target:
     let limit = app.config.server.max_body;
     match target {
         Target::Model(endpoint) => {
-            let bytes = read::whole(&parts.headers, body, limit).await?;
-            let route = route_allowed(app, caller, &find::model_of(&bytes)?)?;
+            let mut bytes = read::whole(&parts.headers, body, limit).await?;
+            let asked = route_allowed(app, caller, &find::model_of(&bytes)?)?;
+            let (mut route, mut degraded) = ladder::choose(app, asked.clone(), &parts.headers, &bytes).await;
+            if allow::check(app, caller, &route).is_err() {
+                // The client may not use the rung: it stays on the model it may use.
+                (route, degraded) = (asked, None);
+            }
+            if let Some(d) = &degraded {
+                bytes = ladder::retarget(&bytes, &d.to);
+            }
             let estimated = estimate::request(app, &route, endpoint, bytes);
-            if estimated.rewritten {
+            if estimated.rewritten || degraded.is_some() {
                 parts.headers.remove(axum::http::header::CONTENT_LENGTH);
             }
             let target = parts.uri.path_and_query().map_or(endpoint.path(), |p| p.as_str()).to_string();
             let body = Body::from(estimated.body);
-            Ok(Planned { route, estimate: estimated.estimate, body, target, usage: true })
+            Ok(Planned { route, estimate: estimated.estimate, body, target, usage: true, degraded })
         }
         Target::Service { name, path } => {
             let body = read::streamed(&parts.headers, body, limit)?;
@@ -159,7 +178,7 @@ async fn plan(app: &App, caller: &Caller, parts: &mut Parts, body: Body, target:
                 Some(q) => format!("/{path}?{q}"),
                 None => format!("/{path}"),
             };
-            Ok(Planned { route, estimate: Estimate::default(), body, target, usage: false })
+            Ok(Planned { route, estimate: Estimate::default(), body, target, usage: false, degraded: None })
         }
     }
 }

@@ -149,7 +149,22 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let run = coordinator.clone().run(room_requests, tasks.clone(), shutdown.clone());
     tasks.spawn(run.instrument(tracing::info_span!("coordinator")));
     let jobs = Arc::new(crate::jobs::Jobs::new(tasks.clone(), shutdown.clone()));
-    let app = Arc::new(App::new(config.clone(), services, directory, coordinator, client, gate.clone(), jobs));
+    let pressure = Arc::new(crate::pressure::Monitor::new(config.clone()));
+    if config.pressure.enabled {
+        let run = pressure.clone().run(coordinator.clone(), services.clone(), gate.clone(), shutdown.clone());
+        tasks.spawn(run.instrument(tracing::info_span!("pressure monitor")));
+    }
+    let owners = crate::app::Owners {
+        config: config.clone(),
+        services,
+        directory,
+        coordinator,
+        client,
+        gate: gate.clone(),
+        jobs,
+        pressure,
+    };
+    let app = Arc::new(App::new(owners));
     tasks.spawn(
         crate::idle::monitor::run(app.clone(), shutdown.clone()).instrument(tracing::info_span!("idle monitor")),
     );

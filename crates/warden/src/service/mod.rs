@@ -60,6 +60,9 @@ pub struct Live {
     pub idle_since: Option<Instant>,
     /// When the current run became ready (for the minimum residency before an offload).
     pub running_since: Option<Instant>,
+    /// How long the last successful start took (ms): the lead the pressure monitor allows for
+    /// a smaller rung to come up.
+    pub last_start_ms: Option<u64>,
     pub pid: Option<u32>,
     /// The port warden picked for a process service.
     pub port: Option<u16>,
@@ -253,6 +256,7 @@ impl Shared {
                 last_used: None,
                 idle_since: None,
                 running_since: None,
+                last_start_ms: None,
                 pid: None,
                 port: None,
                 upstream: None,

@@ -34,6 +34,7 @@ impl Owner {
                     live.meter = running.meter(self.shared.config.device);
                     live.idle_since = Some(now);
                     live.running_since = Some(now);
+                    live.last_start_ms = Some(took.as_millis() as u64);
                     live.last_error = None;
                     live.starts_total += 1;
                     for m in &mut live.models {

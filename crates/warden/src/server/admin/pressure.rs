@@ -1,0 +1,68 @@
+//! `GET /admin/pressure`: the monitor's level, tier, thresholds, samples, trend and projected
+//! exhaustion, each laddered model's current rung, the latest switches with their reasons, and
+//! what would relieve the pressure.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::app::App;
+
+pub(super) fn routes() -> Router<Arc<App>> {
+    Router::new().route("/admin/pressure", get(pressure))
+}
+
+async fn pressure(State(app): State<Arc<App>>) -> Json<Value> {
+    let mut view = app.pressure.view(&app.coordinator);
+    view["models"] = json!(rungs(&app));
+    view["suggestions"] = json!(suggestions(&app));
+    Json(view)
+}
+
+/// What a new request for each laddered model is served by now (no session).
+fn rungs(app: &App) -> Vec<Value> {
+    app.config
+        .ladders
+        .iter()
+        .map(|(model, ladder)| {
+            let rung = crate::pipeline::ladder::rung_now(app, model);
+            json!({"model": model, "rung": rung, "degraded": &rung != model, "smaller": ladder.smaller,
+                   "fallback": ladder.fallback, "on_pressure": ladder.on_pressure})
+        })
+        .collect()
+}
+
+/// What would relieve memory pressure now: idle services holding memory, long idle timeouts.
+fn suggestions(app: &App) -> Vec<String> {
+    let settings = app.idle_settings();
+    let mut out = Vec::new();
+    for (i, svc) in app.services.iter().enumerate() {
+        let live = svc.shared.live();
+        if live.state != policy::lifecycle::State::Running || live.in_flight > 0 {
+            continue;
+        }
+        let footprint = app.coordinator.remembered(i).unwrap_or(0);
+        let idle_for = live.idle_since.map_or(0, |t| t.elapsed().as_secs());
+        if footprint > 0 && idle_for >= 60 {
+            out.push(format!(
+                "service {} holds {} MiB and has been idle for {} s: `warden sleep {}` frees it",
+                svc.name(),
+                footprint >> 20,
+                idle_for,
+                svc.name()
+            ));
+        }
+        let timeout = svc.shared.config.idle_timeout.unwrap_or(settings.timeout);
+        if timeout.as_secs() > 600 && svc.shared.idle_sleep() {
+            out.push(format!(
+                "service {} sleeps only after {} min idle: a lower idle_timeout frees its memory sooner",
+                svc.name(),
+                timeout.as_secs() / 60
+            ));
+        }
+    }
+    out
+}

@@ -1,0 +1,125 @@
+//! Adapting under memory pressure, end to end: a big model and its smaller rung, and a hog that
+//! takes memory from under them.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::json;
+
+/// A 600 MiB budget for the managed services, the big model (150 MiB, streams slowly), its
+/// smaller rung (20 MiB), and a hog whose memory can be raised on demand.
+fn ladder() -> String {
+    r#"
+[pressure]
+enabled = true
+sample_interval = "100ms"
+window = "2s"
+tier = "medium"
+degrade_at = 0.80
+upgrade_below = 0.70
+stop_idle_at = 0.99
+stabilization = "2s"
+horizon = "1s"
+
+[resources]
+ram = "600MiB"
+threshold = 1.0
+reserve = "0"
+
+[services.big]
+kind = "process"
+command = ["FAKE", "--port", "${PORT}", "--rss-mb", "150", "--tokens-per-sec", "20", "--tokens", "40"]
+models = ["big"]
+
+[services.small]
+kind = "process"
+command = ["FAKE", "--port", "${PORT}", "--rss-mb", "20"]
+models = ["small"]
+
+[services.hog]
+kind = "process"
+command = ["FAKE", "--port", "${PORT}"]
+
+[models.big]
+smaller = "small"
+"#
+    .into()
+}
+
+async fn ask(w: &Warden, session: Option<&str>) -> reqwest::Response {
+    let mut req = reqwest::Client::new().post(w.url("/v1/chat/completions")).json(&chat("big"));
+    if let Some(s) = session {
+        req = req.header("x-warden-session", s);
+    }
+    req.send().await.unwrap()
+}
+
+fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers().get(name).map(|v| v.to_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pressure_serves_the_smaller_rung_then_comes_back_after_stabilization() {
+    let w = Warden::start(&ladder());
+    let resp = ask(&w, None).await;
+    assert_eq!((resp.status().as_u16(), header(&resp, "x-warden-model")), (200, Some("big".into())));
+    assert!(header(&resp, "x-warden-degraded").is_none());
+
+    // A long stream on the big model is under way when the pressure comes.
+    let body = json!({"model": "big", "stream": true, "messages": [{"role": "user", "content": "a long answer"}]});
+    let stream = reqwest::Client::new().post(w.url("/v1/chat/completions")).json(&body).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut stream = stream.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+
+    // The hog takes 400 MiB: with big's 150 MiB that is past 80 % of 600 MiB.
+    assert_eq!(w.post("/svc/hog/allocate/400", json!({})).await.status(), 200);
+    let p = fetch_until(Duration::from_secs(10), || w.get("/admin/pressure"), |p| p["devices"][0]["degraded"] == true)
+        .await;
+    assert_eq!(p["devices"][0]["degraded"], true, "{p}");
+    assert_eq!(p["level"], "elevated", "{p}");
+    assert_eq!(p["models"][0]["rung"], "small", "{p}");
+
+    // New requests go to the smaller rung, and say so.
+    let resp = ask(&w, Some("conversation-1")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-warden-model").as_deref(), Some("small"));
+    let why = header(&resp, "x-warden-degraded").expect("x-warden-degraded");
+    assert!(why.starts_with("big -> small (") && why.contains("% of capacity in use"), "{why}");
+
+    // The stream that started on the big model finishes there, whole.
+    let mut text = String::from_utf8_lossy(&first).to_string();
+    while let Some(chunk) = stream.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert_eq!(text.matches("\"content\"").count(), 40, "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+
+    // The hog goes: use falls below upgrade_below, and after the stabilization the big model
+    // answers again; the pinned conversation stays on its rung.
+    let resp = reqwest::Client::new().post(w.url("/admin/services/hog/stop")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let back = fetch_until(
+        Duration::from_secs(15),
+        || async { json!(header(&ask(&w, None).await, "x-warden-model")) },
+        |m| m == "big",
+    )
+    .await;
+    assert_eq!(back, "big");
+    let p = w.get("/admin/pressure").await;
+    let actions: Vec<&str> = p["decisions"].as_array().unwrap().iter().map(|d| d["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["degrade", "upgrade"], "{p}");
+    let upgrade = &p["decisions"][1];
+    assert!(upgrade["reasons"][0].as_str().unwrap().contains("for 2 s"), "{upgrade}");
+    let degrade_ms = p["decisions"][0]["at_unix_ms"].as_u64().unwrap();
+    let upgrade_ms = upgrade["at_unix_ms"].as_u64().unwrap();
+    assert!(upgrade_ms - degrade_ms >= 2000, "upgraded {} ms after degrading", upgrade_ms - degrade_ms);
+    let pinned = ask(&w, Some("conversation-1")).await;
+    assert_eq!(header(&pinned, "x-warden-model").as_deref(), Some("small"), "the conversation keeps its rung");
+    assert!(w.log().contains("Memory pressure on RAM: serving smaller models"), "{}", w.log());
+    let alerts = w.get("/admin/alerts").await;
+    assert!(alerts["alerts"].as_array().unwrap().iter().any(|a| a["kind"] == "degraded"), "{alerts}");
+}
