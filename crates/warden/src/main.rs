@@ -56,6 +56,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Memory pressure: level and trend per device, CPU, the rung each laddered model is served
+    /// by, the latest switches and suggestions.
+    Pressure {
+        #[arg(long)]
+        json: bool,
+    },
     /// Memory capacity and use per device, and each service's estimate and measured footprint.
     Resources {
         #[arg(long)]
@@ -114,6 +120,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Cmd::Status { json } => cli::status(&client(), json).await,
         Cmd::Plan { name, json } => cli::plan(&client(), &name, json).await,
         Cmd::Resources { json } => cli::resources(&client(), json).await,
+        Cmd::Pressure { json } => cli::pressure(&client(), json).await,
         Cmd::Usage { client: name, json } => cli::usage(&client(), &name, json).await,
         Cmd::Queue { json } => cli::queue(&client(), json).await,
         Cmd::Wake { name } => cli::wake(&client(), &name).await,

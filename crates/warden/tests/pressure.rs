@@ -83,6 +83,14 @@ async fn pressure_serves_the_smaller_rung_then_comes_back_after_stabilization() 
     assert_eq!(p["level"], "elevated", "{p}");
     assert_eq!(p["models"][0]["rung"], "small", "{p}");
 
+    // People can see it: the CLI and the metrics.
+    let out = std::process::Command::new(warden_bin()).args(["--url", &w.base, "pressure"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("model big -> served by small"), "{text}");
+    assert!(text.starts_with("level elevated, tier medium"), "{text}");
+    let metrics = reqwest::get(w.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("warden_pressure_degraded{device=\"cpu\"} 1"), "{metrics}");
+
     // New requests go to the smaller rung, and say so.
     let resp = ask(&w, Some("conversation-1")).await;
     assert_eq!(resp.status(), 200);
@@ -120,6 +128,9 @@ async fn pressure_serves_the_smaller_rung_then_comes_back_after_stabilization() 
     let pinned = ask(&w, Some("conversation-1")).await;
     assert_eq!(header(&pinned, "x-warden-model").as_deref(), Some("small"), "the conversation keeps its rung");
     assert!(w.log().contains("Memory pressure on RAM: serving smaller models"), "{}", w.log());
+    let metrics = reqwest::get(w.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("warden_pressure_switches_total 2"), "{metrics}");
+    assert!(!metrics.contains("warden_degraded_requests_total 0"), "{metrics}");
     let alerts = w.get("/admin/alerts").await;
     assert!(alerts["alerts"].as_array().unwrap().iter().any(|a| a["kind"] == "degraded"), "{alerts}");
 }

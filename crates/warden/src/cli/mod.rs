@@ -296,3 +296,60 @@ pub async fn wake(client: &Client, name: &str) -> Result<(), String> {
     );
     Ok(())
 }
+
+/// `warden pressure`: the memory level and trend per device, the CPU, what each laddered model
+/// is served by now, the latest switches and suggestions.
+pub async fn pressure(client: &Client, as_json: bool) -> Result<(), String> {
+    let p = client.call(Method::GET, "/admin/pressure").await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&p).expect("JSON"));
+        return Ok(());
+    }
+    if p["enabled"] != true {
+        println!("pressure monitoring is off ([pressure] enabled = false)");
+        return Ok(());
+    }
+    let th = &p["thresholds"];
+    println!(
+        "level {}, tier {}{} (degrade at {:.0} %, back below {:.0} % held {} s, stop idle at {:.0} %)",
+        text(&p["level"]),
+        text(&p["tier"]),
+        if p["tier_detected"] == true { " (detected)" } else { "" },
+        th["degrade_at"].as_f64().unwrap_or(0.0) * 100.0,
+        th["upgrade_below"].as_f64().unwrap_or(0.0) * 100.0,
+        p["stabilization_ms"].as_u64().unwrap_or(0) / 1000,
+        th["stop_idle_at"].as_f64().unwrap_or(0.0) * 100.0,
+    );
+    let mut t = table(&["DEVICE", "LEVEL", "USED", "CAPACITY", "SHARE", "TREND/S", "RUNS OUT IN", "DEGRADED"], &[2, 3, 4, 5, 6]);
+    for d in p["devices"].as_array().into_iter().flatten() {
+        let trend = &d["trend"];
+        t.add_row(vec![
+            if d["device"] == "gpu" { "VRAM".to_string() } else { "RAM".to_string() },
+            text(&d["level"]),
+            fmt_bytes(&d["used_bytes"]),
+            fmt_bytes(&d["capacity_bytes"]),
+            format!("{:.0} %", d["share"].as_f64().unwrap_or(0.0) * 100.0),
+            trend["bytes_per_sec"].as_f64().map_or("-".into(), |b| format!("{:+.1} MiB", b / (1u64 << 20) as f64)),
+            trend["exhausted_in_ms"].as_u64().map_or("-".into(), |ms| format!("{:.0} s", ms as f64 / 1000.0)),
+            text(&d["degraded"]),
+        ]);
+    }
+    print_table(&t);
+    let cpu = &p["cpu"];
+    println!(
+        "cpu {} (batch and deferred wait above {:.0} %)",
+        cpu["share"].as_f64().map_or("-".into(), |s| format!("{:.0} %", s * 100.0)),
+        cpu["defer_at"].as_f64().unwrap_or(0.0) * 100.0
+    );
+    for m in p["models"].as_array().into_iter().flatten() {
+        println!("model {} -> served by {}", text(&m["model"]), text(&m["rung"]));
+    }
+    for d in p["decisions"].as_array().into_iter().flatten() {
+        let reasons: Vec<String> = d["reasons"].as_array().into_iter().flatten().map(text).collect();
+        println!("{} {}: {}", text(&d["action"]), text(&d["device"]), reasons.join("; "));
+    }
+    for s in p["suggestions"].as_array().into_iter().flatten() {
+        println!("suggestion: {}", text(s));
+    }
+    Ok(())
+}

@@ -137,6 +137,16 @@ impl Monitor {
         self.critical[slot(device)].load(Ordering::Relaxed)
     }
 
+    /// Each managed device's level and whether it serves degraded, as last seen.
+    pub fn levels(&self) -> Vec<(Device, Level, bool)> {
+        self.lock().views.iter().flatten().map(|v| (v.device, v.level, v.degraded)).collect()
+    }
+
+    /// The CPU is above `cpu_defer_at`: batch and deferred requests wait.
+    pub fn cpu_busy(&self) -> bool {
+        self.cpu_busy.load(Ordering::Relaxed)
+    }
+
     /// Why the device is degraded now, for the client's `x-warden-degraded` header.
     pub fn reason(&self, device: Device) -> String {
         let st = self.lock();

@@ -34,6 +34,11 @@ pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> impl In
     family("warden_service_memory_bytes", "gauge", "Last measured footprint of the service.");
     family("warden_model_loaded", "gauge", "1 when the model is loaded.");
     family("warden_offloads_total", "counter", "Services offloaded to make room for another.");
+    family("warden_pressure_level", "gauge", "Memory pressure per device: 0 normal, 1 elevated, 2 critical.");
+    family("warden_pressure_degraded", "gauge", "1 while the device's models are served by smaller rungs.");
+    family("warden_pressure_switches_total", "counter", "Degrade and upgrade switches of the pressure monitor.");
+    family("warden_degraded_requests_total", "counter", "Requests served by a smaller rung than asked for.");
+    family("warden_cpu_busy", "gauge", "1 while the CPU is above cpu_defer_at (batch and deferred requests wait).");
     let mut lines = String::new();
     for (i, svc) in app.services.iter().enumerate() {
         let name = label(svc.name());
@@ -59,6 +64,16 @@ pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> impl In
         }
     }
     let _ = writeln!(lines, "warden_offloads_total {}", app.coordinator.offloads_total());
+    let p = &app.pressure;
+    for (device, level, degraded) in p.levels() {
+        let device = serde_json::to_value(device).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let _ = writeln!(lines, "warden_pressure_level{{device=\"{device}\"}} {}", level as u8);
+        let _ = writeln!(lines, "warden_pressure_degraded{{device=\"{device}\"}} {}", degraded as u8);
+    }
+    let _ = writeln!(lines, "warden_pressure_switches_total {}", p.switches.load(std::sync::atomic::Ordering::Relaxed));
+    let degraded = p.degraded_requests.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = writeln!(lines, "warden_degraded_requests_total {degraded}");
+    let _ = writeln!(lines, "warden_cpu_busy {}", p.cpu_busy() as u8);
     out.push_str(&lines);
     admission(&app, &mut out, super::auth::is_admin(&app, &headers));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)

@@ -1,0 +1,73 @@
+//! Under CPU pressure, batch work waits and urgent work runs. On its own in this file: it burns
+//! both cores, which would skew any test running beside it.
+
+mod common;
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Busy loops on every core until dropped.
+struct Burner(Vec<Child>);
+
+impl Burner {
+    fn start() -> Burner {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Burner((0..cores).map(|_| Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap()).collect())
+    }
+}
+
+impl Drop for Burner {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_waits_while_the_cpu_is_busy_and_runs_once_it_is_not() {
+    let w = Warden::start(
+        r#"
+[pressure]
+enabled = true
+sample_interval = "200ms"
+cpu_defer_at = 0.6
+
+[services.svc]
+kind = "process"
+command = ["FAKE", "--port", "${PORT}"]
+models = ["m"]
+"#,
+    );
+    assert_eq!(w.post("/v1/chat/completions", chat("m")).await.status(), 200);
+    let burner = Burner::start();
+    let busy = fetch_until(Duration::from_secs(10), || w.get("/admin/pressure"), |p| p["cpu"]["busy"] == true).await;
+    assert_eq!(busy["cpu"]["busy"], true, "{busy}");
+
+    let send = |class: &'static str| {
+        let url = w.url("/v1/chat/completions");
+        tokio::spawn(async move {
+            let resp =
+                reqwest::Client::new().post(url).header("x-warden-priority", class).json(&chat("m")).send().await.unwrap();
+            (resp.status().as_u16(), Instant::now())
+        })
+    };
+    let batch = send("batch");
+    // An immediate request runs at once while the CPU burns.
+    let (status, _) = send("immediate").await.unwrap();
+    assert_eq!(status, 200);
+    // The batch request is still waiting in the queue.
+    let queued = fetch_until(Duration::from_secs(5), || w.get("/api/queue/status"), |q| q["by_class"]["batch"] == 1).await;
+    assert_eq!(queued["by_class"]["batch"], 1, "{queued}");
+    assert!(!batch.is_finished(), "batch ran while the CPU was busy");
+
+    let released = Instant::now();
+    drop(burner);
+    let (status, at) = tokio::time::timeout(Duration::from_secs(20), batch).await.expect("batch ran").unwrap();
+    assert_eq!(status, 200);
+    assert!(at > released);
+    assert_eq!(w.get("/admin/pressure").await["cpu"]["busy"], false);
+}
