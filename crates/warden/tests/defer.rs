@@ -50,8 +50,13 @@ models = ["m"]
     let send = |class: &'static str| {
         let url = w.url("/v1/chat/completions");
         tokio::spawn(async move {
-            let resp =
-                reqwest::Client::new().post(url).header("x-warden-priority", class).json(&chat("m")).send().await.unwrap();
+            let resp = reqwest::Client::new()
+                .post(url)
+                .header("x-warden-priority", class)
+                .json(&chat("m"))
+                .send()
+                .await
+                .unwrap();
             (resp.status().as_u16(), Instant::now())
         })
     };
@@ -60,7 +65,8 @@ models = ["m"]
     let (status, _) = send("immediate").await.unwrap();
     assert_eq!(status, 200);
     // The batch request is still waiting in the queue.
-    let queued = fetch_until(Duration::from_secs(5), || w.get("/api/queue/status"), |q| q["by_class"]["batch"] == 1).await;
+    let queued =
+        fetch_until(Duration::from_secs(5), || w.get("/api/queue/status"), |q| q["by_class"]["batch"] == 1).await;
     assert_eq!(queued["by_class"]["batch"], 1, "{queued}");
     assert!(!batch.is_finished(), "batch ran while the CPU was busy");
 

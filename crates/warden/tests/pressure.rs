@@ -134,3 +134,27 @@ async fn pressure_serves_the_smaller_rung_then_comes_back_after_stabilization() 
     let alerts = w.get("/admin/alerts").await;
     assert!(alerts["alerts"].as_array().unwrap().iter().any(|a| a["kind"] == "degraded"), "{alerts}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_preset_fills_in_what_the_request_does_not_set() {
+    let w = Warden::start(
+        "[services.svc]\nkind = \"process\"\ncommand = [\"FAKE\", \"--port\", \"${PORT}\"]\nmodels = [\"m\"]\n\n\
+         [tasks.summarization]\nmax_tokens = 3\ntemperature = 0.2\n",
+    );
+    let send = |body: serde_json::Value, task: Option<&'static str>| {
+        let mut req = reqwest::Client::new().post(w.url("/v1/chat/completions")).json(&body);
+        if let Some(t) = task {
+            req = req.header("x-warden-task", t);
+        }
+        req.send()
+    };
+    let tokens = |v: serde_json::Value| v["usage"]["completion_tokens"].as_u64();
+    let preset: serde_json::Value = send(chat("m"), Some("summarization")).await.unwrap().json().await.unwrap();
+    assert_eq!(tokens(preset), Some(3), "the preset's max_tokens applies");
+    let mut own = chat("m");
+    own["max_tokens"] = json!(5);
+    let own: serde_json::Value = send(own, Some("summarization")).await.unwrap().json().await.unwrap();
+    assert_eq!(tokens(own), Some(5), "the request's own value wins");
+    let other: serde_json::Value = send(chat("m"), Some("something else")).await.unwrap().json().await.unwrap();
+    assert_eq!(tokens(other), Some(8), "an unknown task changes nothing");
+}

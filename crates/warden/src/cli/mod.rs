@@ -320,7 +320,10 @@ pub async fn pressure(client: &Client, as_json: bool) -> Result<(), String> {
         p["stabilization_ms"].as_u64().unwrap_or(0) / 1000,
         th["stop_idle_at"].as_f64().unwrap_or(0.0) * 100.0,
     );
-    let mut t = table(&["DEVICE", "LEVEL", "USED", "CAPACITY", "SHARE", "TREND/S", "RUNS OUT IN", "DEGRADED"], &[2, 3, 4, 5, 6]);
+    let mut t = table(
+        &["DEVICE", "LEVEL", "USED", "CAPACITY", "SHARE", "TREND/S", "RUNS OUT IN", "DEGRADED"],
+        &[2, 3, 4, 5, 6],
+    );
     for d in p["devices"].as_array().into_iter().flatten() {
         let trend = &d["trend"];
         t.add_row(vec![

@@ -7,7 +7,8 @@
 //! 1. `read`     — the body, bounded by `max_body` (413 past it)
 //! 2. `find`     — the model the body names (OpenAI dialect), or the service in the path
 //! 3. `route`    — model → service (configured or discovered); then `ladder` (under
-//!    pressure, a smaller rung instead; a session keeps its rung)
+//!    pressure, a smaller rung instead; a session keeps its rung), and `task` (the
+//!    `x-warden-task` presets a request does not set itself)
 //! 4. `allow`    — may this client use this model (403)
 //! 5. `estimate` — what it may use (tokens, cost); bound `max_tokens`, ask streams for usage
 //! 6. `admit`    — budget reserved, a turn in the priority queue (bounded)
@@ -28,6 +29,7 @@ pub mod ladder;
 mod read;
 pub mod route;
 mod settle;
+pub mod task;
 
 use std::sync::Arc;
 
@@ -163,8 +165,13 @@ async fn plan(app: &App, caller: &Caller, parts: &mut Parts, body: Body, target:
             if let Some(d) = &degraded {
                 bytes = ladder::retarget(&bytes, &d.to);
             }
+            let preset = task::apply(app, &parts.headers, &bytes);
+            let rewritten = degraded.is_some() || preset.is_some();
+            if let Some(b) = preset {
+                bytes = b;
+            }
             let estimated = estimate::request(app, &route, endpoint, bytes);
-            if estimated.rewritten || degraded.is_some() {
+            if estimated.rewritten || rewritten {
                 parts.headers.remove(axum::http::header::CONTENT_LENGTH);
             }
             let target = parts.uri.path_and_query().map_or(endpoint.path(), |p| p.as_str()).to_string();
