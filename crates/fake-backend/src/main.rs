@@ -47,6 +47,10 @@ struct Args {
     /// larger): connections past it wait in SYN retransmits.
     #[arg(long, default_value_t = 1024)]
     backlog: u32,
+    /// Answer every completion with this HTTP status and an OpenAI-shaped error (a failing or
+    /// rate-limited upstream).
+    #[arg(long)]
+    answer_status: Option<u16>,
     /// Say in `GET /props` that it serves this many requests at once, as llama-server does
     /// (`total_slots`); without it `/props` is 404.
     #[arg(long)]
@@ -305,9 +309,19 @@ async fn echo(
         "pid": std::process::id(), "authorization": header("authorization"), "request_id": header("x-request-id")}))
 }
 
+/// The error answer `--answer-status` asks for, if any.
+fn forced_error(fake: &Fake) -> Option<Response> {
+    let status = StatusCode::from_u16(fake.args.answer_status?).ok()?;
+    let body = json!({"error": {"message": format!("fake-backend answers {status} as asked"), "type": "server_error"}});
+    Some((status, Json(body)).into_response())
+}
+
 async fn chat(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
     fake.count();
     let _counted = InFlight::new(&fake);
+    if let Some(forced) = forced_error(&fake) {
+        return forced;
+    }
     let body = match parse(&body) {
         Ok(v) => v,
         Err(bad) => return bad.into_response(),
@@ -318,6 +332,9 @@ async fn chat(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
 async fn completions(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
     fake.count();
     let _counted = InFlight::new(&fake);
+    if let Some(forced) = forced_error(&fake) {
+        return forced;
+    }
     let body = match parse(&body) {
         Ok(v) => v,
         Err(bad) => return bad.into_response(),

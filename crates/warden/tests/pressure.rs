@@ -158,3 +158,77 @@ async fn a_task_preset_fills_in_what_the_request_does_not_set() {
     let other: serde_json::Value = send(chat("m"), Some("something else")).await.unwrap().json().await.unwrap();
     assert_eq!(tokens(other), Some(8), "an unknown task changes nothing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_model_is_answered_by_its_fallback_and_charged_once() {
+    let w = Warden::start(
+        r#"
+[services.gone]
+kind = "process"
+command = ["no-such-program-warden-test"]
+models = ["primary"]
+
+[services.five]
+kind = "process"
+command = ["FAKE", "--port", "${PORT}", "--answer-status", "500"]
+models = ["five"]
+
+[services.busy]
+kind = "process"
+command = ["FAKE", "--port", "${PORT}", "--answer-status", "429"]
+models = ["busy"]
+
+[services.good]
+kind = "process"
+command = ["FAKE", "--port", "${PORT}"]
+models = ["backup"]
+
+[models.primary]
+fallback = ["five", "backup"]
+
+[models.five]
+fallback = ["backup"]
+price = { input_per_1k = 1.0, output_per_1k = 1.0 }
+
+[models.busy]
+fallback = ["backup"]
+
+[models.backup]
+price = { input_per_1k = 1.0, output_per_1k = 1.0 }
+"#,
+    );
+    for (model, tried) in [
+        ("primary", "primary: service_cannot_start; five: answered 500"),
+        ("five", "five: answered 500"),
+        ("busy", "busy: answered 429"),
+    ] {
+        let resp = reqwest::Client::new()
+            .post(w.url("/v1/chat/completions"))
+            .header("x-request-id", format!("fb-{model}"))
+            .json(&chat(model))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{model}");
+        assert_eq!(header(&resp, "x-warden-model").as_deref(), Some("backup"), "{model}");
+        assert_eq!(header(&resp, "x-warden-fallbacks").as_deref(), Some(tried), "{model}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["model"], "backup", "the fallback was asked for itself");
+    }
+    // Charged once, on the model that answered: the 500 was charged nothing.
+    let cost = fetch_until(Duration::from_secs(5), || w.get("/api/cost/fb-five"), |c| c["model"] == "backup").await;
+    assert_eq!(cost["model"], "backup", "{cost}");
+    let usage = w.get("/api/usage/anonymous").await;
+    let by: Vec<(String, i64)> = usage["by_model"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["model"].as_str().unwrap().to_string(), m["cost_micros"].as_i64().unwrap()))
+        .collect();
+    let five = by.iter().find(|(m, _)| m == "five").map_or(0, |(_, c)| *c);
+    assert_eq!(five, 0, "{usage}");
+    assert!(by.iter().any(|(m, c)| m == "backup" && *c > 0), "{usage}");
+    // Without a fallback left, the failure is the client's answer.
+    let resp = w.post("/v1/chat/completions", chat("backup")).await;
+    assert!(header(&resp, "x-warden-fallbacks").is_none());
+}

@@ -131,7 +131,7 @@ impl ApiError {
         }
     }
 
-    fn code(&self) -> &'static str {
+    pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadJson(_) => "invalid_json",
             ApiError::BadRequest(_) => "bad_request",

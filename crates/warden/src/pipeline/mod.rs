@@ -13,7 +13,8 @@
 //! 5. `estimate` — what it may use (tokens, cost); bound `max_tokens`, ask streams for usage
 //! 6. `admit`    — budget reserved, a turn in the priority queue (bounded)
 //! 7. `acquire`  — a lease on the service: wake it, make room, wait (bounded)
-//! 8. `forward`  — stream the request and the answer through
+//! 8. `forward`  — stream the request and the answer through; `fallback`: a failure before
+//!    any byte reached the client tries the model's next `fallback`
 //! 9. `settle`   — when the answer's body ends: real usage and cost, lease and capacity freed
 //!
 //! A new stage (cache lookup, model ladder, fallback, another dialect) is one new file and one
@@ -23,6 +24,7 @@ mod acquire;
 mod admit;
 mod allow;
 mod estimate;
+mod fallback;
 mod find;
 mod forward;
 pub mod ladder;
@@ -128,6 +130,8 @@ pub struct Planned {
     usage: bool,
     /// Served by another rung than asked for (memory pressure), and why: told to the client.
     degraded: Option<ladder::Degraded>,
+    /// The request as it came, kept to try it again on a fallback model (model requests).
+    again: Option<fallback::Again>,
 }
 
 /// Runs a request through every stage and answers with the service's response, whose body
@@ -135,8 +139,26 @@ pub struct Planned {
 pub async fn run(app: &Arc<App>, inbound: Inbound) -> Result<Response, ApiError> {
     let Inbound { caller, mut parts, body, target } = inbound;
     let request_id = crate::base::http::request_id(&parts.headers);
-    let planned = plan(app, &caller, &mut parts, body, target).await?;
-    let ticket = admit::admit(app, &caller, &parts.headers, &planned.route, planned.estimate, &request_id).await?;
+    let mut planned = plan(app, &caller, &mut parts, body, target).await?;
+    match planned.again.take() {
+        // A model with fallbacks: each attempt that fails before answering tries the next.
+        Some(again) => {
+            let fallbacks = fallback::list(app, &planned);
+            fallback::run(app, &caller, again, planned, &request_id, fallbacks).await
+        }
+        None => attempt(app, &caller, parts, planned, request_id).await,
+    }
+}
+
+/// Stages 6–8 for one model: admit, acquire, forward.
+async fn attempt(
+    app: &Arc<App>,
+    caller: &Caller,
+    parts: Parts,
+    planned: Planned,
+    request_id: String,
+) -> Result<Response, ApiError> {
+    let ticket = admit::admit(app, caller, &parts.headers, &planned.route, planned.estimate, &request_id).await?;
     let acquired = acquire::acquire(app, &planned.route).await?;
     let extras = forward::Extras {
         ticket,
@@ -150,7 +172,7 @@ pub async fn run(app: &Arc<App>, inbound: Inbound) -> Result<Response, ApiError>
     forward::forward(&app.client, req, &planned.target, acquired, extras).await
 }
 
-/// Stages 1–5: read, find, route, allow, estimate.
+/// Stages 1–5: read, find, route (and ladder, task), allow, estimate.
 async fn plan(app: &App, caller: &Caller, parts: &mut Parts, body: Body, target: Target) -> Result<Planned, ApiError> {
     let limit = app.config.server.max_body;
     match target {
@@ -165,18 +187,24 @@ async fn plan(app: &App, caller: &Caller, parts: &mut Parts, body: Body, target:
             if let Some(d) = &degraded {
                 bytes = ladder::retarget(&bytes, &d.to);
             }
-            let preset = task::apply(app, &parts.headers, &bytes);
-            let rewritten = degraded.is_some() || preset.is_some();
-            if let Some(b) = preset {
+            if let Some(b) = task::apply(app, &parts.headers, &bytes) {
                 bytes = b;
             }
-            let estimated = estimate::request(app, &route, endpoint, bytes);
-            if estimated.rewritten || rewritten {
-                parts.headers.remove(axum::http::header::CONTENT_LENGTH);
-            }
+            // The body sent is rebuilt (a rung, a preset, an estimate's bound): its length is
+            // the body's own, never the client's header.
+            parts.headers.remove(axum::http::header::CONTENT_LENGTH);
             let target = parts.uri.path_and_query().map_or(endpoint.path(), |p| p.as_str()).to_string();
-            let body = Body::from(estimated.body);
-            Ok(Planned { route, estimate: estimated.estimate, body, target, usage: true, degraded })
+            let mut planned = model_plan(app, route, endpoint, bytes.clone(), target, degraded);
+            // Kept only for a model with fallbacks (the head is copied for each attempt).
+            planned.again = (!fallback::list(app, &planned).is_empty()).then(|| fallback::Again {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                version: parts.version,
+                headers: parts.headers.clone(),
+                endpoint,
+                body: bytes,
+            });
+            Ok(planned)
         }
         Target::Service { name, path } => {
             let body = read::streamed(&parts.headers, body, limit)?;
@@ -185,9 +213,31 @@ async fn plan(app: &App, caller: &Caller, parts: &mut Parts, body: Body, target:
                 Some(q) => format!("/{path}?{q}"),
                 None => format!("/{path}"),
             };
-            Ok(Planned { route, estimate: Estimate::default(), body, target, usage: false, degraded: None })
+            Ok(Planned {
+                route,
+                estimate: Estimate::default(),
+                body,
+                target,
+                usage: false,
+                degraded: None,
+                again: None,
+            })
         }
     }
+}
+
+/// Stage 5 for a model request routed to `route`: its estimate (and bounded body).
+fn model_plan(
+    app: &App,
+    route: Route,
+    endpoint: Endpoint,
+    bytes: Bytes,
+    target: String,
+    degraded: Option<ladder::Degraded>,
+) -> Planned {
+    let estimated = estimate::request(app, &route, endpoint, bytes);
+    let body = Body::from(estimated.body);
+    Planned { route, estimate: estimated.estimate, body, target, usage: true, degraded, again: None }
 }
 
 /// Stages 2–5 over a body already read, changing nothing: for estimates and checks, and to
