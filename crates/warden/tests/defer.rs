@@ -34,7 +34,7 @@ async fn batch_waits_while_the_cpu_is_busy_and_runs_once_it_is_not() {
 [pressure]
 enabled = true
 sample_interval = "200ms"
-cpu_defer_at = 0.6
+cpu_defer_at = 0.9
 
 [services.svc]
 kind = "process"
