@@ -72,7 +72,9 @@ models = ["m"]
 
     let released = Instant::now();
     drop(burner);
-    let (status, at) = tokio::time::timeout(Duration::from_secs(20), batch).await.expect("batch ran").unwrap();
+    let calm = fetch_until(Duration::from_secs(20), || w.get("/admin/pressure"), |p| p["cpu"]["busy"] == false).await;
+    assert_eq!(calm["cpu"]["busy"], false, "the CPU never read as calm again: {}", calm["cpu"]);
+    let (status, at) = tokio::time::timeout(Duration::from_secs(10), batch).await.expect("batch ran").unwrap();
     assert_eq!(status, 200);
     assert!(at > released);
     assert_eq!(w.get("/admin/pressure").await["cpu"]["busy"], false);

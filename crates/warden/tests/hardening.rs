@@ -359,3 +359,34 @@ async fn a_service_that_says_its_slot_count_is_paced_to_it() {
     let most = w.get("/svc/slotted/stats").await["max_in_flight"].as_u64().unwrap();
     assert!((1..=3).contains(&most), "{most} at once");
 }
+
+/// CPU time (user + system) a process has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    // After the name: state(0) … utime(11) stime(12), in clock ticks (100 a second on Linux).
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_request_costs_no_cpu_while_it_waits() {
+    // One at a time, 2 s each: the second request waits about 2 s in warden's queue.
+    let w = Warden::start(
+        "[services.slow]\nkind = \"process\"\ncommand = [\"FAKE\", \"--port\", \"${PORT}\", \"--tokens-per-sec\", \"4\"]\nmodels = [\"m\"]\nmax_concurrent = 1\n",
+    );
+    assert_eq!(w.post("/v1/chat/completions", chat("m")).await.status(), 200);
+    let first = tokio::spawn(reqwest::Client::new().post(w.url("/v1/chat/completions")).json(&chat("m")).send());
+    let queued = fetch_until(Duration::from_secs(5), || w.get("/api/queue/status"), |q| q["running"] == 1).await;
+    assert_eq!(queued["running"], 1);
+    let second = tokio::spawn(reqwest::Client::new().post(w.url("/v1/chat/completions")).json(&chat("m")).send());
+    assert!(eventually(Duration::from_secs(5), || async { w.get("/api/queue/status").await["queued"] == 1 }).await);
+    let (cpu0, t0) = (cpu_time(w.pid()), std::time::Instant::now());
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (used, wall) = (cpu_time(w.pid()) - cpu0, t0.elapsed());
+    assert_eq!(w.get("/api/queue/status").await["queued"], 1, "still waiting: the window measured a wait");
+    // A spinning wait would burn a whole core (about `wall`); waiting costs next to nothing.
+    assert!(used < wall / 4, "warden used {used:?} of CPU in {wall:?} while a request waited");
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
+    assert_eq!(second.await.unwrap().unwrap().status(), 200);
+}

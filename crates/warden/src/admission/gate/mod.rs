@@ -173,8 +173,18 @@ impl Gate {
             .map_or(0, |p| p.cost(prompt, completion))
     }
 
-    /// Runs whatever can run now.
+    /// Runs whatever can run now, then wakes the timer to look again at what time alone could
+    /// unblock (a request that stays queued may be waiting for a pool to refill).
     fn dispatch(&self, st: &mut State, now: Now) {
+        self.run_ready(st, now);
+        if !st.d.is_empty() {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Runs whatever can run now. The timer calls this, not `dispatch`: waking itself after
+    /// every look would spin a core for as long as a request stays queued.
+    fn run_ready(&self, st: &mut State, now: Now) {
         while let Some(grant) = st.d.next(now) {
             match st.waiters.remove(&grant.id) {
                 Some(w) => {
@@ -192,9 +202,6 @@ impl Gate {
             }
         }
         self.pool_alerts(st, now);
-        if !st.d.is_empty() {
-            self.changed.notify_one();
-        }
     }
 
     /// A service's concurrency, learned from the service itself (llama-server's slots) where

@@ -30,7 +30,7 @@ impl Gate {
             }
             let mut st = self.lock();
             let (now, _) = self.now();
-            self.dispatch(&mut st, now);
+            self.run_ready(&mut st, now);
         }
     }
 }
