@@ -8,6 +8,7 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 use crate::admission::gate::Gate;
+use crate::base::events::Events;
 use crate::base::http::HttpClient;
 use crate::config::{Config, IdleConfig};
 use crate::jobs::Jobs;
@@ -40,6 +41,11 @@ pub struct App {
     pub jobs: Arc<Jobs>,
     /// The pressure monitor: whether to serve smaller rungs now, pinned sessions.
     pub pressure: Arc<Monitor>,
+    /// The event hub behind `/admin/events`.
+    pub events: Events,
+    /// Cancelled when warden starts draining: streams that never end on their own (events)
+    /// end then, so they do not hold up the drain.
+    pub draining: tokio_util::sync::CancellationToken,
     /// When this warden started, for `/status` uptime.
     pub started: Instant,
     /// The same, in Unix seconds (`created` of the models it lists).
@@ -56,6 +62,8 @@ pub struct Owners {
     pub gate: Arc<Gate>,
     pub jobs: Arc<Jobs>,
     pub pressure: Arc<Monitor>,
+    pub events: Events,
+    pub draining: tokio_util::sync::CancellationToken,
 }
 
 impl App {
@@ -70,6 +78,8 @@ impl App {
             gate: o.gate,
             jobs: o.jobs,
             pressure: o.pressure,
+            events: o.events,
+            draining: o.draining,
             idle_changed: Notify::new(),
             monitor_running: AtomicBool::new(false),
             started: Instant::now(),

@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 const TWO_SERVICES: &str = r#"
@@ -306,4 +307,38 @@ async fn cli_tables_line_up() {
         // PRIORITY is right-aligned: the value ends where the header does (default priority 50).
         assert_eq!(&row[priority_end - 2..priority_end], "50", "PRIORITY column:\n{out}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_tells_what_happens_and_ends_with_warden() {
+    let mut w = Warden::start_with_server(TWO_SERVICES, "admin_token = \"tok\"");
+    let resp = reqwest::Client::new().get(w.url("/admin/events")).bearer_auth("tok").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let mut stream = resp.bytes_stream();
+    // Wake alpha, then stop it: the stream tells each state change, as typed JSON events.
+    let client = reqwest::Client::new();
+    assert_eq!(client.post(w.url("/admin/services/alpha/start")).bearer_auth("tok").send().await.unwrap().status(), 200);
+    assert_eq!(client.post(w.url("/admin/services/alpha/stop")).bearer_auth("tok").send().await.unwrap().status(), 200);
+    let mut text = String::new();
+    let want = ["starting", "running", "stopping", "stopped"];
+    let got_all = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = stream.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            if want.iter().all(|s| text.contains(&format!("\"state\":\"{s}\""))) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(got_all.is_ok(), "{text}");
+    let first = text.split("\n\n").find(|e| e.contains("event: service")).expect("a service event");
+    let data: Value = serde_json::from_str(first.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap();
+    assert_eq!((data["kind"].as_str(), data["service"].as_str()), (Some("service"), Some("alpha")), "{data}");
+    assert!(data["at_unix_ms"].as_u64().is_some(), "{data}");
+    // An open stream does not hold up the drain: warden stops well within drain_timeout.
+    let t0 = std::time::Instant::now();
+    let status = w.terminate(Duration::from_secs(20)).expect("warden stops");
+    assert!(status.success());
+    assert!(t0.elapsed() < Duration::from_secs(10), "took {:?}", t0.elapsed());
 }

@@ -28,9 +28,16 @@ pub struct Alerts {
     /// When each (kind, subject) was last raised: the same alert is not repeated within
     /// `QUIET`, so a hot path that keeps tripping a threshold does not flood the log.
     last: Mutex<HashMap<(&'static str, String), Instant>>,
+    /// Each alert also goes to `/admin/events`.
+    pub events: crate::base::events::Events,
 }
 
 impl Alerts {
+    /// Alerts that also go to `events`.
+    pub fn new(events: crate::base::events::Events) -> Self {
+        Alerts { events, ..Alerts::default() }
+    }
+
     pub fn raise(&self, kind: &'static str, subject: &str, message: String) {
         {
             let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
@@ -46,6 +53,7 @@ impl Alerts {
         if recent.len() == KEEP {
             recent.pop_front();
         }
+        self.events.emit("alert", serde_json::json!({"alert": kind, "subject": subject, "message": message}));
         recent.push_back(Alert { kind, subject: subject.to_string(), message, at_ms });
     }
 

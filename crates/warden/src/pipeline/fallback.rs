@@ -74,6 +74,8 @@ pub async fn run(
             "Request {request_id}: {model} failed ({why}); trying {}",
             next.model.as_ref().map_or("?", |m| &m.name)
         );
+        let to = next.model.as_ref().map_or("", |m| m.name.as_str());
+        app.events.emit("fallback", serde_json::json!({"request_id": request_id, "from": model, "to": to, "why": why}));
         tried.push(format!("{model}: {why}"));
         planned = again.plan(app, next);
     }

@@ -215,6 +215,9 @@ impl Monitor {
                     if busy { "busy" } else { "calm" },
                     if busy { "wait" } else { "run again" }
                 );
+                let share = self.lock().cpu_share;
+                let data = json!({"cpu_busy": busy, "cpu_share": share, "defer_at": limits.cpu_defer_at});
+                gate.alerts.events.emit("defer", data);
             }
             gate.set_background_held(busy);
         }
@@ -297,6 +300,7 @@ impl Monitor {
                 info!("Memory pressure on {name} over: {what} ({why})");
             }
             alerts.raise(if degrade { "degraded" } else { "upgraded" }, name, format!("{name}: {what} ({why})"));
+            alerts.events.emit(action, json!({"device": device, "level": d.level, "reasons": d.reasons}));
             self.switches.fetch_add(1, Ordering::Relaxed);
             st.switches.push_back(Switch {
                 at_unix_ms: crate::base::clock::unix_ms(),

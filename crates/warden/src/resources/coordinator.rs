@@ -18,6 +18,7 @@ use tracing::{info, warn, Instrument};
 
 use super::capacity;
 use super::estimate::estimate;
+use crate::base::events::Events;
 use crate::config::{Config, Desired, Device, ResourcesConfig};
 use crate::driver::StartFailure;
 use crate::service::room::{RoomRequest, RoomRx};
@@ -43,6 +44,8 @@ pub struct Coordinator {
     vram: Option<u64>,
     /// Every service, in config order: read to plan, stopped through to offload.
     services: Vec<ServiceHandle>,
+    /// Offloads and reloads go to `/admin/events`.
+    events: Events,
     /// Last measured footprint per service; remembered across restarts.
     measured: Mutex<Vec<Option<u64>>>,
     /// Per service: what room-making knows of its current run.
@@ -85,7 +88,7 @@ fn mib(b: u64) -> String {
 }
 
 impl Coordinator {
-    pub fn new(config: &Config, services: Vec<ServiceHandle>) -> Self {
+    pub fn new(config: &Config, services: Vec<ServiceHandle>, events: Events) -> Self {
         let state_dir = config.server.state_dir.clone();
         let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
         // Footprints measured by an earlier run, by service name.
@@ -109,6 +112,7 @@ impl Coordinator {
             ram: capacity::resolve(config.resources.ram, capacity::detect_ram),
             vram: capacity::resolve(config.resources.vram, capacity::detect_vram),
             services,
+            events,
             measured: Mutex::new(measured),
             runs,
             saved: Mutex::new(saved),
@@ -310,6 +314,8 @@ impl Coordinator {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         info!("Offloaded service {}: {} freed", victim.name(), mib(before));
+        let data = serde_json::json!({"service": victim.name(), "for": self.name(i), "freed_bytes": before});
+        self.events.emit("offload", data);
         self.offloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
@@ -439,6 +445,8 @@ impl Coordinator {
                 continue;
             }
             info!("Reloading service {} (offloaded to make room for {})", entry.service, entry.displaced_by);
+            self.events
+                .emit("reload", serde_json::json!({"service": entry.service, "was_displaced_by": entry.displaced_by}));
             self.run_of(i, |r| r.reloading = true);
             let svc = self.services()[i].clone();
             tasks.spawn(async move {

@@ -118,7 +118,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let directory = Arc::new(Directory::new(config.models.clone()));
     let (room, room_requests) = tokio::sync::mpsc::unbounded_channel();
     let (learned, mut learned_rx) = tokio::sync::mpsc::unbounded_channel::<crate::service::Learned>();
+    let events = crate::base::events::Events::default();
     let ctx = OwnerContext {
+        events: events.clone(),
         state_dir,
         room,
         directory: directory.clone(),
@@ -128,7 +130,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         shutdown: shutdown.clone(),
     };
     let config = Arc::new(config);
-    let gate = Arc::new(crate::admission::gate::Gate::new(config.clone())?);
+    let gate = Arc::new(crate::admission::gate::Gate::new(config.clone(), events.clone())?);
     tasks.spawn(gate.clone().run_timer(shutdown.clone()).instrument(tracing::info_span!("scheduler timer")));
     // What services say of their own concurrency paces what admission sends them.
     let (pace_gate, pace_shutdown) = (gate.clone(), shutdown.clone());
@@ -145,7 +147,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     );
     let services: Vec<_> =
         config.services.iter().enumerate().map(|(i, s)| spawn_owner(i, Arc::new(s.clone()), ctx.clone())).collect();
-    let coordinator = Arc::new(Coordinator::new(&config, services.clone()));
+    let coordinator = Arc::new(Coordinator::new(&config, services.clone(), events.clone()));
     let run = coordinator.clone().run(room_requests, tasks.clone(), shutdown.clone());
     tasks.spawn(run.instrument(tracing::info_span!("coordinator")));
     let jobs = Arc::new(crate::jobs::Jobs::new(tasks.clone(), shutdown.clone()));
@@ -154,6 +156,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         let run = pressure.clone().run(coordinator.clone(), services.clone(), gate.clone(), shutdown.clone());
         tasks.spawn(run.instrument(tracing::info_span!("pressure monitor")));
     }
+    let stop_accepting = CancellationToken::new();
     let owners = crate::app::Owners {
         config: config.clone(),
         services,
@@ -163,13 +166,14 @@ pub async fn serve(config: Config) -> Result<(), String> {
         gate: gate.clone(),
         jobs,
         pressure,
+        events: events.clone(),
+        draining: stop_accepting.clone(),
     };
     let app = Arc::new(App::new(owners));
     tasks.spawn(
         crate::idle::monitor::run(app.clone(), shutdown.clone()).instrument(tracing::info_span!("idle monitor")),
     );
 
-    let stop_accepting = CancellationToken::new();
     let limits = listen::Limits {
         header_timeout: config.server.header_timeout,
         max_connections: config.server.max_connections.unwrap_or(default_max_connections),

@@ -134,6 +134,9 @@ impl Owner {
                 match result {
                     Ok(()) => {
                         info!("Model {name} loaded in {} ms", took.as_millis());
+                        let data = serde_json::json!({"model": name, "service": self.name(), "loaded": true,
+                            "took_ms": took.as_millis() as u64});
+                        self.ctx.events.emit("model", data);
                         self.lease_to(
                             waiters.into_iter().map(|reply| HeldRequest { model: Some(model), reply }).collect(),
                         );
@@ -166,8 +169,16 @@ impl Owner {
                     }
                 }
                 match &result {
-                    Ok(()) if idle => info!("Successfully unloaded idle model {name}"),
-                    Ok(()) => info!("Unloaded model {name}"),
+                    Ok(()) => {
+                        if idle {
+                            info!("Successfully unloaded idle model {name}");
+                        } else {
+                            info!("Unloaded model {name}");
+                        }
+                        let data =
+                            serde_json::json!({"model": name, "service": self.name(), "loaded": false, "idle": idle});
+                        self.ctx.events.emit("model", data);
+                    }
                     Err(e) => warn!("Model {name} failed to unload: {e}"),
                 }
                 for w in self.unload_waiters[model].drain(..) {

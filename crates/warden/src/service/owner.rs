@@ -43,6 +43,8 @@ pub struct OwnerContext {
     pub learned: mpsc::UnboundedSender<Learned>,
     /// Health probes and model APIs.
     pub client: HttpClient,
+    /// State changes and model loads go to `/admin/events`.
+    pub events: crate::base::events::Events,
     /// Owners and the tasks they spawn (model loads, log pumps) are tracked for shutdown.
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
@@ -245,7 +247,15 @@ impl Owner {
     /// Feeds an event to the machine, publishes the new state, carries out the effects.
     pub(super) fn apply(&mut self, event: Event) -> policy::lifecycle::Effects {
         let fx = self.machine.on(event, Instant::now());
-        self.shared.live().state = self.machine.state();
+        let (before, now) = {
+            let mut live = self.shared.live();
+            (std::mem::replace(&mut live.state, self.machine.state()), self.machine.state())
+        };
+        if before != now {
+            let (name, error) = (self.name(), self.shared.live().last_error.clone());
+            let data = serde_json::json!({"service": name, "state": now, "was": before, "error": error});
+            self.ctx.events.emit("service", data);
+        }
         if fx.start {
             self.begin_start();
         }

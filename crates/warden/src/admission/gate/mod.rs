@@ -96,7 +96,7 @@ pub struct Gate {
 
 impl Gate {
     /// Opens the usage database and picks up this month's spend from it.
-    pub fn new(config: Arc<Config>) -> Result<Gate, String> {
+    pub fn new(config: Arc<Config>, events: crate::base::events::Events) -> Result<Gate, String> {
         let store = Store::open(&config.server.state_dir.join("warden.db"))?;
         let (month, _) = clock::month_and_minute();
         let spent: HashMap<String, i64> = store.spend_by_client(month)?.into_iter().collect();
@@ -132,7 +132,7 @@ impl Gate {
             changed: Notify::new(),
             epoch: Instant::now(),
             store,
-            alerts: Alerts::default(),
+            alerts: Alerts::new(events),
         })
     }
 

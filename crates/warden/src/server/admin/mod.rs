@@ -2,6 +2,7 @@
 //! (`services.rs`), memory (`resources.rs`), the scheduler, alerts and usage (`scheduler.rs`).
 //! Reads come from published state; changes go to the owners as commands, never around them.
 
+mod events;
 mod pressure;
 mod resources;
 mod scheduler;
@@ -15,5 +16,9 @@ use crate::app::App;
 pub use services::service_status;
 
 pub fn routes() -> Router<Arc<App>> {
-    services::routes().merge(resources::routes()).merge(scheduler::routes()).merge(pressure::routes())
+    services::routes()
+        .merge(resources::routes())
+        .merge(scheduler::routes())
+        .merge(pressure::routes())
+        .merge(events::routes())
 }
