@@ -43,6 +43,8 @@ pub struct App {
     pub pressure: Arc<Monitor>,
     /// The event hub behind `/admin/events`.
     pub events: Events,
+    /// How each model performs (latency, first byte, tokens/s, success), from every request.
+    pub performance: Arc<crate::account::performance::Tracker>,
     /// Cancelled when warden starts draining: streams that never end on their own (events)
     /// end then, so they do not hold up the drain.
     pub draining: tokio_util::sync::CancellationToken,
@@ -79,6 +81,7 @@ impl App {
             jobs: o.jobs,
             pressure: o.pressure,
             events: o.events,
+            performance: Arc::default(),
             draining: o.draining,
             idle_changed: Notify::new(),
             monitor_running: AtomicBool::new(false),

@@ -62,6 +62,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// How each model and task performs: requests, success, p50/p95 latency, first byte, tokens/s.
+    Performance {
+        /// How far back ("15m", "1h", "24h").
+        #[arg(long, default_value = "1h")]
+        since: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Memory capacity and use per device, and each service's estimate and measured footprint.
     Resources {
         #[arg(long)]
@@ -121,6 +129,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Cmd::Plan { name, json } => cli::plan(&client(), &name, json).await,
         Cmd::Resources { json } => cli::resources(&client(), json).await,
         Cmd::Pressure { json } => cli::pressure(&client(), json).await,
+        Cmd::Performance { since, json } => cli::performance(&client(), &since, json).await,
         Cmd::Usage { client: name, json } => cli::usage(&client(), &name, json).await,
         Cmd::Queue { json } => cli::queue(&client(), json).await,
         Cmd::Wake { name } => cli::wake(&client(), &name).await,

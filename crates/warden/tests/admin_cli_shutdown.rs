@@ -318,7 +318,10 @@ async fn the_event_stream_tells_what_happens_and_ends_with_warden() {
     let mut stream = resp.bytes_stream();
     // Wake alpha, then stop it: the stream tells each state change, as typed JSON events.
     let client = reqwest::Client::new();
-    assert_eq!(client.post(w.url("/admin/services/alpha/start")).bearer_auth("tok").send().await.unwrap().status(), 200);
+    assert_eq!(
+        client.post(w.url("/admin/services/alpha/start")).bearer_auth("tok").send().await.unwrap().status(),
+        200
+    );
     assert_eq!(client.post(w.url("/admin/services/alpha/stop")).bearer_auth("tok").send().await.unwrap().status(), 200);
     let mut text = String::new();
     let want = ["starting", "running", "stopping", "stopped"];

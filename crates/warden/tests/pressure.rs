@@ -232,3 +232,55 @@ price = { input_per_1k = 1.0, output_per_1k = 1.0 }
     let resp = w.post("/v1/chat/completions", chat("backup")).await;
     assert!(header(&resp, "x-warden-fallbacks").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_slower_than_its_bound_counts_as_pressured_and_performance_is_tracked() {
+    let w = Warden::start(
+        r#"
+[pressure]
+enabled = true
+
+[services.slowpoke]
+kind = "process"
+command = ["FAKE", "--port", "${PORT}", "--tokens-per-sec", "20"]
+models = ["slowpoke"]
+
+[services.quick]
+kind = "process"
+command = ["FAKE", "--port", "${PORT}"]
+models = ["quick"]
+
+[models.slowpoke]
+smaller = "quick"
+max_p95 = "100ms"
+"#,
+    );
+    let ask = |task: &'static str| {
+        reqwest::Client::new()
+            .post(w.url("/v1/chat/completions"))
+            .header("x-warden-task", task)
+            .json(&chat("slowpoke"))
+            .send()
+    };
+    // 8 tokens at 20 a second: 400 ms each, over the 100 ms bound.
+    for _ in 0..5 {
+        let resp = ask("draft").await.unwrap();
+        assert_eq!(header(&resp, "x-warden-model").as_deref(), Some("slowpoke"));
+        resp.bytes().await.unwrap();
+    }
+    let resp = ask("draft").await.unwrap();
+    assert_eq!(header(&resp, "x-warden-model").as_deref(), Some("quick"));
+    let why = header(&resp, "x-warden-degraded").unwrap();
+    assert!(why.starts_with("slowpoke -> quick (p95 latency") && why.contains("over max_p95 100 ms"), "{why}");
+    resp.bytes().await.unwrap();
+
+    let perf = w.get("/admin/performance?since=1h").await;
+    let slow = &perf["models"]["slowpoke"];
+    assert_eq!(slow["requests"], 5, "{perf}");
+    assert_eq!(slow["success_rate"], 1.0, "{perf}");
+    assert!(slow["p50_ms"].as_u64().unwrap() >= 300, "{perf}");
+    assert!(slow["p50_first_byte_ms"].as_u64().is_some(), "{perf}");
+    assert_eq!(perf["models"]["quick"]["requests"], 1, "{perf}");
+    assert_eq!(perf["tasks"]["draft"]["requests"], 6, "{perf}");
+    assert_eq!(reqwest::get(w.url("/admin/performance?since=soon")).await.unwrap().status(), 400);
+}

@@ -2,5 +2,6 @@
 //! and the alerts raised along the way (`alerts`).
 
 pub mod alerts;
+pub mod performance;
 pub mod store;
 pub mod usage;

@@ -356,3 +356,33 @@ pub async fn pressure(client: &Client, as_json: bool) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// `warden performance [--since 1h]`: per model and per task, requests, success rate,
+/// p50/p95 latency, p50 first byte, tokens/s.
+pub async fn performance(client: &Client, since: &str, as_json: bool) -> Result<(), String> {
+    let p = client.call(Method::GET, &format!("/admin/performance?since={since}")).await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&p).expect("JSON"));
+        return Ok(());
+    }
+    for (title, key) in [("MODEL", "models"), ("TASK", "tasks")] {
+        let mut t = table(
+            &[title, "REQUESTS", "SUCCESS", "P50 MS", "P95 MS", "FIRST BYTE P50", "TOKENS/S"],
+            &[1, 2, 3, 4, 5, 6],
+        );
+        for (name, s) in p[key].as_object().into_iter().flatten() {
+            t.add_row(vec![
+                name.clone(),
+                text(&s["requests"]),
+                format!("{:.0} %", s["success_rate"].as_f64().unwrap_or(0.0) * 100.0),
+                text(&s["p50_ms"]),
+                text(&s["p95_ms"]),
+                text(&s["p50_first_byte_ms"]),
+                s["tokens_per_sec"].as_f64().map_or("-".into(), |v| format!("{v:.1}")),
+            ]);
+        }
+        print_table(&t);
+        println!();
+    }
+    Ok(())
+}

@@ -199,6 +199,10 @@ pub struct Ladder {
     /// Tried in order when this model fails before any byte reached the client.
     pub fallback: Vec<String>,
     pub on_pressure: OnPressure,
+    /// Past these (over the last minutes of requests) the model counts as pressured: served by
+    /// its smaller rung.
+    pub max_p95: Option<Duration>,
+    pub max_failure_rate: Option<f64>,
 }
 
 /// Checks the ladders against the models: every rung and fallback names a known model, and no

@@ -119,6 +119,10 @@ pub struct RawModel {
     pub smaller: Option<String>,
     pub fallback: Option<Vec<String>>,
     pub on_pressure: Option<String>,
+    /// A p95 latency over this (last 5 minutes) counts the model as pressured.
+    pub max_p95: Option<HumanDuration>,
+    /// A failure rate over this share (last 5 minutes) counts the model as pressured.
+    pub max_failure_rate: Option<f64>,
     pub keep_alive: Option<HumanDuration>,
     pub pools: Option<Vec<String>>,
     pub price: Option<RawPrice>,

@@ -100,6 +100,13 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             smaller: raw_model.smaller,
             fallback: raw_model.fallback.unwrap_or_default(),
             on_pressure: adapt::on_pressure(&format!("models.{model}.on_pressure"), raw_model.on_pressure.as_deref())?,
+            max_p95: raw_model.max_p95.map(|d| d.0),
+            max_failure_rate: match raw_model.max_failure_rate {
+                Some(r) if !(0.0..=1.0).contains(&r) => {
+                    return Err(err(format!("models.{model}.max_failure_rate"), "must be a share between 0 and 1"))
+                }
+                r => r,
+            },
         };
         if ladder != adapt::Ladder::default() {
             ladders.insert(model.clone(), ladder);

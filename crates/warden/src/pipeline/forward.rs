@@ -27,6 +27,34 @@ pub struct Extras {
     pub model: Option<String>,
     /// `x-warden-degraded`: another rung than asked for answers, and why.
     pub degraded: Option<String>,
+    /// Where the answer's timing goes when it ends (model requests).
+    pub perf: Option<Probe>,
+}
+
+impl Probe {
+    /// The request failed before any answer: a failure in the model's figures.
+    pub fn failed(self) {
+        let ms = self.sent.elapsed().as_millis().min(u32::MAX as u128) as u32;
+        let sample = crate::account::performance::Sample {
+            at: std::time::Instant::now(),
+            model: self.model,
+            task: self.task,
+            ok: false,
+            total_ms: ms,
+            first_byte_ms: None,
+            tokens: None,
+        };
+        self.tracker.record(sample);
+    }
+}
+
+/// What a model answer's timing is recorded with.
+pub struct Probe {
+    pub tracker: std::sync::Arc<crate::account::performance::Tracker>,
+    pub model: std::sync::Arc<str>,
+    pub task: Option<std::sync::Arc<str>>,
+    /// When the request was sent to the service.
+    pub sent: std::time::Instant,
 }
 
 pub const MODEL_HEADER: &str = "x-warden-model";
@@ -82,26 +110,31 @@ pub(super) async fn forward(
     }
     let service = lease.service().to_string();
     let within = lease.config().response_timeout;
-    let resp = match tokio::time::timeout(within, client.request(req)).await {
-        Ok(resp) => {
-            resp.map_err(|e| {
-                // Refused, or no answer to the connect within the client's bound (5 s): say so
-                // rather than leave the client guessing.
-                let detail = if e.is_connect() {
-                    let within = crate::base::http::CONNECT_TIMEOUT.as_secs();
-                    format!(
-                        "could not connect to {} within {within} s: {}",
-                        lease.upstream(),
-                        describe_client_error(&e)
-                    )
-                } else {
-                    describe_client_error(&e)
-                };
-                ApiError::BadGateway { service: service.clone(), detail }
-            })?
+    if let Some(p) = extras.perf.as_mut() {
+        p.sent = std::time::Instant::now();
+    }
+    let answer = tokio::time::timeout(within, client.request(req)).await;
+    let resp = match answer {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => {
+            // Refused, or no answer to the connect within the client's bound (5 s): say so
+            // rather than leave the client guessing.
+            let detail = if e.is_connect() {
+                let within = crate::base::http::CONNECT_TIMEOUT.as_secs();
+                format!("could not connect to {} within {within} s: {}", lease.upstream(), describe_client_error(&e))
+            } else {
+                describe_client_error(&e)
+            };
+            if let Some(p) = extras.perf {
+                p.failed();
+            }
+            return Err(ApiError::BadGateway { service, detail });
         }
         Err(_) => {
             extras.ticket.backend_timed_out(&service, within);
+            if let Some(p) = extras.perf {
+                p.failed();
+            }
             return Err(ApiError::BackendTimeout { service, after: within });
         }
     };
@@ -120,7 +153,9 @@ pub(super) async fn forward(
     }
     let meter = Meter::new(extras.ticket, &parts, extras.usage);
     let sse = is_sse(&parts);
-    Ok(Response::from_parts(parts, Body::new(LeaseBody::new(incoming, lease, meter, sse))))
+    let ok = parts.status.is_success();
+    let body = LeaseBody::new(incoming, lease, meter, sse).timed(extras.perf, ok);
+    Ok(Response::from_parts(parts, Body::new(body)))
 }
 
 fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {

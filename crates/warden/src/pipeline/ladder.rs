@@ -71,6 +71,8 @@ pub async fn choose(app: &App, route: Route, headers: &HeaderMap, body: &Bytes) 
     let device = app.config.services[route.service].device;
     let why = if app.pressure.degraded(device) {
         Some(app.pressure.reason(device))
+    } else if let Some(why) = ladder.and_then(|l| performing_badly(app, &asked, l)) {
+        Some(why)
     } else if ladder.is_some_and(|l| l.on_pressure == OnPressure::Degrade) && needs_room(app, route.service).await {
         Some("starting it would need others offloaded (on_pressure = \"degrade\")".to_string())
     } else {
@@ -119,6 +121,25 @@ pub fn rung_now(app: &App, model: &str) -> String {
         (Some(first), Some(device)) if app.pressure.degraded(device) => walk_down(app, first),
         _ => model.to_string(),
     }
+}
+
+/// Over the bounds set for it (`max_p95`, `max_failure_rate`), the model counts as pressured:
+/// why, if so. Judged on its last five minutes, once it has answered a few requests.
+fn performing_badly(app: &App, model: &str, ladder: &crate::config::adapt::Ladder) -> Option<String> {
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
+    const AT_LEAST: usize = 5;
+    if ladder.max_p95.is_none() && ladder.max_failure_rate.is_none() {
+        return None;
+    }
+    let s = app.performance.model(model, WINDOW).filter(|s| s.requests >= AT_LEAST)?;
+    if let Some(max) = ladder.max_p95.filter(|m| u128::from(s.p95_ms) > m.as_millis()) {
+        return Some(format!("p95 latency {} ms over max_p95 {} ms", s.p95_ms, max.as_millis()));
+    }
+    let failing = 1.0 - s.success_rate;
+    ladder
+        .max_failure_rate
+        .filter(|&m| failing > m)
+        .map(|m| format!("failure rate {:.0} % over max_failure_rate {:.0} %", failing * 100.0, m * 100.0))
 }
 
 /// Whether starting `service` now would need room made by offloading others.

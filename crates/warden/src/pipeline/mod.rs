@@ -159,7 +159,22 @@ async fn attempt(
     request_id: String,
 ) -> Result<Response, ApiError> {
     let ticket = admit::admit(app, caller, &parts.headers, &planned.route, planned.estimate, &request_id).await?;
-    let acquired = acquire::acquire(app, &planned.route).await?;
+    let perf = planned.route.model.as_ref().map(|m| forward::Probe {
+        tracker: app.performance.clone(),
+        model: m.name.as_str().into(),
+        task: task::of(&parts.headers).map(Into::into),
+        sent: std::time::Instant::now(),
+    });
+    let acquired = match acquire::acquire(app, &planned.route).await {
+        Ok(a) => a,
+        Err(e) => {
+            // A model that could not be reached counts as a failure in its figures.
+            if let Some(p) = perf {
+                p.failed();
+            }
+            return Err(e);
+        }
+    };
     let extras = forward::Extras {
         ticket,
         strip_client_auth: caller.warden_key,
@@ -167,6 +182,7 @@ async fn attempt(
         usage: planned.usage,
         model: planned.route.model.as_ref().map(|m| m.name.clone()),
         degraded: planned.degraded.as_ref().map(ladder::Degraded::header),
+        perf,
     };
     let req = Request::from_parts(parts, planned.body);
     forward::forward(&app.client, req, &planned.target, acquired, extras).await

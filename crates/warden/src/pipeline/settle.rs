@@ -11,6 +11,10 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::account::usage::Scanner;
+use std::time::Instant;
+
+use super::forward::Probe;
+use crate::account::performance::Sample;
 use crate::admission::gate::Ticket;
 use crate::base::errors::ApiError;
 use crate::service::lease::Lease;
@@ -51,19 +55,46 @@ pub struct LeaseBody {
     service: String,
     /// The body has ended (after the error event of a cut stream).
     ended: bool,
+    /// The answer's timing, recorded when it ends (model requests), with whether its status
+    /// was a success and when its first bytes came.
+    perf: Option<(Probe, bool, Option<Instant>)>,
 }
 
 impl LeaseBody {
     pub fn new(inner: Incoming, lease: Lease, meter: Meter, sse: bool) -> Self {
         let service = lease.service().to_string();
-        LeaseBody { inner, lease: Some(lease), meter: Some(meter), sse, service, ended: false }
+        LeaseBody { inner, lease: Some(lease), meter: Some(meter), sse, service, ended: false, perf: None }
+    }
+
+    /// Records the answer's timing in the performance tracker when it ends.
+    pub fn timed(mut self, probe: Option<Probe>, status_ok: bool) -> Self {
+        self.perf = probe.map(|p| (p, status_ok, None));
+        self
+    }
+
+    /// The answer ended (whole, or cut): its timing goes to the tracker.
+    fn record(&mut self, whole: bool, tokens: Option<u64>) {
+        let Some((probe, status_ok, first)) = self.perf.take() else { return };
+        let ms = |t: Instant| t.duration_since(probe.sent).as_millis().min(u32::MAX as u128) as u32;
+        probe.tracker.record(Sample {
+            at: Instant::now(),
+            model: probe.model,
+            task: probe.task,
+            ok: status_ok && whole,
+            total_ms: ms(Instant::now()),
+            first_byte_ms: first.map(ms),
+            tokens: tokens.map(|t| t.min(u64::from(u32::MAX)) as u32),
+        });
     }
 
     /// The answer ended whole: settle with the usage it reported, and free the lease.
     fn finish(&mut self) {
+        let mut tokens = None;
         if let Some(mut m) = self.meter.take() {
             m.ticket.usage = m.scanner.take().and_then(Scanner::finish);
+            tokens = m.ticket.usage.map(|u| u.completion_tokens);
         }
+        self.record(true, tokens);
         self.lease = None;
     }
 
@@ -72,6 +103,7 @@ impl LeaseBody {
         if let Some(mut m) = self.meter.take() {
             m.ticket.cut_after = Some(m.scanner.as_ref().map_or(0, Scanner::delivered_tokens));
         }
+        self.record(false, None);
         self.lease = None;
     }
 }
@@ -87,6 +119,9 @@ impl Body for LeaseBody {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some((_, _, first @ None)) = self.perf.as_mut() {
+                    *first = Some(Instant::now());
+                }
                 if let (Some(data), Some(Meter { scanner: Some(s), .. })) = (frame.data_ref(), self.meter.as_mut()) {
                     s.feed(data);
                 }

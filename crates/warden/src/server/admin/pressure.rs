@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::app::App;
 
 pub(super) fn routes() -> Router<Arc<App>> {
-    Router::new().route("/admin/pressure", get(pressure))
+    Router::new().route("/admin/pressure", get(pressure)).route("/admin/performance", get(performance))
 }
 
 async fn pressure(State(app): State<Arc<App>>) -> Json<Value> {
@@ -65,4 +65,25 @@ fn suggestions(app: &App) -> Vec<String> {
         }
     }
     out
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct Since {
+    /// A duration ("1h", "15m"); default one hour.
+    since: Option<String>,
+}
+
+/// `GET /admin/performance?since=1h`: per model and per task, requests, success rate, p50/p95
+/// latency, p50 first byte, tokens/s.
+pub(super) async fn performance(
+    State(app): State<Arc<App>>,
+    axum::extract::Query(q): axum::extract::Query<Since>,
+) -> Result<Json<Value>, crate::base::errors::ApiError> {
+    let since = match q.since.as_deref() {
+        None => std::time::Duration::from_secs(3600),
+        Some(t) => crate::config::units::parse_duration(t)
+            .map_err(|e| crate::base::errors::ApiError::BadRequest(format!("since: {e}")))?,
+    };
+    let (models, tasks) = app.performance.summary(since);
+    Ok(Json(json!({"since_ms": since.as_millis() as u64, "models": models, "tasks": tasks})))
 }
