@@ -21,7 +21,11 @@ const MAY_IMPORT: &[(&str, &[&str], &str)] = &[
         &["base", "config", "account", "admission", "resources", "service"],
         "the monitor measures and tells admission; it knows no HTTP and no pipeline",
     ),
-    ("app", &["base", "config", "admission", "service", "resources", "jobs", "pressure"], "App only holds handles"),
+    (
+        "app",
+        &["base", "config", "account", "admission", "service", "resources", "jobs", "pressure"],
+        "App only holds handles",
+    ),
     ("idle", &["base", "config", "service", "app"], "the idle monitor reads services through App"),
     (
         "pipeline",
