@@ -13,13 +13,18 @@ pub fn warden_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_warden"))
 }
 
-/// The fake backend, built next to warden. `cargo test --workspace` does not build other
-/// packages' binaries for a package's tests, so the first test that needs it builds it
-/// (cargo's own lock keeps parallel test binaries from building it twice at once).
+/// The fake backend, built next to warden. `cargo test -p warden` does not build other
+/// packages' binaries, so when it is missing the first test that needs it builds it (cargo's
+/// own lock keeps parallel test binaries from building it twice at once).
 pub fn fake_backend() -> String {
     static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     let built = BUILT.get_or_init(|| {
         let path = warden_bin().with_file_name("fake-backend");
+        // Built already (`cargo test --workspace` builds it): a build of it alone would resolve
+        // features apart from the workspace and rebuild it for nothing.
+        if path.exists() {
+            return Ok(path);
+        }
         // target/<profile>/warden → the target dir and the profile this test binary was built in.
         let profile_dir = warden_bin().parent().unwrap().to_path_buf();
         let target_dir = profile_dir.parent().unwrap();
