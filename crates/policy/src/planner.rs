@@ -48,6 +48,9 @@ pub struct Resident {
 pub struct Newcomer {
     pub id: usize,
     pub need: u64,
+    /// What the others are projected to add by the time it is ready (the memory trend times
+    /// its cold start): a start that fits now but would not fit then is treated as not fitting.
+    pub growth: u64,
     pub group: Option<String>,
 }
 
@@ -134,7 +137,7 @@ fn plan_at(cap: Capacity, residents: &[Resident], new: &Newcomer, min_residency:
     }
     let mut victims: Vec<&Resident> = group_mates;
     let mut freed: u64 = victims.iter().map(|r| r.bytes).sum();
-    if used - freed + new.need <= limit {
+    if used - freed + new.need + new.growth <= limit {
         return Plan::Go { victims: victims.iter().map(|r| r.id).collect(), need: new.need, free };
     }
 
@@ -150,13 +153,13 @@ fn plan_at(cap: Capacity, residents: &[Resident], new: &Newcomer, min_residency:
     });
     let mandatory = victims.len();
     for c in candidates {
-        if used - freed + new.need <= limit {
+        if used - freed + new.need + new.growth <= limit {
             break;
         }
         freed += c.bytes;
         victims.push(c);
     }
-    if used - freed + new.need > limit {
+    if used - freed + new.need + new.growth > limit {
         let mut blocking = others.iter().filter(|r| !may_go(r));
         return Plan::Wait { retry_in: retry_in(&mut blocking), victims: Vec::new(), need: new.need, free };
     }
@@ -164,7 +167,7 @@ fn plan_at(cap: Capacity, residents: &[Resident], new: &Newcomer, min_residency:
     let mut i = victims.len();
     while i > mandatory {
         i -= 1;
-        if used - (freed - victims[i].bytes) + new.need <= limit {
+        if used - (freed - victims[i].bytes) + new.need + new.growth <= limit {
             freed -= victims[i].bytes;
             victims.remove(i);
         }
@@ -198,7 +201,7 @@ mod tests {
     }
 
     fn new(id: usize, gib: u64) -> Newcomer {
-        Newcomer { id, need: gib * GIB, group: None }
+        Newcomer { id, need: gib * GIB, growth: 0, group: None }
     }
 
     fn go(victims: &[usize]) -> impl Fn(&Plan) -> bool + '_ {
@@ -326,6 +329,18 @@ mod tests {
             p,
             Plan::Wait { retry_in: Some(Duration::from_secs(2)), victims: vec![], need: 8 * GIB, free: 6 * GIB }
         );
+    }
+
+    #[test]
+    fn a_start_that_would_not_fit_by_the_time_it_is_ready_does_not_fit_now() {
+        let t0 = Instant::now();
+        // 8 GiB used of 16, 6 GiB needed: fits now. With the others growing 3 GiB while it
+        // starts, it would not: the idle one goes first.
+        let p = plan(cap(16), &[res(1, 8, t0)], &new(2, 6), Duration::ZERO, t0);
+        assert!(go(&[])(&p), "{p:?}");
+        let growing = Newcomer { growth: 3 * GIB, ..new(2, 6) };
+        let p = plan(cap(16), &[res(1, 8, t0)], &growing, Duration::ZERO, t0);
+        assert!(go(&[1])(&p), "{p:?}");
     }
 
     #[test]

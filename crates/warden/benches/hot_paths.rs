@@ -87,7 +87,7 @@ fn eviction_planner(c: &mut Criterion) {
         .collect();
     let total: u64 = residents.iter().map(|r| r.bytes).sum();
     let cap = Capacity { total, threshold: 0.9, reserve: 1 << 30 };
-    let newcomer = Newcomer { id: 999, need: 8 << 30, group: Some("gpu-big".into()) };
+    let newcomer = Newcomer { id: 999, need: 8 << 30, growth: 0, group: Some("gpu-big".into()) };
     let now = t0 + Duration::from_secs(60);
     c.bench_function("eviction planner: 200 running services", |b| {
         b.iter(|| plan(black_box(cap), black_box(&residents), black_box(&newcomer), Duration::from_secs(30), now))

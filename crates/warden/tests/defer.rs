@@ -100,4 +100,6 @@ models = ["m"]
     assert_eq!(status, 200);
     assert!(at > released);
     assert_eq!(w.get("/admin/pressure").await["cpu"]["busy"], false);
+    let metrics = reqwest::get(w.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("warden_deferred_requests_total 1"), "{metrics}");
 }

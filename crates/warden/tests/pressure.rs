@@ -228,6 +228,8 @@ price = { input_per_1k = 1.0, output_per_1k = 1.0 }
     let five = by.iter().find(|(m, _)| m == "five").map_or(0, |(_, c)| *c);
     assert_eq!(five, 0, "{usage}");
     assert!(by.iter().any(|(m, c)| m == "backup" && *c > 0), "{usage}");
+    let metrics = reqwest::get(w.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("warden_fallbacks_total 4"), "{metrics}");
     // Without a fallback left, the failure is the client's answer.
     let resp = w.post("/v1/chat/completions", chat("backup")).await;
     assert!(header(&resp, "x-warden-fallbacks").is_none());

@@ -46,9 +46,13 @@ pub async fn admit(
     estimate: Estimate,
     request_id: &str,
 ) -> Result<Ticket, ApiError> {
+    let class = class_of(app, headers)?;
+    if matches!(class, Class::Batch | Class::Deferred) && app.pressure.cpu_busy() {
+        app.pressure.deferred.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     let ask = Ask {
         client: caller.client,
-        class: class_of(app, headers)?,
+        class,
         service: route.service,
         model: route.model.as_ref().map(|m| m.name.clone()),
         estimate,

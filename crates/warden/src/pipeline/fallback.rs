@@ -76,6 +76,7 @@ pub async fn run(
         );
         let to = next.model.as_ref().map_or("", |m| m.name.as_str());
         app.events.emit("fallback", serde_json::json!({"request_id": request_id, "from": model, "to": to, "why": why}));
+        app.pressure.fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tried.push(format!("{model}: {why}"));
         planned = again.plan(app, next);
     }

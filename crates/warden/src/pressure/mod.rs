@@ -84,6 +84,10 @@ pub struct Monitor {
     /// /metrics.
     pub degraded_requests: AtomicU64,
     pub switches: AtomicU64,
+    /// Requests answered by a fallback model, and background requests that arrived while the
+    /// CPU was busy (and so waited).
+    pub fallbacks: AtomicU64,
+    pub deferred: AtomicU64,
     /// Conversations pinned to the rung they got.
     pub sessions: Sessions,
     state: Mutex<State>,
@@ -107,6 +111,8 @@ impl Monitor {
             cpu_busy: AtomicBool::new(false),
             degraded_requests: AtomicU64::new(0),
             switches: AtomicU64::new(0),
+            fallbacks: AtomicU64::new(0),
+            deferred: AtomicU64::new(0),
             sessions: Sessions::default(),
             state: Mutex::new(State {
                 samples: [VecDeque::new(), VecDeque::new()],
@@ -202,7 +208,8 @@ impl Monitor {
             for device in [Device::Cpu, Device::Gpu] {
                 if let Some(sample) = self.sample(device, &coordinator, &services).await {
                     let lead = cold_start_lead(&self.config, &services, device);
-                    self.step(device, sample, limits, lead, &gate.alerts);
+                    let trend = self.step(device, sample, limits, lead, &gate.alerts);
+                    coordinator.set_trend(device, trend.map_or(0.0, |t| t.bytes_per_sec));
                 }
             }
             if self.critical(Device::Cpu) || self.critical(Device::Gpu) {
@@ -261,7 +268,7 @@ impl Monitor {
     }
 
     /// Adds a sample, decides, publishes; logs, alerts and records a switch.
-    fn step(&self, device: Device, sample: Sample, limits: TierLimits, lead_ms: u64, alerts: &Alerts) {
+    fn step(&self, device: Device, sample: Sample, limits: TierLimits, lead_ms: u64, alerts: &Alerts) -> Option<Trend> {
         let t = self.thresholds(limits);
         let i = slot(device);
         let mut st = self.lock();
@@ -273,6 +280,7 @@ impl Monitor {
         let samples: Vec<Sample> = samples.iter().copied().collect();
         let mut hold = st.holds[i];
         let d = decide(&samples, &t, lead_ms, &mut hold, sample.at_ms);
+        let trend = d.trend;
         st.holds[i] = hold;
         self.degraded[i].store(d.degraded, Ordering::Relaxed);
         self.critical[i].store(d.level == Level::Critical, Ordering::Relaxed);
@@ -313,6 +321,7 @@ impl Monitor {
                 st.switches.pop_front();
             }
         }
+        trend
     }
 
     /// At `stop_idle_at`: stops every sleepable service with nothing in flight now (its owner

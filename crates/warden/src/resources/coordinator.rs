@@ -46,6 +46,9 @@ pub struct Coordinator {
     services: Vec<ServiceHandle>,
     /// Offloads and reloads go to `/admin/events`.
     events: Events,
+    /// Per device (RAM, VRAM): how fast use is growing, bytes a second, as the pressure monitor
+    /// last saw it (0 when it is off or use is not growing).
+    growth: Mutex<[f64; 2]>,
     /// Last measured footprint per service; remembered across restarts.
     measured: Mutex<Vec<Option<u64>>>,
     /// Per service: what room-making knows of its current run.
@@ -113,6 +116,7 @@ impl Coordinator {
             vram: capacity::resolve(config.resources.vram, capacity::detect_vram),
             services,
             events,
+            growth: Mutex::new([0.0; 2]),
             measured: Mutex::new(measured),
             runs,
             saved: Mutex::new(saved),
@@ -205,13 +209,30 @@ impl Coordinator {
         let cfg = &self.services()[i].shared.config;
         let cap = self.capacity(cfg.device)?;
         let residents = self.residents(cfg.device, i).await;
-        let newcomer = Newcomer { id: i, need: self.need(i), group: cfg.group.clone() };
+        let newcomer =
+            Newcomer { id: i, need: self.need(i), growth: self.growth_while_starting(i), group: cfg.group.clone() };
         let p = plan(cap, &residents, &newcomer, self.cfg.min_residency, Instant::now());
         Some((p, cap, residents))
     }
 
     fn run_of(&self, i: usize, change: impl FnOnce(&mut Run)) {
         change(&mut self.runs.lock().unwrap_or_else(|p| p.into_inner())[i]);
+    }
+
+    /// The pressure monitor's trend for `device`, bytes a second.
+    pub fn set_trend(&self, device: Device, bytes_per_sec: f64) {
+        let slot = usize::from(device == Device::Gpu);
+        self.growth.lock().unwrap_or_else(|p| p.into_inner())[slot] = bytes_per_sec.max(0.0);
+    }
+
+    /// What the others are projected to add while service `i` starts: the trend of its device
+    /// times its last measured cold start (5 s until it has one).
+    fn growth_while_starting(&self, i: usize) -> u64 {
+        let svc = &self.services()[i];
+        let slot = usize::from(svc.shared.config.device == Device::Gpu);
+        let per_sec = self.growth.lock().unwrap_or_else(|p| p.into_inner())[slot];
+        let start_ms = svc.shared.live().last_start_ms.unwrap_or(5000);
+        (per_sec * start_ms as f64 / 1000.0) as u64
     }
 
     fn set_granted(&self, i: usize, granted: bool) {

@@ -39,6 +39,12 @@ pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> impl In
     family("warden_pressure_switches_total", "counter", "Degrade and upgrade switches of the pressure monitor.");
     family("warden_degraded_requests_total", "counter", "Requests served by a smaller rung than asked for.");
     family("warden_cpu_busy", "gauge", "1 while the CPU is above cpu_defer_at (batch and deferred requests wait).");
+    family("warden_fallbacks_total", "counter", "Times a failed model request was tried on its next fallback.");
+    family(
+        "warden_deferred_requests_total",
+        "counter",
+        "Batch and deferred requests that arrived while the CPU was busy.",
+    );
     let mut lines = String::new();
     for (i, svc) in app.services.iter().enumerate() {
         let name = label(svc.name());
@@ -74,6 +80,8 @@ pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> impl In
     let degraded = p.degraded_requests.load(std::sync::atomic::Ordering::Relaxed);
     let _ = writeln!(lines, "warden_degraded_requests_total {degraded}");
     let _ = writeln!(lines, "warden_cpu_busy {}", p.cpu_busy() as u8);
+    let _ = writeln!(lines, "warden_fallbacks_total {}", p.fallbacks.load(std::sync::atomic::Ordering::Relaxed));
+    let _ = writeln!(lines, "warden_deferred_requests_total {}", p.deferred.load(std::sync::atomic::Ordering::Relaxed));
     out.push_str(&lines);
     admission(&app, &mut out, super::auth::is_admin(&app, &headers));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
