@@ -64,6 +64,12 @@ pub struct Capacity {
 }
 
 impl Capacity {
+    /// `reserve` None takes the default: 1 GiB, or an eighth of `total` where that is less
+    /// (inside a small container a fixed 1 GiB would leave nothing to run).
+    pub fn new(total: u64, threshold: f64, reserve: Option<u64>) -> Capacity {
+        Capacity { total, threshold, reserve: reserve.unwrap_or((total / 8).min(1 << 30)) }
+    }
+
     /// The most managed services may use together.
     pub fn limit(&self) -> u64 {
         let by_share = (self.total as f64 * self.threshold.clamp(0.0, 1.0)) as u64;
@@ -216,6 +222,14 @@ mod tests {
         assert_eq!(c.limit(), 13 * GIB);
         let c = Capacity { total: GIB, threshold: 1.0, reserve: 2 * GIB };
         assert_eq!(c.limit(), 0);
+    }
+
+    #[test]
+    fn the_default_reserve_shrinks_with_a_small_capacity() {
+        assert_eq!(Capacity::new(16 * GIB, 1.0, None).reserve, GIB);
+        assert_eq!(Capacity::new(800 << 20, 1.0, None).reserve, 100 << 20);
+        assert_eq!(Capacity::new(800 << 20, 1.0, None).limit(), 700 << 20);
+        assert_eq!(Capacity::new(16 * GIB, 1.0, Some(0)).reserve, 0);
     }
 
     #[test]

@@ -268,3 +268,112 @@ price = {{ input_per_1k = 1.0, output_per_1k = 2.0 }}
     let usage = w.get("/api/usage/anonymous").await;
     assert_eq!((usage["requests"].as_u64(), usage["completion_tokens"].as_u64()), (Some(2), Some(8)), "{usage}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs llama-server and root (a memory cgroup): run scripts/test"]
+async fn under_real_memory_pressure_llama_is_served_by_its_smaller_rung_and_comes_back() {
+    let llama = llama();
+    let models = tempfile::tempdir().unwrap();
+    let big = llama.make_model(models.path(), "big", 1024);
+    let small = llama.make_model(models.path(), "small", 64);
+    // warden and everything it starts live in an 800 MiB memory cgroup; "auto" reads the limit.
+    let cgroup = MemoryCgroup::new("warden-pressure", 800 << 20).expect("a memory cgroup (run as root)");
+    let w = Warden::start_in_cgroup(
+        &format!(
+            r#"
+[idle]
+check_interval = "100ms"
+
+[pressure]
+enabled = true
+sample_interval = "200ms"
+window = "4s"
+tier = "small"
+degrade_at = 0.60
+upgrade_below = 0.45
+stop_idle_at = 0.97
+stabilization = "2s"
+horizon = "1s"
+
+[resources]
+ram = "auto"
+threshold = 1.0
+
+[services.big]
+kind = "process"
+command = ["{server}", "-m", "{big}", "--port", "${{PORT}}", "-c", "512", "-t", "1"]
+models = ["big"]
+start_timeout = "60s"
+idle_timeout = "1s"
+
+[services.small]
+kind = "process"
+command = ["{server}", "-m", "{small}", "--port", "${{PORT}}", "-c", "512", "-t", "1"]
+models = ["small"]
+start_timeout = "60s"
+
+[services.hog]
+kind = "process"
+command = ["FAKE", "--port", "${{PORT}}"]
+
+[models.big]
+smaller = "small"
+"#,
+            server = llama.server,
+            big = big.display(),
+            small = small.display()
+        ),
+        &cgroup.0,
+    );
+    let p = w.get("/admin/pressure").await;
+    assert_eq!(p["devices"][0]["capacity_bytes"], 800u64 << 20, "the cgroup's limit is the capacity: {p}");
+    let ask = |max_tokens: u32, stream: bool| {
+        let body = json!({"model": "big", "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens,
+            "stream": stream});
+        reqwest::Client::new().post(w.url("/v1/chat/completions")).json(&body).send()
+    };
+    let model_of = |r: &reqwest::Response| r.headers().get("x-warden-model").map(|v| v.to_str().unwrap().to_string());
+    let resp = ask(4, false).await.unwrap();
+    assert_eq!((resp.status().as_u16(), model_of(&resp).as_deref()), (200, Some("big")));
+
+    // A long stream on the big model is under way when the hog takes 560 MiB (model weights are mapped file pages, which the working set leaves out).
+    let mut stream = ask(200, true).await.unwrap().bytes_stream();
+    let mut text = String::from_utf8_lossy(&stream.next().await.unwrap().unwrap()).to_string();
+    assert_eq!(w.post("/svc/hog/allocate/560", json!({})).await.status(), 200);
+    let p = fetch_until(Duration::from_secs(15), || w.get("/admin/pressure"), |p| p["devices"][0]["degraded"] == true)
+        .await;
+    assert_eq!(p["devices"][0]["degraded"], true, "{p}");
+
+    // New requests for big are served by the small model, and say so.
+    let resp = ask(4, false).await.unwrap();
+    assert_eq!((resp.status().as_u16(), model_of(&resp).as_deref()), (200, Some("small")));
+    assert!(resp.headers()["x-warden-degraded"].to_str().unwrap().starts_with("big -> small ("));
+    // The stream on big finishes whole.
+    while let Some(chunk) = stream.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    // Nothing asks for big now: it idles and sleeps.
+    assert!(w.wait_state("big", "stopped", Duration::from_secs(15)).await, "{}", w.log());
+
+    // The hog goes; after the stabilization the big model answers again (woken for it).
+    let resp = reqwest::Client::new().post(w.url("/admin/services/hog/stop")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let back = fetch_until(
+        Duration::from_secs(60),
+        || async {
+            let resp = ask(4, false).await.unwrap();
+            let model = model_of(&resp);
+            json!({"model": model, "status": resp.status().as_u16(), "body": resp.text().await.unwrap()})
+        },
+        |m| m["model"] == "big",
+    )
+    .await;
+    assert_eq!(back["model"], "big", "{back}\n{}\n{}", w.get("/admin/pressure").await, w.log());
+    let p = w.get("/admin/pressure").await;
+    let actions: Vec<&str> = p["decisions"].as_array().unwrap().iter().map(|d| d["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["degrade", "upgrade"], "{p}");
+    assert!(
+        p["decisions"][1]["at_unix_ms"].as_u64().unwrap() - p["decisions"][0]["at_unix_ms"].as_u64().unwrap() >= 2000
+    );
+}

@@ -137,7 +137,9 @@ pub struct ResourcesConfig {
     pub ram: CapacitySetting,
     pub vram: CapacitySetting,
     pub threshold: f64,
-    pub reserve: u64,
+    /// Bytes always left free; None: the default, 1 GiB or an eighth of the capacity where that
+    /// is less (inside a small container a fixed 1 GiB would leave nothing to run).
+    pub reserve: Option<u64>,
     pub min_residency: Duration,
 }
 

@@ -327,7 +327,7 @@ fn resources(raw: RawResources) -> Result<ResourcesConfig, ConfigError> {
         ram: capacity("resources.ram", raw.ram.as_deref(), false)?,
         vram: capacity("resources.vram", raw.vram.as_deref(), true)?,
         threshold,
-        reserve: raw.reserve.map_or(1 << 30, |s| s.0),
+        reserve: raw.reserve.map(|s| s.0),
         min_residency: raw.min_residency.map_or(Duration::from_secs(30), |d| d.0),
     })
 }
@@ -544,7 +544,7 @@ max_tokens = 500
         let cfg = parse(&text, Path::new(".")).unwrap();
         assert_eq!(cfg.resources.ram, super::CapacitySetting::Bytes(16 << 30));
         assert_eq!(cfg.resources.vram, super::CapacitySetting::None);
-        assert_eq!(cfg.resources.reserve, 512 << 20);
+        assert_eq!(cfg.resources.reserve, Some(512 << 20));
         let s = &cfg.services[0];
         assert_eq!(s.memory, Some(super::MemorySetting::Bytes((8.5 * (1u64 << 30) as f64) as u64)));
         assert_eq!(

@@ -136,7 +136,7 @@ impl Coordinator {
             Device::Cpu => self.ram,
             Device::Gpu => self.vram,
         }?;
-        Some(Capacity { total, threshold: self.cfg.threshold, reserve: self.cfg.reserve })
+        Some(Capacity::new(total, self.cfg.threshold, self.cfg.reserve))
     }
 
     fn measured(&self, i: usize) -> Option<u64> {
@@ -274,7 +274,7 @@ impl Coordinator {
                         mib(limit),
                         mib(cap.total),
                         self.cfg.threshold,
-                        mib(self.cfg.reserve)
+                        mib(cap.reserve)
                     )));
                 }
                 Plan::Wait { retry_in: None, need, free, .. } => {

@@ -91,6 +91,28 @@ impl Warden {
         Warden { child, base, dir, log, token }
     }
 
+    /// Like `start`, but warden (and so every service it starts) runs in the cgroup `cgroup`
+    /// (a folder of a cgroup hierarchy): it joins it before it execs.
+    pub fn start_in_cgroup(rest: &str, cgroup: &std::path::Path) -> Warden {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"state\"\n\n{}",
+            rest.replace("FAKE", &fake_backend())
+        );
+        let path = dir.path().join("warden.toml");
+        std::fs::write(&path, config).unwrap();
+        let script = format!(
+            "echo $$ > '{}' && exec '{}' serve --config '{}'",
+            cgroup.join("cgroup.procs").display(),
+            warden_bin().display(),
+            path.display()
+        );
+        let mut command = Command::new("sh");
+        command.args(["-c", &script]);
+        let (child, base, log) = spawn_command(command);
+        Warden { child, base, dir, log, token: None }
+    }
+
     /// Stops this warden (SIGTERM) and starts a new one on the same config and state dir.
     pub fn restart(&mut self) {
         assert!(self.terminate(Duration::from_secs(20)).is_some_and(|s| s.success()));
@@ -197,9 +219,13 @@ fn spawn_warden_in(path: &std::path::Path, cwd: Option<&std::path::Path>) -> (Ch
     if let Some(cwd) = cwd {
         command.current_dir(cwd);
     }
+    command.args(["serve", "--config"]).arg(path);
+    spawn_command(command)
+}
+
+/// Starts `command` (a `warden serve`, maybe behind a wrapper) and waits for its address.
+fn spawn_command(mut command: Command) -> (Child, String, Arc<Mutex<String>>) {
     let mut child = command
-        .args(["serve", "--config"])
-        .arg(path)
         .env("WARDEN_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -357,4 +383,44 @@ impl Drop for Upstream {
 
 pub fn hex(bytes: [u8; 32]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A memory cgroup with a limit, made under this test process's own, for running warden under
+/// real memory pressure (root only). Killed and removed when dropped.
+pub struct MemoryCgroup(pub PathBuf);
+
+impl MemoryCgroup {
+    pub fn new(name: &str, limit: u64) -> Result<MemoryCgroup, String> {
+        let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+        let (root, rel, v2) = match own.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            controllers.split(',').any(|c| c == "memory").then(|| path.to_string())
+        }) {
+            Some(path) => ("/sys/fs/cgroup/memory", path, false),
+            None => {
+                ("/sys/fs/cgroup", own.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/").to_string(), true)
+            }
+        };
+        let dir = PathBuf::from(root).join(rel.trim_start_matches('/')).join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+        let file = if v2 { "memory.max" } else { "memory.limit_in_bytes" };
+        std::fs::write(dir.join(file), limit.to_string())
+            .map_err(|e| format!("cannot limit {}: {e}", dir.display()))?;
+        Ok(MemoryCgroup(dir))
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let procs = self.0.join("cgroup.procs");
+        let _ = wait_until(Duration::from_secs(5), || {
+            let pids = std::fs::read_to_string(&procs).unwrap_or_default();
+            for pid in pids.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            pids.trim().is_empty()
+        });
+        let _ = std::fs::remove_dir(&self.0);
+    }
 }
