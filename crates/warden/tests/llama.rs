@@ -32,7 +32,9 @@ idle_timeout = "1500ms"
         server = llama.server,
         model = model.display()
     ));
-    let body = json!({"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8});
+    let body = json!({"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8,
+        // The model's weights are random: without this it may pick its end token early.
+        "ignore_eos": true});
     let resp = w.post("/v1/chat/completions", body).await;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().contains_key("x-warden-cold-start-ms"));
@@ -47,7 +49,7 @@ idle_timeout = "1500ms"
 
     // Streaming through the alias, with usage in the last chunk.
     let body = json!({"model": "tiny-alias", "stream": true, "stream_options": {"include_usage": true},
-        "messages": [{"role": "user", "content": "hello"}], "max_tokens": 6});
+        "messages": [{"role": "user", "content": "hello"}], "max_tokens": 6, "ignore_eos": true});
     let resp = w.post("/v1/chat/completions", body).await;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
@@ -100,7 +102,7 @@ keep_alive = "60m"
         dir = models.path().display()
     ));
     for model in ["tiny-a", "tiny-b"] {
-        let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "ignore_eos": true});
         let resp = w.post("/v1/chat/completions", body).await;
         assert_eq!(resp.status(), 200, "{model}");
         let answer: Value = resp.json().await.unwrap();
@@ -185,7 +187,7 @@ start_timeout = "60s"
     let r = w.get("/admin/resources").await;
     assert_eq!(r["services"]["big"]["estimate_bytes"], (big_file as f64 * 1.2) as u64);
 
-    let body = |m: &str| json!({"model": m, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
+    let body = |m: &str| json!({"model": m, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "ignore_eos": true});
     assert_eq!(w.post("/v1/chat/completions", body("big")).await.status(), 200);
     let big_pid = w.service("big").await["pid"].as_u64().unwrap() as u32;
     let r = w.get("/admin/resources").await;
@@ -242,7 +244,10 @@ price = {{ input_per_1k = 1.0, output_per_1k = 2.0 }}
     };
     // No max_tokens: warden sets default_max_tokens, so the answer stops at 3 tokens.
     let resp = w
-        .post("/v1/chat/completions", json!({"model": "tiny", "messages": [{"role": "user", "content": "hello"}]}))
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "ignore_eos": true}),
+        )
         .await;
     assert_eq!(resp.status(), 200);
     let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
@@ -256,8 +261,8 @@ price = {{ input_per_1k = 1.0, output_per_1k = 2.0 }}
     assert_eq!(cost["estimated"], false);
 
     // A stream that did not ask for usage is asked for it by warden, and charged by it.
-    let body =
-        json!({"model": "tiny", "stream": true, "max_tokens": 5, "messages": [{"role": "user", "content": "hello"}]});
+    let body = json!({"model": "tiny", "stream": true, "max_tokens": 5, "ignore_eos": true,
+            "messages": [{"role": "user", "content": "hello"}]});
     let resp = w.post("/v1/chat/completions", body).await;
     let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     let text = resp.text().await.unwrap();
@@ -329,7 +334,7 @@ smaller = "small"
     assert_eq!(p["devices"][0]["capacity_bytes"], 800u64 << 20, "the cgroup's limit is the capacity: {p}");
     let ask = |max_tokens: u32, stream: bool| {
         let body = json!({"model": "big", "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens,
-            "stream": stream});
+            "stream": stream, "ignore_eos": true});
         reqwest::Client::new().post(w.url("/v1/chat/completions")).json(&body).send()
     };
     let model_of = |r: &reqwest::Response| r.headers().get("x-warden-model").map(|v| v.to_str().unwrap().to_string());
