@@ -79,6 +79,23 @@ struct Args {
     /// How long loading a model takes.
     #[arg(long, default_value_t = 0)]
     load_delay_ms: u64,
+    /// Serve https with this PEM certificate chain (and `--tls-key`), offering HTTP/2 and
+    /// HTTP/1.1 by ALPN, as a hosted API does.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Allow this many completions per window, announcing the limit as hosted APIs do
+    /// (`x-ratelimit-*-requests`); past it, answer 429 with `retry-after`.
+    #[arg(long)]
+    ratelimit_requests: Option<u64>,
+    /// The rate-limit window; it starts at the first completion.
+    #[arg(long, default_value_t = 60_000)]
+    ratelimit_window_ms: u64,
+    /// Announce the limit only when refusing (an upstream that says nothing until it is too late).
+    #[arg(long)]
+    ratelimit_quiet: bool,
     /// Models this server offers (listed unloaded by `GET /models` and `GET /api/tags`).
     #[arg(long, value_delimiter = ',')]
     models: Vec<String>,
@@ -96,6 +113,10 @@ struct Fake {
     max_in_flight: AtomicU64,
     /// Models loaded through the multi-model endpoints, with the memory each holds.
     loaded: Mutex<BTreeMap<String, Vec<u8>>>,
+    /// `--ratelimit-requests`: when the window began (Unix ms) and completions in it.
+    window: Mutex<(u128, u64)>,
+    /// Completions refused with 429 (for /stats).
+    refused: AtomicU64,
 }
 
 /// A listening socket with the given accept backlog.
@@ -133,6 +154,109 @@ impl axum::serve::Listener for SlowAccept {
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         self.inner.local_addr()
     }
+}
+
+/// Accepts TLS connections: the handshake is bounded, and a failed one (a client that refused
+/// the certificate) is dropped without stopping the server.
+struct TlsAccept {
+    inner: SlowAccept,
+    tls: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsAccept {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (tcp, addr) = self.inner.accept().await;
+            let _ = tcp.set_nodelay(true);
+            match tokio::time::timeout(Duration::from_secs(5), self.tls.accept(tcp)).await {
+                Ok(Ok(stream)) => return (stream, addr),
+                Ok(Err(e)) => eprintln!("fake-backend: TLS handshake with {addr} failed: {e}"),
+                Err(_) => eprintln!("fake-backend: TLS handshake with {addr} timed out"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Says which HTTP version a request came over (`x-fake-http-version`), so a test can tell
+/// that a client negotiated HTTP/2.
+async fn tell_version(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let version = format!("{:?}", req.version());
+    let mut resp = next.run(req).await;
+    if let Ok(v) = axum::http::HeaderValue::from_str(&version) {
+        resp.headers_mut().insert("x-fake-http-version", v);
+    }
+    resp
+}
+
+/// `--ratelimit-requests`: a fixed window from the first completion; every answer announces
+/// the limit, what remains and when the window resets (unless `--ratelimit-quiet`), and a
+/// completion past the limit is refused with 429 and `retry-after`.
+async fn rate_limit(
+    State(fake): State<Arc<Fake>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(limit) = fake.args.ratelimit_requests else { return next.run(req).await };
+    if !(req.method() == Method::POST && req.uri().path().starts_with("/v1/")) {
+        return next.run(req).await;
+    }
+    let window = fake.args.ratelimit_window_ms as u128;
+    let (allowed, remaining, reset_ms) = {
+        let mut w = fake.window.lock().unwrap();
+        let now = unix_ns() / 1_000_000;
+        if w.1 == 0 || now >= w.0 + window {
+            *w = (now, 0);
+        }
+        let allowed = w.1 < limit;
+        if allowed {
+            w.1 += 1;
+        }
+        (allowed, limit - w.1, (w.0 + window).saturating_sub(now) as u64)
+    };
+    let mut resp = if allowed {
+        next.run(req).await
+    } else {
+        fake.refused.fetch_add(1, Ordering::SeqCst);
+        let body = json!({"error": {"message": "Rate limit reached for requests", "type": "requests", "code": "rate_limit_exceeded"}});
+        let mut resp = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+        resp.headers_mut().insert("retry-after", reset_ms.div_ceil(1000).into());
+        resp
+    };
+    if allowed && fake.args.ratelimit_quiet {
+        return resp;
+    }
+    let h = resp.headers_mut();
+    h.insert("x-ratelimit-limit-requests", limit.into());
+    h.insert("x-ratelimit-remaining-requests", remaining.into());
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("{reset_ms}ms")) {
+        h.insert("x-ratelimit-reset-requests", v);
+    }
+    resp
 }
 
 /// Counts a completion in flight until dropped.
@@ -200,9 +324,13 @@ async fn main() {
     }
     eprintln!("fake-backend: listening on {addr} (pid {})", std::process::id());
     let listener = SlowAccept { inner: listener, delay: Duration::from_millis(args.accept_delay_ms) };
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key).unwrap_or_else(|e| {
+            eprintln!("fake-backend: cannot serve TLS: {e}");
+            std::process::exit(2);
+        })),
+        _ => None,
+    };
     let health = args.health_path.clone();
     let state = Arc::new(Fake {
         args,
@@ -212,6 +340,8 @@ async fn main() {
         first_health_ns: AtomicU64::new(0),
         first_request_ns: AtomicU64::new(0),
         loaded: Mutex::default(),
+        window: Mutex::default(),
+        refused: AtomicU64::new(0),
     });
     let app = Router::new()
         .route(
@@ -237,8 +367,18 @@ async fn main() {
         .route("/models/load", post(router_load))
         .route("/models/unload", post(router_unload))
         .fallback(echo)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit))
+        .layer(axum::middleware::from_fn(tell_version))
         .with_state(state);
-    axum::serve(listener, app).await.expect("serve");
+    match tls {
+        Some(tls) => axum::serve(TlsAccept { inner: listener, tls }, app).await.expect("serve"),
+        None => {
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app).await.expect("serve")
+        }
+    }
 }
 
 impl Fake {
@@ -292,6 +432,7 @@ async fn props(State(fake): State<Arc<Fake>>) -> Response {
 async fn stats(State(fake): State<Arc<Fake>>) -> Json<Value> {
     Json(json!({"pid": std::process::id(), "requests": fake.requests.load(Ordering::SeqCst),
         "max_in_flight": fake.max_in_flight.load(Ordering::SeqCst),
+        "refused": fake.refused.load(Ordering::SeqCst),
         "first_health_unix_ns": fake.first_health_ns.load(Ordering::SeqCst),
         "first_request_unix_ns": fake.first_request_ns.load(Ordering::SeqCst)}))
 }

@@ -55,6 +55,12 @@ impl Bucket {
         self.level = (self.level + (took as i64 - used as i64) * 1000).min(self.capacity);
     }
 
+    /// Holds no more than `units` (what the upstream says remains).
+    fn cap_at(&mut self, units: u64, now_ms: u64) {
+        self.refill(now_ms);
+        self.level = self.level.min(units.min(i64::MAX as u64 / 1000) as i64 * 1000);
+    }
+
     /// Milliseconds until `amount` could be taken; None if it never can (no refill).
     pub fn wait_ms(&mut self, amount: u64, now_ms: u64) -> Option<u64> {
         self.refill(now_ms);
@@ -86,6 +92,23 @@ pub enum From {
     Own(usize),
 }
 
+/// What an upstream announced about its limit in this pool's unit (`x-ratelimit-*-requests`
+/// or `-tokens`), read from one of its answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Announced {
+    pub limit: Option<u64>,
+    pub remaining: Option<u64>,
+    /// Until its window resets, from when the answer came.
+    pub reset_ms: Option<u64>,
+}
+
+/// The last announcement, and when it came (for `/api/resources/availability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Learned {
+    pub announced: Announced,
+    pub at_ms: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Pool {
     capacity: u64,
@@ -93,6 +116,25 @@ pub struct Pool {
     dedicated: bool,
     shared: Bucket,
     own: HashMap<usize, Bucket>,
+    /// Nothing is taken before this: the upstream refused for rate (429), and sending more
+    /// would only fail.
+    paused_until_ms: u64,
+    /// What the upstream said remains of its current window: until that window resets, no
+    /// more than this is taken, however fast the configured refill is.
+    window: Option<Window>,
+    pub learned: Option<Learned>,
+}
+
+/// The rest of an upstream's announced window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    left: u64,
+    until_ms: u64,
+    /// The upstream's limit per window: what a fresh window holds.
+    limit: Option<u64>,
+    /// How long the announced reset was: a fresh window is assumed to last as long (if all
+    /// its requests fail without a word, it still ends).
+    span_ms: u64,
 }
 
 impl Pool {
@@ -108,7 +150,61 @@ impl Pool {
             }
             Sharing::Dedicated => (Bucket::new(0, 0, now_ms), HashMap::new(), true),
         };
-        Pool { capacity, refill_milli, dedicated, shared, own }
+        Pool { capacity, refill_milli, dedicated, shared, own, paused_until_ms: 0, window: None, learned: None }
+    }
+
+    /// Adopts what the upstream announced (it counts what other users of the same key spent
+    /// too): no bucket holds more than its share of what remains, and with a reset time, no
+    /// more than that is taken before the upstream's window resets.
+    pub fn learn(&mut self, announced: Announced, now_ms: u64) {
+        self.learned = Some(Learned { announced, at_ms: now_ms });
+        let Some(remaining) = announced.remaining else { return };
+        let capacity = self.capacity.max(1);
+        let share = |b: &Bucket| if self.dedicated { remaining } else { remaining * b.capacity() / capacity };
+        let shared = share(&self.shared);
+        self.shared.cap_at(shared, now_ms);
+        let owns: Vec<(usize, u64)> = self.own.iter().map(|(&c, b)| (c, share(b))).collect();
+        for (c, units) in owns {
+            if let Some(b) = self.own.get_mut(&c) {
+                b.cap_at(units, now_ms);
+            }
+        }
+        if let Some(reset) = announced.reset_ms {
+            let until_ms = now_ms.saturating_add(reset);
+            // Within a window what remains only shrinks: requests sent after this answer was
+            // counted upstream are already taken from `left`, and answers arrive out of order.
+            let left = match self.window {
+                Some(w) if now_ms < w.until_ms => w.left.min(remaining),
+                _ => remaining,
+            };
+            let window = Window { left, until_ms, limit: announced.limit, span_ms: reset.max(1) };
+            self.window = Some(window);
+        }
+    }
+
+    /// The announced window, while it lasts.
+    fn open_window(&mut self, now_ms: u64) -> Option<&mut Window> {
+        if let Some(w) = self.window.filter(|w| now_ms >= w.until_ms) {
+            // The upstream's window reset: until its next answer says more, the new one holds
+            // what its limit allows (unknown limit: only the configured bucket applies).
+            self.window = w.limit.map(|limit| Window { left: limit, until_ms: now_ms.saturating_add(w.span_ms), ..w });
+        }
+        self.window.as_mut()
+    }
+
+    /// Units left of the upstream's announced window, while one applies.
+    pub fn window_left(&mut self, now_ms: u64) -> Option<u64> {
+        self.open_window(now_ms).map(|w| w.left)
+    }
+
+    /// The upstream refused for rate: nothing is taken for `for_ms`.
+    pub fn pause(&mut self, for_ms: u64, now_ms: u64) {
+        self.paused_until_ms = self.paused_until_ms.max(now_ms.saturating_add(for_ms));
+    }
+
+    /// How much longer the pool is paused (0 = not paused).
+    pub fn paused_ms(&self, now_ms: u64) -> u64 {
+        self.paused_until_ms.saturating_sub(now_ms)
     }
 
     fn own(&mut self, client: usize, now_ms: u64) -> Option<&mut Bucket> {
@@ -128,11 +224,24 @@ impl Pool {
 
     /// Takes from the client's own bucket first, then from the shared one.
     pub fn try_take(&mut self, client: usize, amount: u64, now_ms: u64) -> Option<From> {
-        let amount = amount.min(self.max_take(client, now_ms));
-        if self.own(client, now_ms).is_some_and(|b| b.try_take(amount, now_ms)) {
-            return Some(From::Own(client));
+        if self.paused_ms(now_ms) > 0 {
+            return None;
         }
-        (!self.dedicated && self.shared.try_take(amount, now_ms)).then_some(From::Shared)
+        let amount = amount.min(self.max_take(client, now_ms));
+        if self.open_window(now_ms).is_some_and(|w| w.left < amount) {
+            return None;
+        }
+        let from = if self.own(client, now_ms).is_some_and(|b| b.try_take(amount, now_ms)) {
+            From::Own(client)
+        } else if !self.dedicated && self.shared.try_take(amount, now_ms) {
+            From::Shared
+        } else {
+            return None;
+        };
+        if let Some(w) = self.open_window(now_ms) {
+            w.left -= amount;
+        }
+        Some(from)
     }
 
     pub fn adjust(&mut self, from: From, took: u64, used: u64, now_ms: u64) {
@@ -150,10 +259,16 @@ impl Pool {
         let amount = amount.min(self.max_take(client, now_ms));
         let own = self.own(client, now_ms).and_then(|b| b.wait_ms(amount, now_ms));
         let shared = if self.dedicated { None } else { self.shared.wait_ms(amount, now_ms) };
-        match (own, shared) {
+        let wait = match (own, shared) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
+        };
+        // Refill goes on during a pause; looking again when it ends is soon enough.
+        let mut blocked = self.paused_ms(now_ms);
+        if let Some(w) = self.open_window(now_ms).filter(|w| w.left < amount) {
+            blocked = blocked.max(w.until_ms - now_ms);
         }
+        wait.map(|w| w.max(blocked))
     }
 
     /// (available, capacity) of what everyone shares, or of the client's own bucket if dedicated.
@@ -214,6 +329,52 @@ mod tests {
         let mut p = Pool::new(10, 1.0, &Sharing::Shared, 0);
         assert!(p.try_take(0, 50, 0).is_some());
         assert_eq!(p.wait_ms(0, 50, 0), Some(10_000));
+    }
+
+    #[test]
+    fn an_upstream_announcement_caps_the_level_until_its_window_resets() {
+        // The configured refill (1000/s) is far faster than the upstream's real limit.
+        let mut p = Pool::new(100, 1000.0, &Sharing::Shared, 0);
+        let said = |remaining, reset_ms| Announced { limit: Some(60), remaining: Some(remaining), reset_ms };
+        p.learn(said(30, None), 0);
+        assert_eq!(p.level(None, 0), (30, 100), "corrected down to what the upstream says");
+        assert_eq!(p.level(None, 1_000), (100, 100), "without a reset time, refill brings it back");
+        p.learn(said(2, Some(3_000)), 1_000);
+        assert_eq!(p.try_take(0, 1, 1_000), Some(From::Shared));
+        assert_eq!(p.try_take(0, 1, 1_500), Some(From::Shared), "refilled, but the window has 1 left");
+        assert_eq!(p.try_take(0, 1, 1_600), None, "nothing left of the upstream's window");
+        assert_eq!(p.wait_ms(0, 1, 1_600), Some(2_400), "look again when it resets");
+        p.learn(said(5, Some(2_000)), 1_700);
+        assert_eq!(p.window_left(1_700), Some(0), "within a window what remains only shrinks");
+        assert_eq!(p.learned.map(|l| l.announced.remaining), Some(Some(5)));
+        // The window resets: a fresh one holds the announced limit until the next answer.
+        assert_eq!(p.window_left(3_700), Some(60));
+        for _ in 0..60 {
+            assert!(p.try_take(0, 1, 3_700).is_some());
+        }
+        assert_eq!(p.try_take(0, 1, 3_700), None);
+        assert_eq!(p.wait_ms(0, 1, 3_700), Some(2_000), "a fresh window lasts as long as the last reset said");
+        p.learn(said(10, Some(1_000)), 3_800);
+        assert_eq!(p.window_left(3_800), Some(0), "what was sent since is not given back");
+        assert_eq!(p.window_left(4_800), Some(60));
+    }
+
+    #[test]
+    fn a_reserved_pool_splits_what_remains_by_share() {
+        let mut p = Pool::new(100, 0.0, &Sharing::Reserved(vec![(0, 0.2)]), 0);
+        p.learn(Announced { remaining: Some(50), ..Announced::default() }, 0);
+        assert_eq!(p.level(Some(0), 0), (10, 20));
+        assert_eq!(p.level(Some(1), 0), (40, 80));
+    }
+
+    #[test]
+    fn a_refusal_pauses_for_as_long_as_the_upstream_says() {
+        let mut p = Pool::new(10, 1.0, &Sharing::Dedicated, 0);
+        p.pause(1_000, 0);
+        p.pause(500, 0);
+        assert_eq!(p.paused_ms(0), 1_000, "a shorter pause does not cut a longer one");
+        assert!(p.try_take(3, 1, 999).is_none());
+        assert!(p.try_take(3, 1, 1_000).is_some());
     }
 
     proptest! {

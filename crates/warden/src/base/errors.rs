@@ -47,6 +47,11 @@ pub enum ApiError {
         service: String,
         detail: String,
     },
+    /// An https upstream failed its TLS handshake (certificate, name, protocol).
+    UpstreamTls {
+        service: String,
+        detail: String,
+    },
     /// The operation clashes with one under way.
     Conflict(String),
     /// The client may not use this model.
@@ -120,7 +125,7 @@ impl ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             ApiError::Unavailable { .. } | ApiError::TooManyConnections { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::BadGateway { .. } | ApiError::UpstreamTls { .. } => StatusCode::BAD_GATEWAY,
             ApiError::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -151,6 +156,7 @@ impl ApiError {
             ApiError::Unavailable { why: Unavailable::StartFailed { .. }, .. } => "service_start_failed",
             ApiError::Unavailable { why: Unavailable::Stopped { .. }, .. } => "service_stopped",
             ApiError::BadGateway { .. } => "backend_error",
+            ApiError::UpstreamTls { .. } => "upstream_tls_error",
             ApiError::BackendTimeout { .. } => "backend_timeout",
             ApiError::Internal(_) => "internal_error",
             ApiError::TooManyConnections { .. } => "too_many_connections",
@@ -213,6 +219,9 @@ impl ApiError {
                 Unavailable::Stopped { reason } => format!("service {service} is unavailable: {reason}"),
             },
             ApiError::BadGateway { service, detail } => format!("service {service} failed mid-request: {detail}"),
+            ApiError::UpstreamTls { service, detail } => {
+                format!("service {service} cannot be reached safely: {detail}")
+            }
             ApiError::BackendTimeout { service, after } => {
                 format!("service {service} sent no response within its response_timeout ({:.1} s)", after.as_secs_f64())
             }

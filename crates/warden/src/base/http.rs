@@ -1,30 +1,169 @@
 //! The pooled HTTP client warden uses to reach services (proxying, health probes, model
 //! APIs), and request ids.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Uri};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::CertificateDer;
 
-/// A service that has not accepted a connection in this long gets a clear 502, not a hang: a
-/// backend whose accept backlog is full drops connection attempts, and SYN retransmits grow.
+/// A service that has not accepted a connection (and, over https, finished the TLS handshake)
+/// in this long gets a clear 502, not a hang: a backend whose accept backlog is full drops
+/// connection attempts, SYN retransmits grow, and a TLS peer may accept and never speak.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Pooled HTTP/1 client to local services: keep-alive connections make the hot path one write
-/// and one read on an open socket.
-pub type HttpClient = Client<HttpConnector, Body>;
+/// Pooled client to services, http and https: keep-alive connections make the hot path one
+/// write and one read on an open socket; over https, HTTP/2 is used where the upstream offers
+/// it by ALPN, so concurrent requests share one connection.
+pub type HttpClient = Client<Bounded, Body>;
 
+/// The client for services trusted the public way: Mozilla's roots (compiled in, so a fresh
+/// machine needs no CA bundle).
 pub fn client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    client_trusting(None, true)
+}
+
+/// A client that trusts only `cas` (a private CA; None = Mozilla's roots), or with
+/// `verify = false` no one at all (`tls_insecure`).
+pub fn client_trusting(cas: Option<&[CertificateDer<'static>]>, verify: bool) -> HttpClient {
+    let mut tcp = HttpConnector::new();
+    tcp.set_nodelay(true);
+    tcp.enforce_http(false);
+    let tls = tls_config(cas, verify);
+    let https = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(tcp);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(256)
-        .build(connector)
+        .build(Bounded(https))
+}
+
+fn tls_config(cas: Option<&[CertificateDer<'static>]>, verify: bool) -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions");
+    if !verify {
+        return builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(insecure::AnyCertificate(provider)))
+            .with_no_client_auth();
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    match cas {
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        // Validation parsed each one already (config::validate).
+        Some(cas) => _ = roots.add_parsable_certificates(cas.iter().cloned()),
+    }
+    builder.with_root_certificates(roots).with_no_client_auth()
+}
+
+/// The https-or-http connector, with the connect and the TLS handshake bounded together by
+/// [`CONNECT_TIMEOUT`].
+#[derive(Clone)]
+pub struct Bounded(HttpsConnector<HttpConnector>);
+
+type Connected = <HttpsConnector<HttpConnector> as tower::Service<Uri>>::Response;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<Uri> for Bounded {
+    type Response = Connected;
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Connected, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move {
+            match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+                Ok(done) => done,
+                Err(_) => Err("no connection (and TLS handshake) within the bound".into()),
+            }
+        })
+    }
+}
+
+/// The TLS failure in a client error's causes, said plainly ("invalid peer certificate:
+/// certificate not valid for name …"), or None when TLS was not what failed.
+pub fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(tls) = c.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        // An io::Error's source() skips the error it wraps (and the connector wraps io errors
+        // in io errors): step into it instead.
+        cause = match c.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(wrapped) => Some(wrapped as &(dyn std::error::Error + 'static)),
+            None => c.source(),
+        };
+    }
+    None
+}
+
+/// The URI of `path_and_query` at a service's base URL ("http://127.0.0.1:8080",
+/// "https://api.example.com/openai").
+pub fn at(base: &str, path_and_query: &str) -> Option<Uri> {
+    format!("{base}{path_and_query}").parse().ok()
+}
+
+mod insecure {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+    use std::sync::Arc;
+
+    /// Accepts any certificate, still checking the handshake's signatures (so the peer holds
+    /// the key of the certificate it showed). Only for `tls_insecure = true`.
+    #[derive(Debug)]
+    pub struct AnyCertificate(pub Arc<rustls::crypto::CryptoProvider>);
+
+    impl ServerCertVerifier for AnyCertificate {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
 }
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";

@@ -120,6 +120,20 @@ impl ClientConfig {
 pub struct RemoteSpec {
     /// Sent upstream as `Authorization: Bearer …` in place of the client's.
     pub api_key: Option<Secret>,
+    /// Whom an https upstream's certificate must be signed by.
+    pub trust: Trust,
+}
+
+/// Whom an https upstream must prove itself to.
+#[derive(Debug, Clone, Default)]
+pub enum Trust {
+    /// Mozilla's roots.
+    #[default]
+    Public,
+    /// Only these CAs (`ca_file`): a private deployment's own.
+    Only(std::sync::Arc<Vec<rustls::pki_types::CertificateDer<'static>>>),
+    /// No verification at all (`tls_insecure = true`, logged when the service is set up).
+    Insecure,
 }
 
 /// A device's capacity as configured.

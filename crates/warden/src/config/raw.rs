@@ -206,6 +206,10 @@ pub struct RawService {
     pub api: Option<RawApi>,
     // kind = "remote": the environment variable holding the upstream API key.
     pub api_key_env: Option<String>,
+    /// PEM CA certificates an https upstream's certificate must chain to (a private CA).
+    pub ca_file: Option<String>,
+    /// Skip certificate verification: an explicit, logged opt-in.
+    pub tls_insecure: Option<bool>,
     // kind = "container"
     pub container: Option<String>,
     pub engine: Option<String>,

@@ -11,7 +11,7 @@ use super::{adapt, tenants};
 use super::{
     Api, CapacitySetting, Config, ConfigError, ContainerSpec, Desired, Device, Health, IdleConfig, MemorySetting,
     ModelConfig, ModelRef, PortMap, ProcessSpec, RemoteSpec, ResourcesConfig, Secret, ServerConfig, ServiceConfig,
-    ServiceKind,
+    ServiceKind, Trust,
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -175,6 +175,8 @@ fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, Co
     let (kind, upstream) = match raw.kind {
         RawKind::Process => {
             only_for("api_key_env", raw.api_key_env.is_some(), "remote")?;
+            only_for("ca_file", raw.ca_file.is_some(), "remote")?;
+            only_for("tls_insecure", raw.tls_insecure.is_some(), "remote")?;
             only_for("container", raw.container.is_some(), "container")?;
             only_for("engine", raw.engine.is_some(), "container")?;
             only_for("url", raw.url.is_some(), "container")?;
@@ -207,12 +209,14 @@ fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, Co
                 }
             }
             let url = raw.url.clone().ok_or_else(|| err(at("url"), "required for kind = \"remote\""))?;
-            let upstream = http_authority(&url).ok_or_else(|| {
+            let upstream = base_url(&url, true).ok_or_else(|| {
                 err(
                     at("url"),
-                    format!("{url:?} must look like \"http://host:port\" (https upstreams are not supported yet)"),
+                    format!("{url:?} must look like \"https://api.example.com\" (an optional path prefix may follow)"),
                 )
             })?;
+            let trust =
+                trust(&upstream, raw.ca_file.as_deref(), raw.tls_insecure, base).map_err(|(key, e)| err(at(key), e))?;
             let api_key = match &raw.api_key_env {
                 None => None,
                 Some(var) => Some(Secret(
@@ -220,7 +224,7 @@ fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, Co
                         .map_err(|_| err(at("api_key_env"), format!("environment variable {var} is not set")))?,
                 )),
             };
-            (ServiceKind::Remote(RemoteSpec { api_key }), Some(upstream))
+            (ServiceKind::Remote(RemoteSpec { api_key, trust }), Some(upstream))
         }
         RawKind::Container => {
             only_for("command", raw.command.is_some(), "process")?;
@@ -229,7 +233,7 @@ fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, Co
             only_for("stop_command", raw.stop_command.is_some(), "process")?;
             let container = raw.container.ok_or_else(|| err(at("container"), "required for kind = \"container\""))?;
             let url = raw.url.ok_or_else(|| err(at("url"), "required for kind = \"container\" (where it answers)"))?;
-            let upstream = http_authority(&url)
+            let upstream = base_url(&url, false)
                 .ok_or_else(|| err(at("url"), format!("{url:?} must look like \"http://127.0.0.1:6333\"")))?;
             let mut ports = Vec::new();
             for (i, p) in raw.ports.unwrap_or_default().iter().enumerate() {
@@ -238,6 +242,8 @@ fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, Co
                 })?);
             }
             only_for("api_key_env", raw.api_key_env.is_some(), "remote")?;
+            only_for("ca_file", raw.ca_file.is_some(), "remote")?;
+            only_for("tls_insecure", raw.tls_insecure.is_some(), "remote")?;
             let spec = ContainerSpec { container, engine: raw.engine, image: raw.image, ports, env: raw.env };
             (ServiceKind::Container(spec), Some(upstream))
         }
@@ -332,10 +338,67 @@ fn resources(raw: RawResources) -> Result<ResourcesConfig, ConfigError> {
     })
 }
 
-/// "http://host:port" (a trailing slash allowed) → "host:port"; anything else is None.
-fn http_authority(url: &str) -> Option<String> {
-    let authority = url.strip_prefix("http://")?.trim_end_matches('/');
-    (!authority.is_empty() && !authority.contains('/')).then(|| authority.to_string())
+/// A service's base URL, without a trailing slash: "http://host:port", or for a hosted API
+/// also "https://host[:port]" with an optional path prefix ("https://api.groq.com/openai").
+/// Requests go to the base URL followed by their own path. Anything else is None.
+fn base_url(url: &str, remote: bool) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    if !(scheme == "http" || (remote && scheme == "https")) {
+        return None;
+    }
+    let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+    let host = match authority.rsplit_once(':') {
+        // A port, unless the colon is inside an IPv6 literal ("[::1]").
+        Some((host, port)) if !port.ends_with(']') => {
+            port.parse::<u16>().ok()?;
+            host
+        }
+        _ => authority,
+    };
+    let clean = |s: &str| !s.contains(|c: char| c.is_whitespace() || c.is_control() || "@?#".contains(c));
+    if host.is_empty() || !clean(authority) || !clean(path) {
+        return None;
+    }
+    let prefix = path.trim_end_matches('/');
+    if !remote && !prefix.is_empty() {
+        return None;
+    }
+    Some(format!("{scheme}://{authority}{prefix}"))
+}
+
+/// Whom a hosted API's certificate must be signed by: `ca_file` (PEM, read and checked now so
+/// a bad file is a config error, not a failed request later), no one (`tls_insecure`), or
+/// Mozilla's roots. Both keys apply to https only, and only one of them at a time.
+fn trust(
+    url: &str,
+    ca_file: Option<&str>,
+    insecure: Option<bool>,
+    base: &Path,
+) -> Result<Trust, (&'static str, String)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let https = url.starts_with("https://");
+    match (ca_file, insecure.unwrap_or(false)) {
+        (Some(_), true) => Err(("tls_insecure", "cannot be combined with ca_file: pick one".into())),
+        (Some(_), _) | (_, true) if !https => {
+            let key = if ca_file.is_some() { "ca_file" } else { "tls_insecure" };
+            Err((key, "only applies to an https url".into()))
+        }
+        (Some(file), false) => {
+            let path = base.join(file);
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)
+                .and_then(|it| it.collect::<Result<_, _>>())
+                .map_err(|e| ("ca_file", format!("cannot read certificates from {}: {e}", path.display())))?;
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(certs.iter().cloned());
+            if added == 0 {
+                return Err(("ca_file", format!("{} holds no usable CA certificate (PEM)", path.display())));
+            }
+            Ok(Trust::Only(std::sync::Arc::new(certs)))
+        }
+        (None, true) => Ok(Trust::Insecure),
+        (None, false) => Ok(Trust::Public),
+    }
 }
 
 /// `[IP:]HOST_PORT:CONTAINER_PORT`
@@ -353,6 +416,21 @@ fn port_map(text: &str) -> Option<PortMap> {
 mod tests {
     use crate::config::parse;
     use std::path::Path;
+
+    #[test]
+    fn base_urls_keep_scheme_host_port_and_a_remote_path_prefix() {
+        use super::base_url;
+        assert_eq!(base_url("http://127.0.0.1:8080/", false).as_deref(), Some("http://127.0.0.1:8080"));
+        assert_eq!(base_url("https://api.groq.com/openai/", true).as_deref(), Some("https://api.groq.com/openai"));
+        assert_eq!(base_url("https://[::1]:8443", true).as_deref(), Some("https://[::1]:8443"));
+        assert_eq!(base_url("https://[::1]", true).as_deref(), Some("https://[::1]"));
+        for bad in ["https://h", "http://h/prefix", "ftp://h"] {
+            assert_eq!(base_url(bad, false), None, "{bad}");
+        }
+        for bad in ["http://", "http://:80", "http://h:port", "http://u@h", "http://h/?q", "http://h x", "h:80"] {
+            assert_eq!(base_url(bad, true), None, "{bad}");
+        }
+    }
 
     fn parse_err(text: &str) -> String {
         parse(text, Path::new(".")).unwrap_err().to_string()
@@ -518,7 +596,7 @@ max_tokens = 500
         let text = "[services.q]\nkind = \"container\"\ncontainer = \"qdrant\"\nurl = \"http://127.0.0.1:6333\"\nhealth = \"docker\"\nports = [\"127.0.0.1:6333:6333\", \"8080:80\"]\n";
         let cfg = parse(text, Path::new(".")).unwrap();
         let s = &cfg.services[0];
-        assert_eq!(s.upstream.as_deref(), Some("127.0.0.1:6333"));
+        assert_eq!(s.upstream.as_deref(), Some("http://127.0.0.1:6333"));
         assert_eq!(s.health, super::Health::Docker);
         let super::ServiceKind::Container(spec) = &s.kind else { panic!("container") };
         assert_eq!(

@@ -21,15 +21,19 @@ pub const ENGINE_EVERY: Duration = Duration::from_millis(50);
 /// One probe may not hang on a port that accepts but never answers.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Whether something accepts connections at `upstream` ("host:port").
+/// Whether something accepts connections at `upstream` (a base URL, "http://host:port").
 pub async fn port_open(upstream: &str) -> bool {
-    tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(upstream)).await.is_ok_and(|r| r.is_ok())
+    let Some(authority) = crate::base::http::at(upstream, "/").and_then(|u| u.authority().cloned()) else {
+        return false;
+    };
+    let addr = (authority.host(), authority.port_u16().unwrap_or(80));
+    tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await.is_ok_and(|r| r.is_ok())
 }
 
 /// llama-server's slot count (`GET /props` → `total_slots`): how many requests it serves at
 /// once. None for servers that do not say.
 pub async fn slots(client: &HttpClient, upstream: &str) -> Option<u32> {
-    let uri: Uri = format!("http://{upstream}/props").parse().ok()?;
+    let uri: Uri = crate::base::http::at(upstream, "/props")?;
     let req = Request::get(uri).body(Body::empty()).ok()?;
     let resp = tokio::time::timeout(PROBE_TIMEOUT, client.request(req)).await.ok()?.ok()?;
     if !resp.status().is_success() {
@@ -47,7 +51,7 @@ pub async fn probe(client: &HttpClient, health: &Health, upstream: &str) -> bool
     match health {
         Health::Port | Health::Docker => port_open(upstream).await,
         Health::Path(path) => {
-            let Ok(uri) = format!("http://{upstream}{path}").parse::<Uri>() else { return false };
+            let Some(uri) = crate::base::http::at(upstream, path) else { return false };
             let req = Request::get(uri).body(Body::empty()).expect("valid request");
             matches!(
                 tokio::time::timeout(PROBE_TIMEOUT, client.request(req)).await,

@@ -138,7 +138,7 @@ pub async fn start(ctx: StartContext<'_>) -> Result<Running, StartFailure> {
                 tasks: ctx.tasks,
             };
             let spawned = process::spawn(req).map_err(|f| f.with_log(ctx.log))?;
-            (Running::Process(spawned), format!("127.0.0.1:{}", ctx.port))
+            (Running::Process(spawned), format!("http://127.0.0.1:{}", ctx.port))
         }
         // Always up and not ours to probe: a hosted API's health is its answers.
         ServiceKind::Remote(_) => return Ok(Running::Remote),

@@ -64,11 +64,11 @@ pub async fn listing(client: &HttpClient, api: Api, upstream: &str) -> Result<Li
     match api {
         Api::Single => Ok(Listing::default()),
         Api::LlamacppRouter => {
-            let v = call(client, Method::GET, format!("http://{upstream}/models"), None, within).await?;
+            let v = call(client, Method::GET, format!("{upstream}/models"), None, within).await?;
             Ok(Listing { available: names(&v["data"], "id"), loaded: loaded(client, api, upstream).await? })
         }
         Api::Ollama => {
-            let tags = call(client, Method::GET, format!("http://{upstream}/api/tags"), None, within).await?;
+            let tags = call(client, Method::GET, format!("{upstream}/api/tags"), None, within).await?;
             Ok(Listing { available: names(&tags["models"], "name"), loaded: loaded(client, api, upstream).await? })
         }
     }
@@ -80,7 +80,7 @@ pub async fn loaded(client: &HttpClient, api: Api, upstream: &str) -> Result<Vec
     match api {
         Api::Single => Ok(Vec::new()),
         Api::LlamacppRouter => {
-            let v = call(client, Method::GET, format!("http://{upstream}/models"), None, within).await?;
+            let v = call(client, Method::GET, format!("{upstream}/models"), None, within).await?;
             Ok(v["data"]
                 .as_array()
                 .into_iter()
@@ -90,7 +90,7 @@ pub async fn loaded(client: &HttpClient, api: Api, upstream: &str) -> Result<Vec
                 .collect())
         }
         Api::Ollama => {
-            let v = call(client, Method::GET, format!("http://{upstream}/api/ps"), None, within).await?;
+            let v = call(client, Method::GET, format!("{upstream}/api/ps"), None, within).await?;
             Ok(v["models"]
                 .as_array()
                 .into_iter()
@@ -161,7 +161,7 @@ async fn change(
         (Api::Ollama, true) => ("/api/generate", json!({"model": model, "keep_alive": -1})),
         (Api::Ollama, false) => ("/api/generate", json!({"model": model, "keep_alive": 0})),
     };
-    call(client, Method::POST, format!("http://{upstream}{path}"), Some(body), within).await?;
+    call(client, Method::POST, format!("{upstream}{path}"), Some(body), within).await?;
     wait_for(client, api, upstream, model, load, deadline).await
 }
 

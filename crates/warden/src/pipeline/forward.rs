@@ -8,7 +8,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, 
 use super::settle::{is_sse, LeaseBody, Meter};
 use crate::admission::gate::Ticket;
 use crate::base::errors::ApiError;
-use crate::base::http::{HttpClient, REQUEST_ID_HEADER};
+use crate::base::http::REQUEST_ID_HEADER;
 use crate::config::{RemoteSpec, ServiceKind};
 use crate::service::Acquired;
 
@@ -79,7 +79,6 @@ fn strip_hop_headers(headers: &mut HeaderMap) {
 
 /// Sends `req` (with `path_and_query` as its target) to the leased service.
 pub(super) async fn forward(
-    client: &HttpClient,
     mut req: Request<Body>,
     path_and_query: &str,
     acquired: Acquired,
@@ -88,9 +87,8 @@ pub(super) async fn forward(
     let Acquired { lease, cold_start } = acquired;
     // The id goes upstream and back.
     let id = std::mem::take(&mut extras.request_id);
-    let uri: Uri = format!("http://{}{}", lease.upstream(), path_and_query)
-        .parse()
-        .map_err(|_| ApiError::BadRequest(format!("invalid path {path_and_query:?}")))?;
+    let uri: Uri = crate::base::http::at(lease.upstream(), path_and_query)
+        .ok_or_else(|| ApiError::BadRequest(format!("invalid path {path_and_query:?}")))?;
     *req.uri_mut() = uri;
     strip_hop_headers(req.headers_mut());
     // The client sets Host for the service's own address.
@@ -103,7 +101,7 @@ pub(super) async fn forward(
         headers.remove(header::AUTHORIZATION);
     }
     // A hosted API gets warden's key for it instead of anything the client sent.
-    if let ServiceKind::Remote(RemoteSpec { api_key: Some(key) }) = &lease.config().kind {
+    if let ServiceKind::Remote(RemoteSpec { api_key: Some(key), .. }) = &lease.config().kind {
         if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", key.0)) {
             headers.insert(header::AUTHORIZATION, v);
         }
@@ -113,10 +111,19 @@ pub(super) async fn forward(
     if let Some(p) = extras.perf.as_mut() {
         p.sent = std::time::Instant::now();
     }
-    let answer = tokio::time::timeout(within, client.request(req)).await;
+    let answer = tokio::time::timeout(within, lease.client().request(req)).await;
     let resp = match answer {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {
+            if let Some(reason) = crate::base::http::tls_failure(&e) {
+                // A certificate problem does not fix itself: say which, and raise an alert.
+                let detail = format!("TLS with {} failed: {reason}", lease.upstream());
+                extras.ticket.upstream_failed("upstream_tls", &service, &detail);
+                if let Some(p) = extras.perf {
+                    p.failed();
+                }
+                return Err(ApiError::UpstreamTls { service, detail });
+            }
             // Refused, or no answer to the connect within the client's bound (5 s): say so
             // rather than leave the client guessing.
             let detail = if e.is_connect() {
@@ -139,6 +146,10 @@ pub(super) async fn forward(
         }
     };
     let (mut parts, incoming) = resp.into_parts();
+    let limits = super::limits::read(parts.status, &parts.headers);
+    if !limits.is_empty() {
+        extras.ticket.upstream_said(&limits);
+    }
     strip_hop_headers(&mut parts.headers);
     if let Some(waited) = cold_start {
         parts.headers.insert(COLD_START_HEADER, HeaderValue::from(waited.as_millis() as u64));

@@ -28,6 +28,7 @@ mod fallback;
 mod find;
 mod forward;
 pub mod ladder;
+mod limits;
 mod read;
 pub mod route;
 mod settle;
@@ -185,7 +186,7 @@ async fn attempt(
         perf,
     };
     let req = Request::from_parts(parts, planned.body);
-    forward::forward(&app.client, req, &planned.target, acquired, extras).await
+    forward::forward(req, &planned.target, acquired, extras).await
 }
 
 /// Stages 1–5: read, find, route (and ladder, task), allow, estimate.

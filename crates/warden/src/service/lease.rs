@@ -36,6 +36,11 @@ impl Lease {
         &self.upstream
     }
 
+    /// The pool that reaches this service (its own where it trusts its own CA).
+    pub fn client(&self) -> &crate::base::http::HttpClient {
+        &self.shared.client
+    }
+
     pub fn service(&self) -> &str {
         &self.shared.config.name
     }

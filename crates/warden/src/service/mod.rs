@@ -66,7 +66,7 @@ pub struct Live {
     pub pid: Option<u32>,
     /// The port warden picked for a process service.
     pub port: Option<u16>,
-    /// Where the running service answers ("host:port").
+    /// Where the running service answers: its base URL ("http://127.0.0.1:8080").
     pub upstream: Option<Arc<str>>,
     /// Measures the running service's memory.
     pub meter: Option<Meter>,
@@ -116,6 +116,9 @@ pub struct Shared {
     /// What everyone reads (state, leases, models), under one small mutex: leases and the
     /// owner's state changes meet here, which is what makes idle stops race-free.
     live: Mutex<Live>,
+    /// How requests reach it: the shared pool, or for an https upstream with its own CA (or
+    /// none, `tls_insecure`) a pool that trusts that.
+    pub client: crate::base::http::HttpClient,
     /// The service's `idle_sleep`, changeable at run time through the admin API.
     idle_sleep: AtomicBool,
     /// The service's log file and in-memory tail (for start failures' messages).
@@ -246,8 +249,9 @@ impl ServiceHandle {
 }
 
 impl Shared {
-    fn new(config: Arc<ServiceConfig>, log: ServiceLog) -> Self {
+    fn new(config: Arc<ServiceConfig>, log: ServiceLog, client: crate::base::http::HttpClient) -> Self {
         Shared {
+            client,
             idle_sleep: AtomicBool::new(config.idle_sleep),
             live: Mutex::new(Live {
                 state: State::Stopped,

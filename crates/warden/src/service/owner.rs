@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
+use tracing::{warn, Instrument};
 
 use super::directory::Directory;
 use super::held::{Held, HeldRequest, Waiter};
@@ -23,8 +23,8 @@ use super::models::ModelResult;
 use super::room::RoomTx;
 use super::stop::{StopLabel, StopWaiter};
 use super::{Command, ServiceHandle, Shared, Unavailable};
-use crate::base::http::HttpClient;
-use crate::config::{Desired, ServiceConfig, ServiceKind};
+use crate::base::http::{self, HttpClient};
+use crate::config::{Desired, RemoteSpec, ServiceConfig, ServiceKind, Trust};
 use crate::driver::logs::ServiceLog;
 use crate::driver::{Exit, Running, StartFailure};
 use policy::lifecycle::{start_backoff, Event, Machine, State};
@@ -107,7 +107,15 @@ pub(super) struct Owner {
 pub fn spawn_owner(index: usize, config: Arc<ServiceConfig>, ctx: OwnerContext) -> ServiceHandle {
     let log = ServiceLog::new(ctx.state_dir.join("logs").join(format!("{}.log", config.name)));
     let models = config.models.len();
-    let shared = Arc::new(Shared::new(config, log));
+    let client = match &config.kind {
+        ServiceKind::Remote(RemoteSpec { trust: Trust::Only(cas), .. }) => http::client_trusting(Some(cas), true),
+        ServiceKind::Remote(RemoteSpec { trust: Trust::Insecure, .. }) => {
+            warn!("Service {}: tls_insecure = true, its certificate is not verified", config.name);
+            http::client_trusting(None, false)
+        }
+        _ => ctx.client.clone(),
+    };
+    let shared = Arc::new(Shared::new(config, log, client));
     let (tx, rx) = mpsc::unbounded_channel();
     let (results_tx, results_rx) = mpsc::unbounded_channel();
     let mut owner = Owner {

@@ -20,7 +20,7 @@ impl Owner {
             Ok(running) => {
                 let upstream = match (&self.shared.config.kind, &self.shared.config.upstream) {
                     (_, Some(up)) => up.clone(),
-                    (ServiceKind::Process(_), None) => format!("127.0.0.1:{}", self.port_in_use()),
+                    (ServiceKind::Process(_), None) => format!("http://127.0.0.1:{}", self.port_in_use()),
                     (ServiceKind::Container(_) | ServiceKind::Remote(_), None) => {
                         unreachable!("containers and remotes always have a url")
                     }
@@ -76,7 +76,7 @@ impl Owner {
             return;
         }
         let Some(upstream) = self.shared.live().upstream.clone() else { return };
-        let (client, learned, service) = (self.ctx.client.clone(), self.ctx.learned.clone(), self.index);
+        let (client, learned, service) = (self.shared.client.clone(), self.ctx.learned.clone(), self.index);
         self.ctx.tasks.spawn(async move {
             if let Some(slots) = driver::health::slots(&client, &upstream).await {
                 let _ = learned.send(super::owner::Learned { service, slots });

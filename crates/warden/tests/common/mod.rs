@@ -366,9 +366,18 @@ pub struct Upstream(Child, pub u16);
 
 impl Upstream {
     pub fn start() -> Upstream {
+        Self::start_with(&[])
+    }
+
+    /// With more fake-backend arguments (`--tls-cert`, `--answer-status`, …).
+    pub fn start_with(args: &[&str]) -> Upstream {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child =
-            Command::new(fake_backend()).args(["--port", &port.to_string()]).stderr(Stdio::null()).spawn().unwrap();
+        let child = Command::new(fake_backend())
+            .args(["--port", &port.to_string()])
+            .args(args)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         assert!(wait_until(Duration::from_secs(5), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
         Upstream(child, port)
     }

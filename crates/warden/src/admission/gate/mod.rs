@@ -9,7 +9,8 @@
 //!
 //! Files: `admit.rs` (reserve, queue, wait), `ticket.rs` (what a running request holds and how
 //! it settles), `timer.rs` (the timer task), `alerting.rs` (alert thresholds), `holds.rs`
-//! (`/internal` holds for callers outside the request path), `views.rs` (reads for the API).
+//! (`/internal` holds for callers outside the request path), `upstream.rs` (rate limits hosted
+//! APIs announce), `views.rs` (reads for the API).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,10 +23,12 @@ mod alerting;
 mod holds;
 mod ticket;
 mod timer;
+mod upstream;
 mod views;
 
 pub use holds::{HoldTaken, Used};
 pub use ticket::Ticket;
+pub use upstream::UpstreamLimits;
 pub use views::Standing;
 
 use crate::account::alerts::Alerts;

@@ -53,6 +53,17 @@ impl Ticket {
         self.queued
     }
 
+    /// An upstream failure a person must fix (a certificate): an alert of `kind`.
+    pub fn upstream_failed(&self, kind: &'static str, service: &str, detail: &str) {
+        let msg = format!("service {service}: {detail} (request {})", self.request_id);
+        self.gate.alerts.raise(kind, service, msg);
+    }
+
+    /// The upstream announced its rate limits (or refused for rate): the model's pools adopt it.
+    pub fn upstream_said(&self, said: &super::UpstreamLimits) {
+        self.gate.upstream_said(self.model.as_deref(), said);
+    }
+
     pub fn backend_timed_out(&self, service: &str, after: Duration) {
         let msg = format!(
             "service {service} sent no response within {:.1} s (request {})",

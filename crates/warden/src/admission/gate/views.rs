@@ -93,13 +93,28 @@ impl Gate {
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                let (available, capacity) = st.d.pools[i].level(Some(client), now.ms);
+                let pool = &mut st.d.pools[i];
+                let (available, capacity) = pool.level(Some(client), now.ms);
+                // What the upstream itself last said of this limit, if it says anything.
+                let window = pool.window_left(now.ms);
+                let upstream = pool.learned.map(|l| {
+                    json!({
+                        "limit": l.announced.limit,
+                        "remaining": l.announced.remaining,
+                        "reset_in_ms": l.announced.reset_ms.map(|r| (l.at_ms + r).saturating_sub(now.ms)),
+                        "said_ms_ago": now.ms.saturating_sub(l.at_ms),
+                        // What warden still lets through before the upstream's window resets.
+                        "window_left": window,
+                    })
+                });
                 json!({
                     "name": p.name,
                     "unit": match p.unit { PoolUnit::Tokens => "tokens", PoolUnit::Requests => "requests" },
                     "available": available,
                     "capacity": capacity,
                     "refill_per_sec": p.refill_per_sec,
+                    "paused_ms": pool.paused_ms(now.ms),
+                    "upstream": upstream,
                 })
             })
             .collect()
