@@ -70,6 +70,10 @@ fn create(name: &str, port: u16, podman_args: &[&str], fake_args: &[&str]) {
 }
 
 fn service(name: &str, port: u16, extra: &str) -> String {
+    service_on(&engine(), name, port, extra)
+}
+
+fn service_on(engine: &str, name: &str, port: u16, extra: &str) -> String {
     format!(
         r#"
 [idle]
@@ -85,9 +89,64 @@ start_timeout = "60s"
 stop_timeout = "2s"
 idle_timeout = "1500ms"
 {extra}
-"#,
-        engine = engine()
+"#
     )
+}
+
+/// A second Podman API service, on a loopback TCP port: an engine reached over the network,
+/// as another machine's would be. Stopped on drop.
+struct TcpEngine(std::process::Child, String);
+
+impl TcpEngine {
+    fn start() -> TcpEngine {
+        let port = free_port();
+        let addr = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new("podman")
+            .args(["system", "service", "--time=0", &addr])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let up = wait_until(Duration::from_secs(20), || {
+            let ping = Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{port}/_ping")]).output();
+            ping.is_ok_and(|o| o.status.success())
+        });
+        assert!(up, "podman did not serve {addr}");
+        TcpEngine(child, addr)
+    }
+}
+
+impl Drop for TcpEngine {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Podman: run scripts/test"]
+async fn a_container_on_an_engine_over_tcp_wakes_sleeps_and_is_measured() {
+    image();
+    let engine = TcpEngine::start();
+    let name = Name::new("tcp");
+    let port = free_port();
+    create(&name.0, port, &[], &["--rss-mb", "32"]);
+    let w = Warden::start(&service_on(&engine.1, &name.0, port, "models = [\"far\"]"));
+    assert!(!running(&name.0));
+
+    let resp = w.post("/v1/chat/completions", chat("far")).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().contains_key("x-warden-cold-start-ms"));
+    assert!(running(&name.0));
+    let svc = w.service("q").await;
+    let rss = svc["rss_bytes"].as_u64().unwrap();
+    assert!(rss > 32 << 20 && rss < 64 << 20, "measured through the engine's stats: {svc}");
+    // It runs on another machine: none of this machine's memory is planned for it.
+    let plan = w.get("/admin/plan/q").await;
+    assert_eq!(plan["managed"], false, "{plan}");
+
+    assert!(w.wait_state("q", "stopped", Duration::from_secs(10)).await, "{}", w.log());
+    assert!(!running(&name.0), "stopped through the TCP engine");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,7 +215,7 @@ async fn a_container_killed_at_its_memory_limit_is_failed_as_oom() {
     assert_eq!(reqwest::get(w.url("/svc/q/health")).await.unwrap().status(), 200);
     let resp = reqwest::Client::new().post(w.url("/svc/q/allocate/256")).send().await.unwrap();
     assert_eq!(resp.status(), 502);
-    assert!(w.wait_state("q", "failed", Duration::from_secs(5)).await, "{}", w.log());
+    assert!(w.wait_state("q", "failed", Duration::from_secs(15)).await, "{}", w.log());
     let err = w.service("q").await["last_error"].as_str().unwrap().to_string();
     assert!(err.contains("OOM-killed"), "{err}");
 }

@@ -262,12 +262,30 @@ pub struct ProcessSpec {
 pub struct ContainerSpec {
     /// Name or id of the container.
     pub container: String,
-    /// Docker Engine API address ("unix:///path" or "tcp://host:port"); None = the usual places.
+    /// Docker Engine API address ("unix:///path", "tcp://host:port" or "https://host:port");
+    /// None = the usual places.
     pub engine: Option<String>,
+    /// For an https engine: its CA, and warden's client certificate and key (PEM files).
+    pub tls: Option<EngineTls>,
     /// Create the container from this image when it does not exist.
     pub image: Option<String>,
     pub ports: Vec<PortMap>,
     pub env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineTls {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl ContainerSpec {
+    /// Its engine is reached over the network: the container runs on another machine, so
+    /// its memory is not this machine's to plan (a loopback address is taken at its word too).
+    pub fn engine_elsewhere(&self) -> bool {
+        self.engine.as_deref().is_some_and(|e| !e.starts_with("unix://"))
+    }
 }
 
 /// `"127.0.0.1:6333:6333"` or `"6333:6333"` (host IP, host port, container port).
@@ -302,7 +320,8 @@ pub struct ServiceConfig {
     /// 0 = pick a free port at each start.
     pub port: u16,
     pub health: Health,
-    /// Where the service answers ("host:port") when warden does not pick it (containers).
+    /// Its base URL ("http://127.0.0.1:6333", "https://api.example.com/v1") when warden does not
+    /// pick it (containers, hosted APIs).
     pub upstream: Option<String>,
     pub api: Api,
     pub start_timeout: Duration,
@@ -336,6 +355,16 @@ pub struct ServiceConfig {
 pub const DEFAULT_LOCAL_CONCURRENCY: u32 = 32;
 
 impl ServiceConfig {
+    /// Whether it holds memory on this machine when it runs: not a hosted API, nor a container
+    /// on another machine's engine. Only those count in memory planning and pressure.
+    pub fn on_this_machine(&self) -> bool {
+        match &self.kind {
+            ServiceKind::Process(_) => true,
+            ServiceKind::Container(c) => !c.engine_elsewhere(),
+            ServiceKind::Remote(_) => false,
+        }
+    }
+
     /// Requests sent to it at once: as configured, else the default for local services (a
     /// hosted API has no default: its pools and rate limits shape it).
     pub fn concurrency(&self) -> Option<u32> {

@@ -179,6 +179,16 @@ pub enum RawDesired {
     Off,
 }
 
+/// `tls = { ca = "…", cert = "…", key = "…" }`: the PEM files of an https container engine
+/// (its CA, and warden's client certificate and key), as `docker --tlsverify` uses them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEngineTls {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawService {
@@ -213,6 +223,7 @@ pub struct RawService {
     // kind = "container"
     pub container: Option<String>,
     pub engine: Option<String>,
+    pub tls: Option<RawEngineTls>,
     pub url: Option<String>,
     pub image: Option<String>,
     pub ports: Option<Vec<String>>,

@@ -5,13 +5,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use super::raw::{RawApi, RawConfig, RawDesired, RawDevice, RawKind, RawResources, RawService};
+use super::raw::{RawApi, RawConfig, RawDesired, RawDevice, RawEngineTls, RawKind, RawResources, RawService};
 use super::units::parse_size;
 use super::{adapt, tenants};
 use super::{
-    Api, CapacitySetting, Config, ConfigError, ContainerSpec, Desired, Device, Health, IdleConfig, MemorySetting,
-    ModelConfig, ModelRef, PortMap, ProcessSpec, RemoteSpec, ResourcesConfig, Secret, ServerConfig, ServiceConfig,
-    ServiceKind, Trust,
+    Api, CapacitySetting, Config, ConfigError, ContainerSpec, Desired, Device, EngineTls, Health, IdleConfig,
+    MemorySetting, ModelConfig, ModelRef, PortMap, ProcessSpec, RemoteSpec, ResourcesConfig, Secret, ServerConfig,
+    ServiceConfig, ServiceKind, Trust,
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -179,6 +179,7 @@ fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, Co
             only_for("tls_insecure", raw.tls_insecure.is_some(), "remote")?;
             only_for("container", raw.container.is_some(), "container")?;
             only_for("engine", raw.engine.is_some(), "container")?;
+            only_for("tls", raw.tls.is_some(), "container")?;
             only_for("url", raw.url.is_some(), "container")?;
             only_for("image", raw.image.is_some(), "container")?;
             only_for("ports", raw.ports.is_some(), "container")?;
@@ -203,6 +204,7 @@ fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, Co
                 ("image", raw.image.is_some()),
                 ("ports", raw.ports.is_some()),
                 ("engine", raw.engine.is_some()),
+                ("tls", raw.tls.is_some()),
             ] {
                 if present {
                     return Err(err(at(key), "does not apply to kind = \"remote\" (it is never started)"));
@@ -244,7 +246,8 @@ fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, Co
             only_for("api_key_env", raw.api_key_env.is_some(), "remote")?;
             only_for("ca_file", raw.ca_file.is_some(), "remote")?;
             only_for("tls_insecure", raw.tls_insecure.is_some(), "remote")?;
-            let spec = ContainerSpec { container, engine: raw.engine, image: raw.image, ports, env: raw.env };
+            let tls = engine_tls(raw.engine.as_deref(), raw.tls, base).map_err(|(key, e)| err(at(key), e))?;
+            let spec = ContainerSpec { container, engine: raw.engine, tls, image: raw.image, ports, env: raw.env };
             (ServiceKind::Container(spec), Some(upstream))
         }
     };
@@ -366,6 +369,35 @@ fn base_url(url: &str, remote: bool) -> Option<String> {
     Some(format!("{scheme}://{authority}{prefix}"))
 }
 
+/// An engine address warden can speak to, and for an https one its TLS files (checked now).
+fn engine_tls(
+    engine: Option<&str>,
+    tls: Option<RawEngineTls>,
+    base: &Path,
+) -> Result<Option<EngineTls>, (&'static str, String)> {
+    let engine = engine.unwrap_or("unix://");
+    let scheme = engine.split_once("://").map(|(s, _)| s);
+    if !matches!(scheme, Some("unix" | "tcp" | "http" | "https")) {
+        let example = "\"unix:///run/podman/podman.sock\", \"tcp://host:2375\" or \"https://host:2376\"";
+        return Err(("engine", format!("{engine:?} must look like {example}")));
+    }
+    match (scheme == Some("https"), tls) {
+        (false, None) => Ok(None),
+        (false, Some(_)) => Err(("tls", "only applies to an https engine".into())),
+        (true, None) => Err(("tls", "required for an https engine: { ca = …, cert = …, key = … }".into())),
+        (true, Some(t)) => {
+            let file = |name: &'static str, path: &str| {
+                let path = base.join(path);
+                match std::fs::metadata(&path) {
+                    Ok(m) if m.is_file() => Ok(path),
+                    _ => Err(("tls", format!("{name} file {} is missing", path.display()))),
+                }
+            };
+            Ok(Some(EngineTls { ca: file("ca", &t.ca)?, cert: file("cert", &t.cert)?, key: file("key", &t.key)? }))
+        }
+    }
+}
+
 /// Whom a hosted API's certificate must be signed by: `ca_file` (PEM, read and checked now so
 /// a bad file is a config error, not a failed request later), no one (`tls_insecure`), or
 /// Mozilla's roots. Both keys apply to https only, and only one of them at a time.
@@ -416,6 +448,32 @@ fn port_map(text: &str) -> Option<PortMap> {
 mod tests {
     use crate::config::parse;
     use std::path::Path;
+
+    #[test]
+    fn an_https_engine_needs_its_tls_files_and_only_it_takes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["ca.pem", "cert.pem", "key.pem"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let svc = |engine: &str, tls: &str| {
+            format!("[services.c]\nkind = \"container\"\ncontainer = \"c\"\nurl = \"http://127.0.0.1:1\"\nengine = \"{engine}\"\n{tls}\n")
+        };
+        let tls = "tls = { ca = \"ca.pem\", cert = \"cert.pem\", key = \"key.pem\" }";
+        let cfg = parse(&svc("https://far:2376", tls), dir.path()).unwrap();
+        let crate::config::ServiceKind::Container(spec) = &cfg.services[0].kind else { panic!() };
+        assert_eq!(spec.tls.as_ref().map(|t| t.key.clone()), Some(dir.path().join("key.pem")));
+        assert!(!cfg.services[0].on_this_machine(), "a container on another machine's engine");
+        let cases = [
+            (svc("https://far:2376", ""), "services.c.tls: required for an https engine"),
+            (svc("tcp://far:2375", tls), "services.c.tls: only applies to an https engine"),
+            (svc("https://far:2376", &tls.replace("key.pem", "nope.pem")), "key file"),
+            (svc("ssh://far", ""), "services.c.engine:"),
+        ];
+        for (text, says) in cases {
+            let e = parse(&text, dir.path()).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
+    }
 
     #[test]
     fn base_urls_keep_scheme_host_port_and_a_remote_path_prefix() {

@@ -39,9 +39,10 @@ impl Drop for ContainerHandle {
     }
 }
 
-/// Connects to `engine`, else DOCKER_HOST, /var/run/docker.sock, or Podman's usual sockets.
-pub async fn connect(engine: Option<&str>) -> Result<Docker, String> {
-    let candidates: Vec<String> = match engine {
+/// Connects to the spec's engine (over https with its TLS files), else DOCKER_HOST,
+/// /var/run/docker.sock, or Podman's usual sockets.
+pub async fn connect(spec: &ContainerSpec) -> Result<Docker, String> {
+    let candidates: Vec<String> = match spec.engine.as_deref() {
         Some(e) => vec![e.to_string()],
         None => {
             let mut c: Vec<String> = std::env::var("DOCKER_HOST").into_iter().collect();
@@ -61,6 +62,8 @@ pub async fn connect(engine: Option<&str>) -> Result<Docker, String> {
                 continue;
             }
             Docker::connect_with_unix(addr, CALL_TIMEOUT, API_DEFAULT_VERSION)
+        } else if let (true, Some(tls)) = (addr.starts_with("https://"), &spec.tls) {
+            Docker::connect_with_ssl(addr, &tls.key, &tls.cert, &tls.ca, CALL_TIMEOUT, API_DEFAULT_VERSION)
         } else {
             Docker::connect_with_http(addr, CALL_TIMEOUT, API_DEFAULT_VERSION)
         };
@@ -93,7 +96,7 @@ fn cannot(what: &str, name: &str, e: DockerError) -> StartFailure {
 /// Starts the container (creating it from `image` if it does not exist; adopting it if it already
 /// runs). Returns once the engine reports it running; health is the caller's to wait for.
 pub async fn start(spec: &ContainerSpec) -> Result<ContainerHandle, StartFailure> {
-    let docker = connect(spec.engine.as_deref()).await.map_err(StartFailure::transient)?;
+    let docker = connect(spec).await.map_err(StartFailure::transient)?;
     let name = spec.container.clone();
     // Events are read from this instant on, so a death right after the start is not missed.
     let since = crate::base::clock::unix_now();

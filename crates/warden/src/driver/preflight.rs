@@ -58,7 +58,7 @@ fn check_program(key: &str, spec: &ProcessSpec) -> Option<String> {
 }
 
 async fn check_container(key: &str, spec: &ContainerSpec) -> Vec<String> {
-    let connect = tokio::time::timeout(ENGINE_WITHIN, super::container::connect(spec.engine.as_deref()));
+    let connect = tokio::time::timeout(ENGINE_WITHIN, super::container::connect(spec));
     let docker = match connect.await {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => return vec![format!("{key}: cannot check container {}: {e}", spec.container)],

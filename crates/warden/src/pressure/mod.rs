@@ -333,8 +333,8 @@ impl Monitor {
                 let live = svc.shared.live();
                 live.state == policy::lifecycle::State::Running && live.in_flight == 0 && live.queued == 0
             };
-            let remote = matches!(cfg.kind, crate::config::ServiceKind::Remote(_));
-            if idle && svc.shared.idle_sleep() && cfg.desired == Desired::Off && !remote {
+            // Stopping what holds no memory here relieves nothing.
+            if idle && svc.shared.idle_sleep() && cfg.desired == Desired::Off && cfg.on_this_machine() {
                 info!("Memory critical: stopping idle service {}", cfg.name);
                 svc.request_idle_stop(Duration::ZERO);
             }

@@ -170,7 +170,7 @@ impl Coordinator {
         let mut out = Vec::new();
         for (i, svc) in self.services().iter().enumerate() {
             let cfg = &svc.shared.config;
-            if i == except || cfg.device != device {
+            if i == except || cfg.device != device || !cfg.on_this_machine() {
                 continue;
             }
             let (state, in_flight, since, idle_since) = {
@@ -207,6 +207,9 @@ impl Coordinator {
     /// The plan for starting service `i` now; None when its device is not managed.
     pub async fn plan_for(&self, i: usize) -> Option<(Plan, Capacity, Vec<Resident>)> {
         let cfg = &self.services()[i].shared.config;
+        if !cfg.on_this_machine() {
+            return None;
+        }
         let cap = self.capacity(cfg.device)?;
         let residents = self.residents(cfg.device, i).await;
         let newcomer =
