@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 mod listen;
 mod metrics;
+mod ollama;
 mod openai;
 mod passthrough;
 mod state_lock;
@@ -39,6 +40,7 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/svc/{service}", any(passthrough::root))
         .route("/svc/{service}/{*path}", any(passthrough::path))
         .merge(api::routes())
+        .merge(ollama::routes())
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::client_auth));
     Router::new()
         .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))

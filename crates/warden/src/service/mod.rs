@@ -235,6 +235,13 @@ impl ServiceHandle {
         rx.await.map_err(|_| "shutting down".to_string())?
     }
 
+    /// A request's `keep_alive` (Ollama dialect) for one of its models, until set again.
+    pub fn set_keep_alive(&self, model: usize, keep: Duration) {
+        if let Some(m) = self.shared.live().models.get_mut(model) {
+            m.keep_alive = Some(keep);
+        }
+    }
+
     pub fn reconcile(&self) {
         let _ = self.tx.send(Command::Reconcile);
     }

@@ -1,0 +1,88 @@
+//! The Ollama dialect against the fake backend (fast; the official `ollama` Python client
+//! against llama-server is in llama.rs): listing, chat and generate plain and streamed as
+//! NDJSON, embeddings, errors as `{"error": …}`, and 501 for model management.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn start() -> Warden {
+    Warden::start(
+        "[services.local]\nkind = \"process\"\ncommand = [\"FAKE\", \"--port\", \"${PORT}\"]\nmodels = [\"small\"]\n",
+    )
+}
+
+async fn post(w: &Warden, path: &str, body: Value) -> reqwest::Response {
+    reqwest::Client::new().post(w.url(path)).json(&body).send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ollama_clients_list_chat_generate_and_embed_through_the_pipeline() {
+    let w = start();
+    assert_eq!(reqwest::get(w.url("/")).await.unwrap().text().await.unwrap(), "Ollama is running");
+    let version = w.get("/api/version").await;
+    let parts: Vec<u32> = version["version"].as_str().unwrap().split('.').map(|p| p.parse().unwrap()).collect();
+    assert!((parts[0], parts[1]) >= (0, 9), "clients that check want at least 0.9: {version}");
+    let tags = w.get("/api/tags").await;
+    assert_eq!(tags["models"][0]["name"], "small", "{tags}");
+    assert_eq!(w.get("/api/ps").await["models"], json!([]), "nothing loaded while asleep");
+
+    // Plain chat: one JSON answer with counts; it woke the service.
+    let chat = json!({"model": "small", "messages": [{"role": "user", "content": "hi"}], "stream": false});
+    let resp = post(&w, "/api/chat", chat.clone()).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-warden-model"], "small");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["done"], true, "{body}");
+    assert_eq!(body["message"]["role"], "assistant");
+    assert!(!body["message"]["content"].as_str().unwrap().is_empty(), "{body}");
+    assert_eq!(body["eval_count"], 8, "{body}");
+    let ps = w.get("/api/ps").await;
+    assert_eq!(ps["models"][0]["name"], "small", "{ps}");
+    assert!(ps["models"][0]["size"].as_u64().unwrap() > 0 && ps["models"][0]["expires_at"].is_string(), "{ps}");
+
+    // Streamed (Ollama's default): NDJSON, one line per token, then the closing line.
+    let mut streamed = chat.clone();
+    streamed.as_object_mut().unwrap().remove("stream");
+    let resp = post(&w, "/api/chat", streamed).await;
+    assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+    let text = resp.text().await.unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 9, "8 tokens and the closing line: {text}");
+    assert!(lines[..8].iter().all(|l| l["done"] == false && l["message"]["content"].is_string()));
+    assert_eq!(lines[8]["done"], true);
+    assert_eq!(lines[8]["eval_count"], 8, "usage asked of the stream and reported: {text}");
+
+    let gen = post(&w, "/api/generate", json!({"model": "small", "prompt": "why", "stream": false})).await;
+    let gen: Value = gen.json().await.unwrap();
+    assert!(gen["response"].as_str().is_some_and(|r| !r.is_empty()), "{gen}");
+    assert_eq!(gen["done_reason"], "stop");
+
+    let embed: Value =
+        post(&w, "/api/embed", json!({"model": "small", "input": ["a", "b"]})).await.json().await.unwrap();
+    assert_eq!(embed["embeddings"].as_array().map(Vec::len), Some(2), "{embed}");
+    let old: Value = post(&w, "/api/embeddings", json!({"model": "small", "prompt": "a"})).await.json().await.unwrap();
+    assert!(old["embedding"].is_array(), "{old}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ollama_errors_say_what_is_wrong_in_ollamas_shape() {
+    let w = start();
+    let cases = [
+        ("/api/chat", json!({"model": "nope", "messages": []}), 404, "nope"),
+        ("/api/chat", json!({"model": "small"}), 400, "messages"),
+        ("/api/pull", json!({"model": "llama3"}), 501, "warden manages models through its config"),
+        ("/api/show", json!({"model": "nope"}), 404, "not found"),
+    ];
+    for (path, body, status, says) in cases {
+        let resp = post(&w, path, body).await;
+        assert_eq!(resp.status(), status, "{path}");
+        let v: Value = resp.json().await.unwrap();
+        assert!(v["error"].as_str().is_some_and(|e| e.contains(says)), "{path}: {v}");
+    }
+    let bad = reqwest::Client::new().post(w.url("/api/generate")).body("{not json").send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let shown: Value = post(&w, "/api/show", json!({"model": "small"})).await.json().await.unwrap();
+    assert_eq!(shown["capabilities"], json!(["completion"]), "{shown}");
+}
