@@ -382,3 +382,34 @@ smaller = "small"
         p["decisions"][1]["at_unix_ms"].as_u64().unwrap() - p["decisions"][0]["at_unix_ms"].as_u64().unwrap() >= 2000
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs llama-server: run scripts/test"]
+async fn the_official_ollama_client_chats_generates_embeds_and_lists_through_warden() {
+    let llama = llama();
+    let models = tempfile::tempdir().unwrap();
+    let model = llama.make_model(models.path(), "tiny", 64);
+    let w = Warden::start(&format!(
+        r#"
+[services.llama]
+kind = "process"
+command = ["{server}", "-m", "{model}", "--port", "${{PORT}}", "-c", "512", "-t", "1"]
+health = "/health"
+start_timeout = "60s"
+models = ["tiny"]
+
+[services.embed]
+kind = "process"
+command = ["{server}", "-m", "{model}", "--port", "${{PORT}}", "-c", "512", "-t", "1", "--embeddings", "--pooling", "mean"]
+health = "/health"
+start_timeout = "60s"
+models = ["tiny-embed"]
+"#,
+        server = llama.server,
+        model = model.display()
+    ));
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/ollama_client.py");
+    let out = std::process::Command::new(&llama.python).arg(script).arg(w.url("")).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.contains("OK"), "{said}\n{}", w.log());
+}

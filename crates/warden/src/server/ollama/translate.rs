@@ -122,6 +122,7 @@ fn options(options: &Value, out: &mut Map<String, Value>) {
         ("top_k", "top_k"),
         ("min_p", "min_p"),
         ("repeat_penalty", "repeat_penalty"),
+        ("ignore_eos", "ignore_eos"),
     ] {
         if let Some(v) = options.get(ours) {
             // Ollama's "no limit" (-1, -2) is OpenAI's leaving it out.
