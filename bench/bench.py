@@ -576,6 +576,37 @@ start_timeout = "5m"
             "wall_s": wall, "warden_peak_rss": hwm}
 
 
+# ---------------------------------------------------------------- P7: pressure monitor cost
+
+def cpu_seconds(pid):
+    """User + system CPU of a process (all its threads) so far, in seconds."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def p7(bins, a):
+    """warden's CPU with N running services, pressure monitor off and then on (2 s samples),
+    measured over the same time from /proc/PID/stat: the difference is the monitor's cost."""
+    services = "".join(f'\n[services.s{i}]\nkind = "process"\ncommand = ["FAKE", "--port", "${{PORT}}"]\n'
+                       f'models = ["m{i}"]\ndesired = "on"\n' for i in range(a.services))
+    out = {"services": a.services, "seconds": a.monitor_seconds}
+    for label, pressure in (("off", ""), ("on", '[pressure]\nenabled = true\nsample_interval = "2s"\n')):
+        w = Warden(bins, pressure + services)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            states = [s["state"] for s in w.admin("/admin/services", "GET")]
+            if all(s == "running" for s in states):
+                break
+            time.sleep(0.2)
+        time.sleep(2)
+        before = cpu_seconds(w.proc.pid)
+        time.sleep(a.monitor_seconds)
+        out[label] = (cpu_seconds(w.proc.pid) - before) / a.monitor_seconds * 100
+        w.close()
+    out["monitor"] = out["on"] - out["off"]
+    return out
+
+
 # ---------------------------------------------------------------- P6: criterion
 
 def p6(a):
@@ -692,6 +723,16 @@ def report(r, a):
         for b in r["p6"]:
             L.append(f"| {b['name']} | {b['median']} |")
         L.append("\nTargets: eviction planner < 100 µs for 200 services. The priority queue benchmark (≤ 5 µs per push/pop at 100k queued) comes with issue 5.")
+    if "p7" in r:
+        p = r["p7"]
+        L += ["\n## P7 — pressure monitor cost\n",
+              f"warden with {p['services']} running services (fake-backend processes), its CPU (user + system, all "
+              f"threads, from /proc/PID/stat) over {p['seconds']} s with the pressure monitor off, then on at a 2 s "
+              "sample interval (host and cgroup memory, every running service's footprint, CPU; the pure decision). "
+              "The difference is the monitor's cost.\n",
+              "| pressure monitor | warden CPU, % of one core |", "|---|---|",
+              f"| off | {p['off']:.2f} |", f"| on | {p['on']:.2f} |",
+              f"\nThe monitor costs {p['monitor']:.2f} % of one core with {p['services']} services (target < 1 %)."]
     notes = ROOT / "bench/NOTES.md"
     if notes.exists() and not a.smoke:
         L.append("\n" + notes.read_text())
@@ -711,12 +752,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bins", default=str(ROOT / "target/release"))
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, no external tools; checks the harness works")
-    ap.add_argument("--only", default="p1,p2,p3,p4,p5,p6")
+    ap.add_argument("--only", default="p1,p2,p3,p4,p5,p6,p7")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("--json", default=str(ROOT / "bench/results.json"))
     a = ap.parse_args()
-    a.rounds, a.seconds, a.rate, a.stream_n, a.wakes, a.llama_wakes, a.services, a.held = \
-        (1, 1, 200, 10, 3, 0, 5, 50) if a.smoke else (3, 10, 1000, 300, 25, 20, 50, 10000)
+    a.rounds, a.seconds, a.rate, a.stream_n, a.wakes, a.llama_wakes, a.services, a.held, a.monitor_seconds = \
+        (1, 1, 200, 10, 3, 0, 5, 50, 1) if a.smoke else (3, 10, 1000, 300, 25, 20, 50, 10000, 60)
     global OHA, LITELLM, LLAMA, PYTHON
     OHA = None if a.smoke else (os.environ.get("OHA") or shutil.which("oha"))
     LITELLM = None if a.smoke else os.environ.get("LITELLM")
@@ -725,7 +766,7 @@ def main():
     bins = Path(a.bins).resolve()
     r = {"machine": machine()}
     steps = {"p1": lambda: p1(bins, a), "p2": lambda: p2(bins, a), "p3": lambda: p3(bins, a),
-             "p4": lambda: p4(bins, a), "p5": lambda: p5(bins, a), "p6": lambda: p6(a)}
+             "p4": lambda: p4(bins, a), "p5": lambda: p5(bins, a), "p6": lambda: p6(a), "p7": lambda: p7(bins, a)}
     for key in a.only.split(","):
         if key == "p6" and a.smoke:
             continue

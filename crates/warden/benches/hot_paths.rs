@@ -135,5 +135,59 @@ fn priority_queue(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, routing, idle_policy, lifecycle, eviction_planner, priority_queue);
+/// The pressure monitor's pure step, per device per tick: the trend over a 60 s window of 2 s
+/// samples, the level, the hold.
+fn pressure_decision(c: &mut Criterion) {
+    use policy::pressure::{decide, Hold, Sample, Thresholds};
+    let t = Thresholds {
+        degrade_at: 0.8,
+        upgrade_below: 0.7,
+        stop_idle_at: 0.85,
+        stabilization_ms: 300_000,
+        horizon_ms: 30_000,
+        window_ms: 60_000,
+    };
+    let samples: Vec<Sample> =
+        (0..30).map(|i| Sample { at_ms: i * 2000, used: (50 + i) << 26, capacity: 128 << 26 }).collect();
+    c.bench_function("pressure monitor: decide from 30 samples (60 s window)", |b| {
+        b.iter(|| {
+            let mut hold = Hold::default();
+            black_box(decide(black_box(&samples), &t, 5000, &mut hold, 58_000))
+        })
+    });
+}
+
+/// What the ladder stage asks of the performance figures for a model with `max_p95` set, on
+/// every request to it: its last five minutes, with 10,000 requests recorded (33 a second).
+fn ladder_performance_check(c: &mut Criterion) {
+    use warden::account::performance::{Sample, Tracker};
+    let tracker = Tracker::default();
+    for i in 0..10_000u32 {
+        let model = if i % 2 == 0 { "big" } else { "small" };
+        let s = Sample {
+            at: Instant::now(),
+            model: model.into(),
+            task: None,
+            ok: i % 50 != 0,
+            total_ms: 100 + i % 400,
+            first_byte_ms: Some(20 + i % 40),
+            tokens: Some(64),
+        };
+        tracker.record(s);
+    }
+    c.bench_function("ladder: a model's last 5 minutes of figures (10k requests recorded)", |b| {
+        b.iter(|| black_box(tracker.model(black_box("big"), Duration::from_secs(300))))
+    });
+}
+
+criterion_group!(
+    benches,
+    routing,
+    idle_policy,
+    lifecycle,
+    eviction_planner,
+    priority_queue,
+    pressure_decision,
+    ladder_performance_check
+);
 criterion_main!(benches);

@@ -56,6 +56,7 @@ pub struct App {
 
 /// The owners `App` holds handles to, made at start-up.
 pub struct Owners {
+    pub performance: Arc<crate::account::performance::Tracker>,
     pub config: Arc<Config>,
     pub services: Vec<ServiceHandle>,
     pub directory: Arc<Directory>,
@@ -81,7 +82,7 @@ impl App {
             jobs: o.jobs,
             pressure: o.pressure,
             events: o.events,
-            performance: Arc::default(),
+            performance: o.performance,
             draining: o.draining,
             idle_changed: Notify::new(),
             monitor_running: AtomicBool::new(false),

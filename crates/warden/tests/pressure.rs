@@ -237,7 +237,7 @@ price = { input_per_1k = 1.0, output_per_1k = 1.0 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_slower_than_its_bound_counts_as_pressured_and_performance_is_tracked() {
-    let w = Warden::start(
+    let mut w = Warden::start(
         r#"
 [pressure]
 enabled = true
@@ -285,4 +285,13 @@ max_p95 = "100ms"
     assert_eq!(perf["models"]["quick"]["requests"], 1, "{perf}");
     assert_eq!(perf["tasks"]["draft"]["requests"], 6, "{perf}");
     assert_eq!(reqwest::get(w.url("/admin/performance?since=soon")).await.unwrap().status(), 400);
+
+    // Kept in SQLite: a restarted warden has the same figures, both from the last day it reads
+    // back into memory and from the database itself for a longer period.
+    w.restart();
+    for since in ["1h", "7d"] {
+        let again = w.get(&format!("/admin/performance?since={since}")).await;
+        assert_eq!(again["models"], perf["models"], "{since}: {again}");
+        assert_eq!(again["tasks"], perf["tasks"], "{since}: {again}");
+    }
 }

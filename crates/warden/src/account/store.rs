@@ -1,5 +1,6 @@
-//! The only code that runs SQL. Every finished request's usage and cost goes to SQLite under
-//! state_dir (WAL, synchronous = FULL: a committed record survives a crash). One writer thread
+//! The only code that runs SQL. Every finished request's usage and cost, and every model
+//! request's timing (for `/admin/performance`), go to SQLite under state_dir (WAL,
+//! synchronous = FULL: a committed record survives a crash). One writer thread
 //! commits what arrives within a few milliseconds in one transaction, so many requests share
 //! one fsync; readers use their own connection and never block it.
 
@@ -35,10 +36,27 @@ pub struct UsageRecord {
     pub month: u32,
 }
 
+/// One finished model request's timing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PerfRecord {
+    pub model: String,
+    pub task: Option<String>,
+    pub ok: bool,
+    pub total_ms: u32,
+    pub first_byte_ms: Option<u32>,
+    pub tokens: Option<u32>,
+    /// Unix milliseconds when it finished.
+    pub finished_at_ms: u64,
+}
+
 enum Msg {
     Record(Box<UsageRecord>),
+    Perf(Box<PerfRecord>),
     Flush(mpsc::SyncSender<()>),
 }
+
+/// Timings older than this are deleted when the database is opened.
+const PERF_KEEP_MS: u64 = 30 * 24 * 3600 * 1000;
 
 pub struct Store {
     /// To the writer thread (records, flush requests); None once closed.
@@ -68,6 +86,16 @@ CREATE TABLE IF NOT EXISTS usage (
 );
 CREATE INDEX IF NOT EXISTS usage_client_month ON usage (client, month);
 CREATE INDEX IF NOT EXISTS usage_request ON usage (request_id);
+CREATE TABLE IF NOT EXISTS performance (
+    finished_at_ms INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    task TEXT,
+    ok INTEGER NOT NULL,
+    total_ms INTEGER NOT NULL,
+    first_byte_ms INTEGER,
+    tokens INTEGER
+);
+CREATE INDEX IF NOT EXISTS performance_finished ON performance (finished_at_ms);
 ";
 
 fn connect(path: &Path) -> Result<Connection, String> {
@@ -82,6 +110,9 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, String> {
         let conn = connect(path)?;
         conn.execute_batch(SCHEMA).map_err(|e| format!("cannot create tables in {}: {e}", path.display()))?;
+        let old = crate::base::clock::unix_ms().saturating_sub(PERF_KEEP_MS);
+        conn.execute("DELETE FROM performance WHERE finished_at_ms < ?1", params![old])
+            .map_err(|e| format!("cannot prune {}: {e}", path.display()))?;
         let reader = connect(path)?;
         let (tx, rx) = mpsc::channel();
         let writer = std::thread::Builder::new()
@@ -92,9 +123,39 @@ impl Store {
     }
 
     pub fn record(&self, rec: UsageRecord) {
+        self.send(Msg::Record(Box::new(rec)));
+    }
+
+    pub fn record_perf(&self, rec: PerfRecord) {
+        self.send(Msg::Perf(Box::new(rec)));
+    }
+
+    fn send(&self, msg: Msg) {
         if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            let _ = tx.send(Msg::Record(Box::new(rec)));
+            let _ = tx.send(msg);
         }
+    }
+
+    /// Model timings that finished at or after `since_ms` (Unix ms), oldest first.
+    pub fn perf_since(&self, since_ms: u64) -> Result<Vec<PerfRecord>, String> {
+        self.read(|c| {
+            let mut q = c.prepare_cached(
+                "SELECT model, task, ok, total_ms, first_byte_ms, tokens, finished_at_ms FROM performance
+                 WHERE finished_at_ms >= ?1 ORDER BY finished_at_ms",
+            )?;
+            let rows = q.query_map(params![since_ms], |r| {
+                Ok(PerfRecord {
+                    model: r.get(0)?,
+                    task: r.get(1)?,
+                    ok: r.get(2)?,
+                    total_ms: r.get(3)?,
+                    first_byte_ms: r.get(4)?,
+                    tokens: r.get(5)?,
+                    finished_at_ms: r.get(6)?,
+                })
+            })?;
+            rows.collect()
+        })
     }
 
     /// Waits (bounded) until everything recorded so far is committed.
@@ -236,6 +297,7 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>) {
                 let mut insert = tx.prepare_cached(
                     "INSERT INTO usage VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
                 )?;
+                let mut perf = tx.prepare_cached("INSERT INTO performance VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
                 for msg in batch {
                     match msg {
                         Msg::Record(r) => {
@@ -256,6 +318,17 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>) {
                                 r.month
                             ])?;
                         }
+                        Msg::Perf(p) => {
+                            perf.execute(params![
+                                p.finished_at_ms,
+                                p.model,
+                                p.task,
+                                p.ok,
+                                p.total_ms,
+                                p.first_byte_ms,
+                                p.tokens
+                            ])?;
+                        }
                         Msg::Flush(ack) => acks.push(ack),
                     }
                 }
@@ -263,7 +336,7 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>) {
             tx.commit()
         })();
         if let Err(e) = result {
-            tracing::error!("Could not write usage records: {e}");
+            tracing::error!("Could not write usage and performance records: {e}");
         }
         for ack in acks {
             let _ = ack.try_send(());

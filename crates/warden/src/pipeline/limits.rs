@@ -14,8 +14,12 @@ const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
 
 /// The limits an answer announces; empty when it announces none.
 pub fn read(status: StatusCode, headers: &HeaderMap) -> UpstreamLimits {
-    let requests = announced(headers, "requests");
-    let tokens = announced(headers, "tokens");
+    let requests = announced(
+        headers,
+        ["x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"],
+    );
+    let tokens =
+        announced(headers, ["x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"]);
     let refused_for_ms = (status == StatusCode::TOO_MANY_REQUESTS).then(|| {
         // retry-after is the upstream's own word; else the reset of what ran out; else the
         // later reset of the two; else a second.
@@ -29,10 +33,11 @@ pub fn read(status: StatusCode, headers: &HeaderMap) -> UpstreamLimits {
     UpstreamLimits { requests, tokens, refused_for_ms }
 }
 
-fn announced(headers: &HeaderMap, unit: &str) -> Announced {
-    let text = |what: &str| headers.get(format!("x-ratelimit-{what}-{unit}")).and_then(|v| v.to_str().ok());
-    let number = |what: &str| text(what).and_then(|t| t.trim().parse::<u64>().ok());
-    Announced { limit: number("limit"), remaining: number("remaining"), reset_ms: text("reset").and_then(duration_ms) }
+/// `[limit, remaining, reset]` header names of one unit (static: this runs on every answer).
+fn announced(headers: &HeaderMap, [limit, remaining, reset]: [&'static str; 3]) -> Announced {
+    let text = |name: &'static str| headers.get(name).and_then(|v| v.to_str().ok());
+    let number = |name| text(name).and_then(|t| t.trim().parse::<u64>().ok());
+    Announced { limit: number(limit), remaining: number(remaining), reset_ms: text(reset).and_then(duration_ms) }
 }
 
 /// `retry-after`: seconds, or an HTTP date.

@@ -159,7 +159,10 @@ pub async fn serve(config: Config) -> Result<(), String> {
         tasks.spawn(run.instrument(tracing::info_span!("pressure monitor")));
     }
     let stop_accepting = CancellationToken::new();
+    // Model timings from earlier runs (the last day) are read back now.
+    let performance = Arc::new(crate::account::performance::Tracker::new(gate.store.clone())?);
     let owners = crate::app::Owners {
+        performance,
         config: config.clone(),
         services,
         directory,

@@ -93,14 +93,14 @@ pub struct Gate {
     /// The dispatcher's clock starts here (it counts milliseconds since).
     epoch: Instant,
     /// Where usage records go (SQLite, written by its own thread).
-    pub store: Store,
+    pub store: Arc<Store>,
     pub alerts: Alerts,
 }
 
 impl Gate {
     /// Opens the usage database and picks up this month's spend from it.
     pub fn new(config: Arc<Config>, events: crate::base::events::Events) -> Result<Gate, String> {
-        let store = Store::open(&config.server.state_dir.join("warden.db"))?;
+        let store = Arc::new(Store::open(&config.server.state_dir.join("warden.db"))?);
         let (month, _) = clock::month_and_minute();
         let spent: HashMap<String, i64> = store.spend_by_client(month)?.into_iter().collect();
         let clients = config.clients.len() + 1;

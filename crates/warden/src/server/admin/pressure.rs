@@ -84,6 +84,6 @@ pub(super) async fn performance(
         Some(t) => crate::config::units::parse_duration(t)
             .map_err(|e| crate::base::errors::ApiError::BadRequest(format!("since: {e}")))?,
     };
-    let (models, tasks) = app.performance.summary(since);
+    let (models, tasks) = app.performance.summary(since).map_err(crate::base::errors::ApiError::Internal)?;
     Ok(Json(json!({"since_ms": since.as_millis() as u64, "models": models, "tasks": tasks})))
 }
