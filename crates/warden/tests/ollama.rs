@@ -7,10 +7,11 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
+const LOCAL: &str =
+    "[services.local]\nkind = \"process\"\ncommand = [\"FAKE\", \"--port\", \"${PORT}\"]\nmodels = [\"small\"]\n";
+
 fn start() -> Warden {
-    Warden::start(
-        "[services.local]\nkind = \"process\"\ncommand = [\"FAKE\", \"--port\", \"${PORT}\"]\nmodels = [\"small\"]\n",
-    )
+    Warden::start(LOCAL)
 }
 
 async fn post(w: &Warden, path: &str, body: Value) -> reqwest::Response {
@@ -74,6 +75,7 @@ async fn ollama_errors_say_what_is_wrong_in_ollamas_shape() {
         ("/api/chat", json!({"model": "small"}), 400, "messages"),
         ("/api/pull", json!({"model": "llama3"}), 501, "warden manages models through its config"),
         ("/api/show", json!({"model": "nope"}), 404, "not found"),
+        ("/api/generate", json!({"model": "small", "prompt": "x", "keep_alive": "soon"}), 400, "keep_alive"),
     ];
     for (path, body, status, says) in cases {
         let resp = post(&w, path, body).await;
@@ -85,4 +87,28 @@ async fn ollama_errors_say_what_is_wrong_in_ollamas_shape() {
     assert_eq!(bad.status(), 400);
     let shown: Value = post(&w, "/api/show", json!({"model": "small"})).await.json().await.unwrap();
     assert_eq!(shown["capabilities"], json!(["completion"]), "{shown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_zero_unloads_the_model_once_answered() {
+    let w = Warden::start(&format!("[idle]\ncheck_interval = \"50ms\"\n\n{LOCAL}"));
+    let body = json!({"model": "small", "prompt": "why", "stream": false, "keep_alive": 0});
+    assert_eq!(post(&w, "/api/generate", body).await.status(), 200);
+    assert!(w.wait_state("local", "stopped", std::time::Duration::from_secs(10)).await, "{}", w.log());
+    // The next request wakes it again, as a request to any sleeping model does.
+    let body = json!({"model": "small", "prompt": "again", "stream": false});
+    assert_eq!(post(&w, "/api/generate", body).await.status(), 200);
+    assert_eq!(w.service("local").await["state"], "running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_key_is_refused_in_ollamas_shape() {
+    let key = hex(warden::config::sha256(b"ollama-key"));
+    let w = Warden::start(&format!("[clients.tool]\nkey_sha256 = \"{key}\"\nmodels = [\"*\"]\n\n{LOCAL}"));
+    let resp = reqwest::get(w.url("/api/tags")).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let v: Value = resp.json().await.unwrap();
+    assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+    let resp = reqwest::Client::new().get(w.url("/api/tags")).bearer_auth("ollama-key").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
 }

@@ -40,13 +40,17 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/svc/{service}", any(passthrough::root))
         .route("/svc/{service}/{*path}", any(passthrough::path))
         .merge(api::routes())
-        .merge(ollama::routes())
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::client_auth));
+    // Ollama's dialect: the same keys, and every error in Ollama's shape.
+    let ollama = ollama::routes()
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::client_auth))
+        .layer(axum::middleware::from_fn(ollama::errors));
     Router::new()
         .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .route("/metrics", get(metrics::metrics))
         .route("/status", get(metrics::status))
         .merge(front)
+        .merge(ollama)
         .merge(admin)
         .fallback(|uri: axum::http::Uri| async move { ApiError::NotFound(format!("route {}", uri.path())) })
         .method_not_allowed_fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {

@@ -235,10 +235,12 @@ impl ServiceHandle {
         rx.await.map_err(|_| "shutting down".to_string())?
     }
 
-    /// A request's `keep_alive` (Ollama dialect) for one of its models, until set again.
-    pub fn set_keep_alive(&self, model: usize, keep: Duration) {
+    /// A request's `keep_alive` (Ollama dialect) for one of its models; None = back to the
+    /// configured one (as Ollama applies its default to a request that names none).
+    pub fn set_keep_alive(&self, model: usize, keep: Option<Duration>) {
+        let configured = self.shared.config.models.get(model).and_then(|m| m.keep_alive);
         if let Some(m) = self.shared.live().models.get_mut(model) {
-            m.keep_alive = Some(keep);
+            m.keep_alive = keep.or(configured);
         }
     }
 

@@ -52,6 +52,29 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/api/delete", delete(unsupported))
 }
 
+/// Every error on these routes in Ollama's shape, also those made before a handler runs (a
+/// missing key, a wrong method): `{"error": {"message": …}}` becomes `{"error": …}`.
+pub async fn errors(req: Request<Body>, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    if resp.status().is_success() {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+    let v: Value = serde_json::from_slice(&text).unwrap_or(Value::Null);
+    let message = match &v["error"] {
+        Value::String(_) => return Response::from_parts(parts, Body::from(text)),
+        e => e["message"].as_str().map(str::to_string),
+    };
+    let message = message.unwrap_or_else(|| match String::from_utf8_lossy(&text).trim() {
+        "" => parts.status.canonical_reason().unwrap_or("error").to_lowercase(),
+        t => t.to_string(),
+    });
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Response::from_parts(parts, Body::from(json!({"error": message}).to_string()))
+}
+
 /// Errors as Ollama writes them.
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
@@ -85,6 +108,10 @@ async fn call(
         Ok(v) => v,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    let keep = match keep_alive_of(&asked["keep_alive"]) {
+        Ok(k) => k,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
     let model = asked["model"].as_str().unwrap_or_default().to_string();
     let endpoint = call.endpoint(&asked);
     parts.method = Method::POST;
@@ -96,7 +123,7 @@ async fn call(
         Ok(r) => r,
         Err(e) => return error(e.status_code(), e.message()),
     };
-    keep_alive(&app, &model, &asked["keep_alive"]);
+    set_keep_alive(&app, &model, keep);
     let (mut parts, body) = answer.into_parts();
     if !parts.status.is_success() {
         let text = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
@@ -121,23 +148,26 @@ async fn call(
     Response::from_parts(parts, Body::from(out.to_string()))
 }
 
-/// A request's `keep_alive` ("5m", 300, 0, -1) sets that model's keep-alive in warden; 0
-/// unloads it once the answer is done (its lease ends), as Ollama does.
-fn keep_alive(app: &App, model: &str, given: &Value) {
-    let keep = match given {
-        Value::Null => return,
+/// A request's `keep_alive` ("5m", 300, 0, -1): how long its model stays loaded after the
+/// answer (0: unload once done; negative: keep it); None when the request names none.
+fn keep_alive_of(given: &Value) -> Result<Option<Duration>, String> {
+    let bad = || format!("keep_alive: {given} is not a duration (\"5m\", 300, 0 or -1)");
+    match given {
+        Value::Null => Ok(None),
         Value::Number(n) => match n.as_f64() {
-            Some(s) if s < 0.0 => FOREVER,
-            Some(s) => Duration::from_secs_f64(s),
-            None => return,
+            Some(s) if s < 0.0 => Ok(Some(FOREVER)),
+            Some(s) => Ok(Some(Duration::from_secs_f64(s.min(FOREVER.as_secs_f64())))),
+            None => Err(bad()),
         },
-        Value::String(s) => match crate::config::units::parse_duration(s) {
-            Ok(d) => d,
-            Err(_) if s.starts_with('-') => FOREVER,
-            Err(_) => return,
-        },
-        _ => return,
-    };
+        Value::String(s) if s.starts_with('-') => Ok(Some(FOREVER)),
+        Value::String(s) => crate::config::units::parse_duration(s).map(|d| Some(d.min(FOREVER))).map_err(|_| bad()),
+        _ => Err(bad()),
+    }
+}
+
+/// Sets the model's keep-alive in warden (none given: back to the configured one, as Ollama
+/// applies its default to a request that names none).
+fn set_keep_alive(app: &App, model: &str, keep: Option<Duration>) {
     if let Ok(route) = pipeline::route::model(app, model) {
         let index = route.model.map_or(0, |m| m.index);
         app.services[route.service].set_keep_alive(index, keep);
