@@ -95,6 +95,21 @@ impl Plan {
 }
 
 pub fn plan(cap: Capacity, residents: &[Resident], new: &Newcomer, min_residency: Duration, now: Instant) -> Plan {
+    let planned = plan_growing(cap, residents, new, min_residency, now);
+    if new.growth == 0 || planned.fits() {
+        return planned;
+    }
+    // The trend is a projection: it makes room where room can be made, but never refuses a
+    // start that fits now (under a sudden jump the slope runs high for a whole window, and
+    // refusing would fail the very smaller rung the pressure cascade sends requests to).
+    let now_only = Newcomer { growth: 0, ..new.clone() };
+    match plan_growing(cap, residents, &now_only, min_residency, now) {
+        fits @ Plan::Go { .. } => fits,
+        _ => planned,
+    }
+}
+
+fn plan_growing(cap: Capacity, residents: &[Resident], new: &Newcomer, min_residency: Duration, now: Instant) -> Plan {
     match plan_at(cap, residents, new, min_residency, now) {
         // Say who would go once the wait is over: the plan with the residency run out.
         Plan::Wait { retry_in: Some(after), need, free, .. } => {
@@ -355,6 +370,13 @@ mod tests {
         let growing = Newcomer { growth: 3 * GIB, ..new(2, 6) };
         let p = plan(cap(16), &[res(1, 8, t0)], &growing, Duration::ZERO, t0);
         assert!(go(&[1])(&p), "{p:?}");
+        // Growth so large that no offload could make room: a start that fits now still goes.
+        let soaring = Newcomer { growth: 100 * GIB, ..new(2, 6) };
+        let p = plan(cap(16), &[res(1, 8, t0)], &soaring, Duration::ZERO, t0);
+        assert!(go(&[])(&p), "{p:?}");
+        // And one that does not fit now is refused as before.
+        let p = plan(cap(16), &[Resident { may_sleep: false, ..res(1, 12, t0) }], &soaring, Duration::ZERO, t0);
+        assert!(!p.fits(), "{p:?}");
     }
 
     #[test]

@@ -42,6 +42,8 @@ models = ["small"]
 [services.hog]
 kind = "process"
 command = ["FAKE", "--port", "${PORT}"]
+# Load from outside the models: never offloaded to make room for them.
+idle_sleep = false
 
 [models.big]
 smaller = "small"
