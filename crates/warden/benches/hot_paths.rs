@@ -180,6 +180,52 @@ fn ladder_performance_check(c: &mut Criterion) {
     });
 }
 
+/// The whole ladder stage on a real `App` (owners, admission, pressure monitor state), for a
+/// model with a smaller rung and a latency bound, pressure enabled and calm, a session named:
+/// what it adds to every request to such a model. Its one await (room for `on_pressure =
+/// "degrade"`) is not on this path, so the future completes at its first poll.
+fn ladder_stage(c: &mut Criterion) {
+    use futures_util::FutureExt;
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+[pressure]
+enabled = true
+
+[services.big]
+kind = "remote"
+url = "http://127.0.0.1:9"
+models = ["big"]
+
+[services.small]
+kind = "remote"
+url = "http://127.0.0.1:9"
+models = ["small"]
+
+[models.big]
+smaller = "small"
+max_p95 = "10s"
+"#;
+    let mut config = warden::config::parse(text, dir.path()).unwrap();
+    config.server.state_dir = dir.path().to_path_buf();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let _guard = rt.enter();
+    let assembled = warden::server::assemble(std::sync::Arc::new(config), dir.path().to_path_buf()).unwrap();
+    let app = assembled.app;
+    let route = warden::pipeline::route::model(&app, "big").unwrap();
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert("x-warden-session", "conversation-42".parse().unwrap());
+    let body = axum::body::Bytes::from_static(
+        br#"{"model":"big","messages":[{"role":"user","content":"Write a haiku about the sea."}],"max_tokens":64}"#,
+    );
+    c.bench_function("ladder stage: pressure on and calm, bounds set, a session (real App)", |b| {
+        b.iter(|| {
+            let chosen = warden::pipeline::ladder::choose(&app, route.clone(), &headers, &body).now_or_never();
+            black_box(chosen.expect("no await on this path"))
+        })
+    });
+    assembled.shutdown.cancel();
+}
+
 criterion_group!(
     benches,
     routing,
@@ -188,6 +234,7 @@ criterion_group!(
     eviction_planner,
     priority_queue,
     pressure_decision,
-    ladder_performance_check
+    ladder_performance_check,
+    ladder_stage
 );
 criterion_main!(benches);

@@ -92,32 +92,21 @@ pub(crate) fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Resul
     })
 }
 
-/// Runs the daemon until SIGTERM/SIGINT, then drains requests (bounded), stops every service
-/// (bounded), and returns.
-pub async fn serve(config: Config) -> Result<(), String> {
-    let state_dir = config.server.state_dir.clone();
-    for dir in ["logs", "run"] {
-        std::fs::create_dir_all(state_dir.join(dir))
-            .map_err(|e| format!("cannot create {}: {e}", state_dir.join(dir).display()))?;
-    }
-    // First the lock (nothing is touched before it), then the port, then leftovers of a crash:
-    // a warden that cannot run kills nothing.
-    let _lock = state_lock::acquire(&state_dir)?;
-    // From here on SIGTERM is ours (and waits its turn): a signal during start-up must not kill
-    // warden between stopping leftovers and reporting it, or before its services are stopped.
-    let termination = termination_signal();
-    // Each connection is a file descriptor; keep a reserve for services, logs and the database.
-    let default_max_connections = (crate::driver::limits::raise_open_files().saturating_sub(256)).max(64) as usize;
-    let listener =
-        listen::bind(config.server.listen).map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    for service in orphans::stop_leftovers(&state_dir) {
-        warn!("Stopped service {service}'s processes left running by a previous warden");
-    }
-    if !crate::driver::cgroup::available(&state_dir) {
-        warn!("No writable cgroup: a service's processes are tracked by process group only, so one that leaves its group (setsid) could outlive warden");
-    }
+/// The running parts of a warden, before its front door opens.
+pub struct Assembled {
+    pub app: Arc<App>,
+    /// Every background task (owners, coordinator, timers, monitors), awaited on shutdown.
+    pub tasks: TaskTracker,
+    /// Stops the background tasks and services.
+    pub shutdown: CancellationToken,
+    /// Cancelled when warden starts draining (`App::draining`).
+    pub stop_accepting: CancellationToken,
+}
 
+/// Builds the owners (a task per service, admission, memory, pressure, idle) and the `App` that
+/// holds their handles, on `config` with state under `state_dir`. `serve` calls it after the
+/// state lock and the port; benchmarks call it to measure stages on a real `App`.
+pub fn assemble(config: Arc<Config>, state_dir: std::path::PathBuf) -> Result<Assembled, String> {
     let tasks = TaskTracker::new();
     let shutdown = CancellationToken::new();
     let client = crate::base::http::client();
@@ -135,7 +124,6 @@ pub async fn serve(config: Config) -> Result<(), String> {
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
     };
-    let config = Arc::new(config);
     let gate = Arc::new(crate::admission::gate::Gate::new(config.clone(), events.clone())?);
     tasks.spawn(gate.clone().run_timer(shutdown.clone()).instrument(tracing::info_span!("scheduler timer")));
     // What services say of their own concurrency paces what admission sends them.
@@ -182,6 +170,37 @@ pub async fn serve(config: Config) -> Result<(), String> {
     tasks.spawn(
         crate::idle::monitor::run(app.clone(), shutdown.clone()).instrument(tracing::info_span!("idle monitor")),
     );
+    Ok(Assembled { app, tasks, shutdown, stop_accepting })
+}
+
+/// Runs the daemon until SIGTERM/SIGINT, then drains requests (bounded), stops every service
+/// (bounded), and returns.
+pub async fn serve(config: Config) -> Result<(), String> {
+    let state_dir = config.server.state_dir.clone();
+    for dir in ["logs", "run"] {
+        std::fs::create_dir_all(state_dir.join(dir))
+            .map_err(|e| format!("cannot create {}: {e}", state_dir.join(dir).display()))?;
+    }
+    // First the lock (nothing is touched before it), then the port, then leftovers of a crash:
+    // a warden that cannot run kills nothing.
+    let _lock = state_lock::acquire(&state_dir)?;
+    // From here on SIGTERM is ours (and waits its turn): a signal during start-up must not kill
+    // warden between stopping leftovers and reporting it, or before its services are stopped.
+    let termination = termination_signal();
+    // Each connection is a file descriptor; keep a reserve for services, logs and the database.
+    let default_max_connections = (crate::driver::limits::raise_open_files().saturating_sub(256)).max(64) as usize;
+    let listener =
+        listen::bind(config.server.listen).map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    for service in orphans::stop_leftovers(&state_dir) {
+        warn!("Stopped service {service}'s processes left running by a previous warden");
+    }
+    if !crate::driver::cgroup::available(&state_dir) {
+        warn!("No writable cgroup: a service's processes are tracked by process group only, so one that leaves its group (setsid) could outlive warden");
+    }
+
+    let config = Arc::new(config);
+    let Assembled { app, tasks, shutdown, stop_accepting } = assemble(config.clone(), state_dir)?;
 
     let limits = listen::Limits {
         header_timeout: config.server.header_timeout,
@@ -216,7 +235,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         warn!("Some services did not stop in time");
     }
     // Last: requests cut at the drain timeout settle as their bodies drop, above.
-    gate.store.close();
+    app.gate.store.close();
     info!("warden stopped");
     Ok(())
 }
