@@ -153,6 +153,24 @@ impl Pool {
         Pool { capacity, refill_milli, dedicated, shared, own, paused_until_ms: 0, window: None, learned: None }
     }
 
+    /// The same pool with a new size, refill or sharing (a reloaded config): what it knows of
+    /// its upstream (announced window, pause) is kept, and no bucket holds more than it held
+    /// before — a reload must not hand out a fresh burst.
+    pub fn resized(&mut self, capacity: u64, refill_per_sec: f64, sharing: &Sharing, now_ms: u64) -> Pool {
+        let mut new = Pool::new(capacity, refill_per_sec, sharing, now_ms);
+        let shared = self.shared.available(now_ms);
+        new.shared.cap_at(shared, now_ms);
+        for (c, b) in new.own.iter_mut() {
+            if let Some(old) = self.own.get_mut(c) {
+                b.cap_at(old.available(now_ms), now_ms);
+            }
+        }
+        new.paused_until_ms = self.paused_until_ms;
+        new.window = self.window;
+        new.learned = self.learned;
+        new
+    }
+
     /// Adopts what the upstream announced (it counts what other users of the same key spent
     /// too): no bucket holds more than its share of what remains, and with a reset time, no
     /// more than that is taken before the upstream's window resets.
@@ -284,6 +302,20 @@ impl Pool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_resized_pool_keeps_its_level_pause_and_window() {
+        let mut p = Pool::new(100, 10.0, &Sharing::Shared, 0);
+        assert!(p.try_take(0, 70, 0).is_some());
+        p.learn(Announced { limit: Some(50), remaining: Some(20), reset_ms: Some(5_000) }, 0);
+        p.pause(1_000, 0);
+        let mut bigger = p.resized(1_000, 100.0, &Sharing::Shared, 0);
+        assert_eq!(bigger.level(None, 0), (20, 1_000), "no fresh burst: the level it had, the new capacity");
+        assert_eq!(bigger.paused_ms(0), 1_000);
+        assert_eq!(bigger.window_left(0), Some(20));
+        let mut smaller = p.resized(10, 1.0, &Sharing::Shared, 0);
+        assert_eq!(smaller.level(None, 0), (10, 10), "never above the new capacity");
+    }
 
     #[test]
     fn refills_at_its_rate_up_to_capacity() {

@@ -199,6 +199,21 @@ impl Dispatcher {
         }
     }
 
+    /// A reloaded config: more clients and services (slots are only ever added, so queued and
+    /// running requests keep theirs), new limits and settings. Requests already running keep
+    /// running; the next dispatch applies the rest.
+    pub fn reconfigure(&mut self, clients: usize, limits: Limits, settings: Settings) {
+        let clients = clients.max(self.client_running.len());
+        self.client_running.resize(clients, 0);
+        self.recent.resize(clients, 0.0);
+        let services = limits.service_max.len().max(self.service_running.len());
+        self.service_running.resize(services, 0);
+        self.limits = limits;
+        self.limits.client_max.resize(clients, None);
+        self.limits.service_max.resize(services, None);
+        self.settings = settings;
+    }
+
     /// A service's concurrency limit now.
     pub fn service_limit(&self, service: usize) -> Option<u32> {
         self.limits.service_max.get(service).copied().flatten()

@@ -234,3 +234,21 @@ fn background_classes_wait_while_the_cpu_is_busy() {
     d.background_held = false;
     assert_eq!(d.next(at(6)).unwrap().id, batch);
 }
+
+#[test]
+fn a_reconfigure_adds_clients_and_services_and_keeps_what_waits_and_runs() {
+    let mut d = one_at_a_time(1);
+    let running = d.push(req(0, 20, Class::Normal, 0));
+    let running = d.next(at(0)).filter(|g| g.id == running).expect("runs");
+    let waiting = d.push(req(0, 20, Class::Normal, 1));
+    assert!(d.next(at(1)).is_none(), "the service runs one at a time");
+    // A reload adds client 1 and service 1, and lets service 0 run two at once.
+    let limits = Limits { client_max: vec![None, Some(1)], service_max: vec![Some(2), None] };
+    d.reconfigure(2, limits, SETTINGS);
+    assert_eq!(d.next(at(2)).map(|g| g.id), Some(waiting), "the waiting request runs under the new limit");
+    assert_eq!(d.service_running(0), 2);
+    let newcomer = d.push(Waiting { service: 1, ..req(1, 20, Class::Normal, 3) });
+    assert_eq!(d.next(at(3)).map(|g| g.id), Some(newcomer), "the new client reaches the new service");
+    d.finish(&running, None, 4);
+    assert_eq!((d.running(0), d.service_running(0)), (1, 1), "a grant from before the reload settles in place");
+}

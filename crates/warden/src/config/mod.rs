@@ -4,6 +4,7 @@
 pub mod adapt;
 mod locate;
 pub mod raw;
+pub mod reload;
 mod tenants;
 pub mod units;
 mod validate;
@@ -40,6 +41,8 @@ pub struct Config {
     pub ladders: BTreeMap<String, adapt::Ladder>,
     /// `[tasks.X]`: parameter presets by task name.
     pub tasks: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+    /// The file it was read from (what a reload reads again); None when parsed from text.
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,9 +51,11 @@ pub enum PoolUnit {
     Requests,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
     pub name: String,
+    /// Removed by a reload: kept in its place (admission indexes pools), used by no model.
+    pub retired: bool,
     pub unit: PoolUnit,
     pub capacity: u64,
     pub refill_per_sec: f64,
@@ -64,7 +69,7 @@ pub struct ModelTerms {
     pub price: Option<policy::budget::Price>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SchedulerConfig {
     pub off_peak: Option<policy::class::Window>,
     pub max_queue: usize,
@@ -76,7 +81,7 @@ pub struct SchedulerConfig {
 }
 
 /// A secret from the environment; never printed.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
 
 impl std::fmt::Debug for Secret {
@@ -94,9 +99,12 @@ pub struct Tier {
     pub monthly_budget: Option<i64>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClientConfig {
     pub name: String,
+    /// Removed by a reload: kept in its place (admission indexes clients, and its spend stays
+    /// on record), but its key no longer lets anyone in.
+    pub retired: bool,
     pub key_sha256: [u8; 32],
     pub tier: String,
     pub priority: u32,
@@ -116,7 +124,7 @@ impl ClientConfig {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RemoteSpec {
     /// Sent upstream as `Authorization: Bearer …` in place of the client's.
     pub api_key: Option<Secret>,
@@ -125,7 +133,7 @@ pub struct RemoteSpec {
 }
 
 /// Whom an https upstream must prove itself to.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub enum Trust {
     /// Mozilla's roots.
     #[default]
@@ -210,7 +218,7 @@ impl Api {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub state_dir: PathBuf,
@@ -250,7 +258,7 @@ pub enum Health {
     Docker,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProcessSpec {
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
@@ -258,7 +266,7 @@ pub struct ProcessSpec {
     pub stop_command: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ContainerSpec {
     /// Name or id of the container.
     pub container: String,
@@ -296,7 +304,7 @@ pub struct PortMap {
     pub container_port: u16,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ServiceKind {
     Process(ProcessSpec),
     Container(ContainerSpec),
@@ -313,9 +321,12 @@ impl ServiceKind {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServiceConfig {
     pub name: String,
+    /// Removed by a reload: kept in its place (owners, admission and the directory index
+    /// services) while it drains and stops; nothing routes to it.
+    pub retired: bool,
     pub kind: ServiceKind,
     /// 0 = pick a free port at each start.
     pub port: u16,
@@ -436,11 +447,20 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         message: format!("cannot resolve {}: {e}", base.display()),
         line: None,
     })?;
-    parse(&text, &base)
+    let mut config = parse(&text, &base)?;
+    config.source = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+    Ok(config)
 }
 
 impl Config {
+    /// A service by name (not one a reload removed). A scan: after a reload, services are in
+    /// the order they were first configured, not by name, and there are few.
     pub fn service_index(&self, name: &str) -> Option<usize> {
-        self.services.binary_search_by(|s| s.name.as_str().cmp(name)).ok()
+        self.services.iter().position(|s| !s.retired && s.name == name)
+    }
+
+    /// The services in force (not removed by a reload), with their places.
+    pub fn live_services(&self) -> impl Iterator<Item = (usize, &ServiceConfig)> {
+        self.services.iter().enumerate().filter(|(_, s)| !s.retired)
     }
 }

@@ -80,6 +80,7 @@ pub fn clients(
         let monthly_budget = money(at("monthly_budget_usd"), c.monthly_budget_usd)?.or(tier.monthly_budget);
         out.push(ClientConfig {
             name,
+            retired: false,
             key_sha256,
             priority: tier.priority,
             max_concurrent: tier.max_concurrent,
@@ -138,7 +139,7 @@ pub fn pools(raw: BTreeMap<String, RawPool>, clients: &[ClientConfig]) -> Result
                 return Err(err(at("sharing"), format!("{s:?} must be \"shared\", \"reserved\" or \"dedicated\"")))
             }
         };
-        out.push(PoolConfig { name, unit, capacity, refill_per_sec: refill, sharing });
+        out.push(PoolConfig { name, retired: false, unit, capacity, refill_per_sec: refill, sharing });
     }
     Ok(out)
 }

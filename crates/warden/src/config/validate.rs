@@ -153,6 +153,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         pressure,
         ladders,
         tasks,
+        source: None,
     })
 }
 
@@ -279,6 +280,7 @@ fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, Co
     }
     Ok(ServiceConfig {
         name: name.to_string(),
+        retired: false,
         kind,
         port: raw.port.unwrap_or(0),
         health,
