@@ -15,14 +15,19 @@ use crate::jobs::Jobs;
 use crate::pressure::Monitor;
 use crate::resources::coordinator::Coordinator;
 use crate::service::directory::Directory;
-use crate::service::ServiceHandle;
+use crate::service::{OwnerContext, Roster, ServiceHandle};
 
 pub struct App {
-    /// The validated config this warden runs on; never changes while it runs.
-    pub config: Arc<Config>,
+    /// The validated config in force: replaced whole by a reload (`crate::reload`), read
+    /// through `config()` so a request sees one config from start to end.
+    config: arc_swap::ArcSwap<Config>,
     /// One handle per configured service, in the order of `config.services`. Each service's
     /// state is owned by its owner task; a handle reads it and sends commands.
-    pub services: Vec<ServiceHandle>,
+    pub services: Roster,
+    /// How new service owners are made (a reload adds and replaces them).
+    pub owner_ctx: OwnerContext,
+    /// One reload at a time.
+    pub reloading: tokio::sync::Mutex<()>,
     /// Model name → service, configured and discovered (owners add discovered models).
     pub directory: Arc<Directory>,
     /// Memory: footprints, the saved state of offloaded services, room-making plans.
@@ -58,7 +63,8 @@ pub struct App {
 pub struct Owners {
     pub performance: Arc<crate::account::performance::Tracker>,
     pub config: Arc<Config>,
-    pub services: Vec<ServiceHandle>,
+    pub services: Roster,
+    pub owner_ctx: OwnerContext,
     pub directory: Arc<Directory>,
     pub coordinator: Arc<Coordinator>,
     pub client: HttpClient,
@@ -73,8 +79,10 @@ impl App {
     pub fn new(o: Owners) -> Self {
         App {
             idle: Mutex::new(o.config.idle),
-            config: o.config,
+            config: arc_swap::ArcSwap::new(o.config),
             services: o.services,
+            owner_ctx: o.owner_ctx,
+            reloading: tokio::sync::Mutex::new(()),
             directory: o.directory,
             coordinator: o.coordinator,
             client: o.client,
@@ -89,6 +97,21 @@ impl App {
             started: Instant::now(),
             started_unix: crate::base::clock::unix_secs(),
         }
+    }
+
+    /// The config in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Puts a reloaded config in force (`crate::reload` alone calls it).
+    pub(crate) fn set_config(&self, config: Arc<Config>) {
+        self.config.store(config);
+    }
+
+    /// The service handles in force now, one per place in `config().services`.
+    pub fn services(&self) -> Arc<Vec<ServiceHandle>> {
+        self.services.get()
     }
 
     pub fn idle_settings(&self) -> IdleConfig {

@@ -12,6 +12,7 @@ pub mod idle;
 pub mod jobs;
 pub mod pipeline;
 pub mod pressure;
+pub mod reload;
 pub mod resources;
 pub mod server;
 pub mod service;

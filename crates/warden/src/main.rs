@@ -39,6 +39,11 @@ enum Cmd {
     Wake { name: String },
     /// Stop a service now.
     Sleep { name: String },
+    /// Make the running warden read its config file again (as SIGHUP does); prints what changed.
+    Reload {
+        #[arg(long)]
+        json: bool,
+    },
     /// What starting a service now would do (which services it would offload); changes nothing.
     Plan {
         name: String,
@@ -133,6 +138,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Cmd::Usage { client: name, json } => cli::usage(&client(), &name, json).await,
         Cmd::Queue { json } => cli::queue(&client(), json).await,
         Cmd::Wake { name } => cli::wake(&client(), &name).await,
+        Cmd::Reload { json } => cli::reload(&client(), json).await,
         Cmd::Sleep { name } => {
             let svc = client().call(Method::POST, &format!("/admin/services/{name}/stop")).await?;
             println!("{name} is {}", svc["state"].as_str().unwrap_or("?"));

@@ -27,6 +27,7 @@ const MAY_IMPORT: &[(&str, &[&str], &str)] = &[
         "App only holds handles",
     ),
     ("idle", &["base", "config", "service", "app"], "the idle monitor reads services through App"),
+    ("reload", &["base", "config", "service", "app"], "a reload puts a new config in force through App's handles"),
     (
         "pipeline",
         &["base", "config", "account", "admission", "service", "app", "pressure"],
@@ -47,6 +48,7 @@ const MAY_IMPORT: &[(&str, &[&str], &str)] = &[
             "idle",
             "pipeline",
             "pressure",
+            "reload",
         ],
         "the server is the top: everything but the CLI",
     ),

@@ -107,12 +107,16 @@ pub enum ApiError {
         waited: Duration,
         class: &'static str,
     },
+    /// A config reload was refused; the running config stays.
+    InvalidConfig(String),
 }
 
 impl ApiError {
     pub fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::BadJson(_) | ApiError::BadRequest(_) | ApiError::MissingModel => StatusCode::BAD_REQUEST,
+            ApiError::BadJson(_) | ApiError::BadRequest(_) | ApiError::MissingModel | ApiError::InvalidConfig(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::UnknownModel { .. } | ApiError::UnknownService { .. } | ApiError::NotFound(_) => {
                 StatusCode::NOT_FOUND
             }
@@ -140,6 +144,7 @@ impl ApiError {
         match self {
             ApiError::BadJson(_) => "invalid_json",
             ApiError::BadRequest(_) => "bad_request",
+            ApiError::InvalidConfig(_) => "invalid_config",
             ApiError::MissingModel => "missing_model",
             ApiError::UnknownModel { .. } => "model_not_found",
             ApiError::UnknownService { .. } => "service_not_found",
@@ -183,7 +188,7 @@ impl ApiError {
     pub fn message(&self) -> String {
         match self {
             ApiError::BadJson(e) => format!("request body is not valid JSON: {e}"),
-            ApiError::BadRequest(m) => m.clone(),
+            ApiError::BadRequest(m) | ApiError::InvalidConfig(m) => m.clone(),
             ApiError::MissingModel => "request body has no \"model\" string".into(),
             ApiError::UnknownModel { model, known } => {
                 format!("model {model:?} is not configured; known models: {}", known.join(", "))

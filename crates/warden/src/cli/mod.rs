@@ -386,3 +386,34 @@ pub async fn performance(client: &Client, since: &str, as_json: bool) -> Result<
     }
     Ok(())
 }
+
+/// `warden reload`: the running warden reads its config file again; prints what changed.
+pub async fn reload(client: &Client, as_json: bool) -> Result<(), String> {
+    let r = client.call(Method::POST, "/admin/reload").await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+        return Ok(());
+    }
+    let ch = &r["changes"];
+    if r["changed"] == false {
+        println!("Config reloaded: nothing changed");
+    } else {
+        println!("Config reloaded");
+    }
+    for what in ["services", "clients", "pools"] {
+        for (how, label) in [("added", "added"), ("changed", "changed"), ("removed", "removed")] {
+            let names: Vec<String> = ch[what][how].as_array().into_iter().flatten().map(text).collect();
+            if !names.is_empty() {
+                println!("  {what} {label}: {}", names.join(", "));
+            }
+        }
+    }
+    let sections: Vec<String> = ch["sections"].as_array().into_iter().flatten().map(text).collect();
+    if !sections.is_empty() {
+        println!("  also changed: {}", sections.join(", "));
+    }
+    for key in ch["need_restart"].as_array().into_iter().flatten() {
+        println!("  {} changed: takes effect after a restart", text(key));
+    }
+    Ok(())
+}

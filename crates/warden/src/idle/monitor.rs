@@ -23,7 +23,7 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
         }
         let settings = app.idle_settings();
         let now = Instant::now();
-        for svc in &app.services {
+        for svc in app.services().iter().filter(|s| !s.shared.retired()) {
             // Servers may load or evict models on their own: believe what they report.
             svc.reconcile();
             for (model, inputs) in super::inputs::models(svc, &settings).iter().enumerate() {

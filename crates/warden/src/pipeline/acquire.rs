@@ -8,7 +8,7 @@ use crate::base::errors::ApiError;
 use crate::service::Acquired;
 
 pub async fn acquire(app: &App, route: &Route) -> Result<Acquired, ApiError> {
-    let svc = &app.services[route.service];
+    let svc = &app.services()[route.service];
     svc.acquire(route.model.as_ref().map(|m| m.index))
         .await
         .map_err(|why| ApiError::Unavailable { service: svc.name().to_string(), why })

@@ -29,7 +29,7 @@ pub fn class_of(app: &App, headers: &HeaderMap) -> Result<Class, ApiError> {
 pub fn parse_class(app: &App, name: &str, field: &str) -> Result<Class, ApiError> {
     let class = Class::parse(name)
         .ok_or_else(|| ApiError::BadRequest(format!("{field} must be one of {} (got {name:?})", Class::names())))?;
-    if class == Class::Deferred && app.config.scheduler.off_peak.is_none() {
+    if class == Class::Deferred && app.config().scheduler.off_peak.is_none() {
         return Err(ApiError::BadRequest(format!(
             "{field}: deferred requests run only inside [scheduler].off_peak, and no off_peak window is configured; \
              use batch, or set off_peak (e.g. \"22:00-06:00\")"

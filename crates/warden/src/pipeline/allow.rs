@@ -6,7 +6,8 @@ use crate::base::caller::Caller;
 use crate::base::errors::ApiError;
 
 pub fn check(app: &App, caller: &Caller, route: &Route) -> Result<(), ApiError> {
-    let (Some(client), Some(model)) = (caller.client.map(|i| &app.config.clients[i]), &route.model) else {
+    let config = app.config();
+    let (Some(client), Some(model)) = (caller.client.map(|i| &config.clients[i]), &route.model) else {
         return Ok(());
     };
     if client.may_use(&model.name) {

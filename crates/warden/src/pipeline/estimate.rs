@@ -15,12 +15,12 @@ pub struct Estimated {
 }
 
 pub fn request(app: &App, route: &Route, endpoint: Endpoint, body: Bytes) -> Estimated {
-    let termed = route.model.as_ref().is_some_and(|m| app.config.model_terms.contains_key(&m.name));
+    let termed = route.model.as_ref().is_some_and(|m| app.config().model_terms.contains_key(&m.name));
     let plain = || Estimated { estimate: Estimate::default(), body: body.clone() };
     if !termed {
         return plain();
     }
-    let p = prepare(&body, endpoint == Endpoint::Embeddings, app.config.scheduler.default_max_tokens);
+    let p = prepare(&body, endpoint == Endpoint::Embeddings, app.config().scheduler.default_max_tokens);
     match p.rewritten {
         Some(b) => Estimated { estimate: p.estimate, body: b.into() },
         None => Estimated { estimate: p.estimate, ..plain() },

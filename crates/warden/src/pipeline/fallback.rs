@@ -30,9 +30,9 @@ pub struct Again {
 }
 
 /// The models to try after `planned`'s, in order (empty: no fallback, the usual case).
-pub fn list<'a>(app: &'a App, planned: &Planned) -> &'a [String] {
-    let Some(model) = planned.route.model.as_ref() else { return &[] };
-    app.config.ladders.get(&model.name).map_or(&[], |l| l.fallback.as_slice())
+pub fn list(app: &App, planned: &Planned) -> Vec<String> {
+    let Some(model) = planned.route.model.as_ref() else { return Vec::new() };
+    app.config().ladders.get(&model.name).map_or(Vec::new(), |l| l.fallback.clone())
 }
 
 /// Whether a failed attempt may be tried on the next model: the failure was the service's, and

@@ -50,7 +50,8 @@ pub async fn choose(app: &App, route: Route, headers: &HeaderMap, body: &Bytes) 
         return (route, None);
     }
     let Some(asked) = route.model.as_ref().map(|m| m.name.clone()) else { return (route, None) };
-    let ladder = app.config.ladders.get(&asked);
+    let config = app.config();
+    let ladder = config.ladders.get(&asked);
     let session = session_of(headers, body);
     // A pinned conversation keeps its rung while that rung exists.
     if let Some(s) = &session {
@@ -68,7 +69,7 @@ pub async fn choose(app: &App, route: Route, headers: &HeaderMap, body: &Bytes) 
         }
     }
     let Some(first) = ladder.and_then(|l| l.smaller.clone()) else { return (route, None) };
-    let device = app.config.services[route.service].device;
+    let device = app.config().services[route.service].device;
     let why = if app.pressure.degraded(device) {
         Some(app.pressure.reason(device))
     } else if let Some(why) = ladder.and_then(|l| performing_badly(app, &asked, l)) {
@@ -101,10 +102,11 @@ pub async fn choose(app: &App, route: Route, headers: &HeaderMap, body: &Bytes) 
 /// From `first`, one rung down: further while each rung's own device is critical.
 fn walk_down(app: &App, first: String) -> String {
     let mut rung = first;
+    let config = app.config();
     while let (Some(r), Some(next)) =
-        (app.config.models.get(&rung), app.config.ladders.get(&rung).and_then(|l| l.smaller.clone()))
+        (config.models.get(&rung), config.ladders.get(&rung).and_then(|l| l.smaller.clone()))
     {
-        if !app.pressure.critical(app.config.services[r.service].device) {
+        if !app.pressure.critical(config.services[r.service].device) {
             break;
         }
         rung = next;
@@ -115,8 +117,9 @@ fn walk_down(app: &App, first: String) -> String {
 /// The rung pressure alone sends a new request for `model` to now (no session): its own name
 /// when not degraded.
 pub fn rung_now(app: &App, model: &str) -> String {
-    let first = app.config.ladders.get(model).and_then(|l| l.smaller.clone());
-    let device = app.config.models.get(model).map(|r| app.config.services[r.service].device);
+    let config = app.config();
+    let first = config.ladders.get(model).and_then(|l| l.smaller.clone());
+    let device = config.models.get(model).map(|r| config.services[r.service].device);
     match (first, device) {
         (Some(first), Some(device)) if app.pressure.degraded(device) => walk_down(app, first),
         _ => model.to_string(),
@@ -144,7 +147,7 @@ fn performing_badly(app: &App, model: &str, ladder: &crate::config::adapt::Ladde
 
 /// Whether starting `service` now would need room made by offloading others.
 async fn needs_room(app: &App, service: usize) -> bool {
-    let running = app.services[service].shared.live().state == policy::lifecycle::State::Running;
+    let running = app.services()[service].shared.live().state == policy::lifecycle::State::Running;
     if running {
         return false;
     }

@@ -145,7 +145,7 @@ pub async fn run(app: &Arc<App>, inbound: Inbound) -> Result<Response, ApiError>
         // A model with fallbacks: each attempt that fails before answering tries the next.
         Some(again) => {
             let fallbacks = fallback::list(app, &planned);
-            fallback::run(app, &caller, again, planned, &request_id, fallbacks).await
+            fallback::run(app, &caller, again, planned, &request_id, &fallbacks).await
         }
         None => attempt(app, &caller, parts, planned, request_id).await,
     }
@@ -191,7 +191,7 @@ async fn attempt(
 
 /// Stages 1–5: read, find, route (and ladder, task), allow, estimate.
 async fn plan(app: &App, caller: &Caller, parts: &mut Parts, body: Body, target: Target) -> Result<Planned, ApiError> {
-    let limit = app.config.server.max_body;
+    let limit = app.config().server.max_body;
     match target {
         Target::Model(endpoint) => {
             let mut bytes = read::whole(&parts.headers, body, limit).await?;

@@ -35,11 +35,11 @@ pub fn model(app: &App, model: &str) -> Result<Route, ApiError> {
 
 /// The service named `name`; 404 listing the known services.
 pub fn service(app: &App, name: &str) -> Result<Route, ApiError> {
-    match app.config.service_index(name) {
+    match app.config().service_index(name) {
         Some(service) => Ok(Route { service, model: None }),
         None => Err(ApiError::UnknownService {
             service: name.to_string(),
-            known: app.config.services.iter().map(|s| s.name.clone()).collect(),
+            known: app.config().live_services().map(|(_, s)| s.name.clone()).collect(),
         }),
     }
 }

@@ -17,7 +17,8 @@ pub fn of(headers: &HeaderMap) -> Option<&str> {
 
 /// The body with the task's presets filled in where it sets none; None when nothing changes.
 pub fn apply(app: &App, headers: &HeaderMap, body: &Bytes) -> Option<Bytes> {
-    let preset = app.config.tasks.get(of(headers)?)?;
+    let config = app.config();
+    let preset = config.tasks.get(of(headers)?)?;
     let mut doc: serde_json::Value = serde_json::from_slice(body).ok()?;
     let obj = doc.as_object_mut()?;
     let mut changed = false;

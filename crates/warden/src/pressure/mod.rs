@@ -27,7 +27,7 @@ use crate::config::adapt::{HardwareTier, TierLimits};
 use crate::config::{CapacitySetting, Config, Desired, Device};
 use crate::resources::capacity;
 use crate::resources::coordinator::Coordinator;
-use crate::service::ServiceHandle;
+use crate::service::{Roster, ServiceHandle};
 pub use sessions::Sessions;
 
 /// Decisions kept for `/admin/pressure`.
@@ -73,7 +73,8 @@ struct State {
 }
 
 pub struct Monitor {
-    config: Arc<Config>,
+    /// Thresholds and pace: the config in force (a reload replaces it).
+    config: arc_swap::ArcSwap<Config>,
     /// Per device (RAM = 0, VRAM = 1): serve degraded now. Read on every model request.
     degraded: [AtomicBool; 2],
     /// Per device: at `stop_idle_at` or past it (a ladder chains all the way down).
@@ -103,9 +104,18 @@ fn slot(device: Device) -> usize {
 }
 
 impl Monitor {
+    fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// A reload's thresholds, from the next sample on.
+    pub fn set_config(&self, config: Arc<Config>) {
+        self.config.store(config);
+    }
+
     pub fn new(config: Arc<Config>) -> Monitor {
         Monitor {
-            config,
+            config: arc_swap::ArcSwap::new(config),
             degraded: [AtomicBool::new(false), AtomicBool::new(false)],
             critical: [AtomicBool::new(false), AtomicBool::new(false)],
             cpu_busy: AtomicBool::new(false),
@@ -131,7 +141,7 @@ impl Monitor {
     }
 
     pub fn enabled(&self) -> bool {
-        self.config.pressure.enabled
+        self.config().pressure.enabled
     }
 
     /// Serve smaller rungs on this device now.
@@ -165,10 +175,10 @@ impl Monitor {
     /// The hardware tier: configured, or from the bottleneck capacity (VRAM when any service
     /// runs on the GPU and VRAM is known, else RAM).
     pub fn tier(&self, coordinator: &Coordinator) -> HardwareTier {
-        if let Some(t) = self.config.pressure.tier {
+        if let Some(t) = self.config().pressure.tier {
             return t;
         }
-        let gpu = self.config.services.iter().any(|s| s.device == Device::Gpu);
+        let gpu = self.config().services.iter().any(|s| s.device == Device::Gpu);
         let bottleneck = if gpu { coordinator.capacity(Device::Gpu) } else { None }
             .or_else(|| coordinator.capacity(Device::Cpu))
             .map_or(0, |c| c.total);
@@ -176,7 +186,7 @@ impl Monitor {
     }
 
     fn thresholds(&self, limits: TierLimits) -> Thresholds {
-        let p = &self.config.pressure;
+        let p = &self.config().pressure;
         Thresholds {
             degrade_at: limits.degrade_at,
             upgrade_below: limits.upgrade_below,
@@ -191,11 +201,11 @@ impl Monitor {
     pub async fn run(
         self: Arc<Self>,
         coordinator: Arc<Coordinator>,
-        services: Vec<ServiceHandle>,
+        roster: Roster,
         gate: Arc<Gate>,
         shutdown: CancellationToken,
     ) {
-        let every = self.config.pressure.sample_interval;
+        let mut every = self.config().pressure.sample_interval;
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -203,11 +213,18 @@ impl Monitor {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
+            if self.config().pressure.sample_interval != every {
+                // A reload changed the pace.
+                every = self.config().pressure.sample_interval;
+                tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            }
+            let services = roster.get();
             let tier = self.tier(&coordinator);
-            let limits = self.config.pressure.limits(tier);
+            let limits = self.config().pressure.limits(tier);
             for device in [Device::Cpu, Device::Gpu] {
                 if let Some(sample) = self.sample(device, &coordinator, &services).await {
-                    let lead = cold_start_lead(&self.config, &services, device);
+                    let lead = cold_start_lead(&self.config(), &services, device);
                     let trend = self.step(device, sample, limits, lead, &gate.alerts);
                     coordinator.set_trend(device, trend.map_or(0.0, |t| t.bytes_per_sec));
                 }
@@ -234,8 +251,8 @@ impl Monitor {
     async fn sample(&self, device: Device, coordinator: &Coordinator, services: &[ServiceHandle]) -> Option<Sample> {
         let cap = coordinator.capacity(device)?;
         let setting = match device {
-            Device::Cpu => self.config.resources.ram,
-            Device::Gpu => self.config.resources.vram,
+            Device::Cpu => self.config().resources.ram,
+            Device::Gpu => self.config().resources.vram,
         };
         let used = match (device, setting) {
             // Detected RAM is measured where it was detected.
@@ -345,7 +362,7 @@ impl Monitor {
     /// latest switches with their reasons.
     pub fn view(&self, coordinator: &Coordinator) -> Value {
         let tier = self.tier(coordinator);
-        let limits = self.config.pressure.limits(tier);
+        let limits = self.config().pressure.limits(tier);
         let st = self.lock();
         let devices: Vec<&DeviceView> = st.views.iter().flatten().collect();
         let level = devices.iter().map(|d| d.level).max().unwrap_or(Level::Normal);
@@ -358,12 +375,12 @@ impl Monitor {
             "enabled": self.enabled(),
             "level": level,
             "tier": tier,
-            "tier_detected": self.config.pressure.tier.is_none(),
+            "tier_detected": self.config().pressure.tier.is_none(),
             "thresholds": limits,
-            "sample_interval_ms": self.config.pressure.sample_interval.as_millis() as u64,
-            "window_ms": self.config.pressure.window.as_millis() as u64,
-            "stabilization_ms": self.config.pressure.stabilization.as_millis() as u64,
-            "horizon_ms": self.config.pressure.horizon.as_millis() as u64,
+            "sample_interval_ms": self.config().pressure.sample_interval.as_millis() as u64,
+            "window_ms": self.config().pressure.window.as_millis() as u64,
+            "stabilization_ms": self.config().pressure.stabilization.as_millis() as u64,
+            "horizon_ms": self.config().pressure.horizon.as_millis() as u64,
             "devices": devices,
             "cpu": {"share": st.cpu_share, "busy": self.cpu_busy.load(Ordering::Relaxed), "defer_at": limits.cpu_defer_at},
             "samples": samples,

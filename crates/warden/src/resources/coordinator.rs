@@ -22,7 +22,7 @@ use crate::base::events::Events;
 use crate::config::{Config, Desired, Device, ResourcesConfig};
 use crate::driver::StartFailure;
 use crate::service::room::{RoomRequest, RoomRx};
-use crate::service::{ServiceHandle, StopReason};
+use crate::service::{Roster, ServiceHandle, StopReason};
 use policy::lifecycle::State;
 use policy::planner::{plan, Capacity, Newcomer, Plan, Resident};
 
@@ -43,7 +43,7 @@ pub struct Coordinator {
     ram: Option<u64>,
     vram: Option<u64>,
     /// Every service, in config order: read to plan, stopped through to offload.
-    services: Vec<ServiceHandle>,
+    services: Roster,
     /// Offloads and reloads go to `/admin/events`.
     events: Events,
     /// Per device (RAM, VRAM): how fast use is growing, bytes a second, as the pressure monitor
@@ -91,7 +91,7 @@ fn mib(b: u64) -> String {
 }
 
 impl Coordinator {
-    pub fn new(config: &Config, services: Vec<ServiceHandle>, events: Events) -> Self {
+    pub fn new(config: &Config, services: Roster, events: Events) -> Self {
         let state_dir = config.server.state_dir.clone();
         let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
         // Footprints measured by an earlier run, by service name.
@@ -127,8 +127,23 @@ impl Coordinator {
         }
     }
 
-    fn services(&self) -> &[ServiceHandle] {
-        &self.services
+    fn services(&self) -> Arc<Vec<ServiceHandle>> {
+        self.services.get()
+    }
+
+    /// Before a reload puts `places` services in force: room for the new places, and what was
+    /// known of each service in `fresh` (changed: a new command may need other memory) is
+    /// forgotten.
+    pub fn reconfigure(&self, places: usize, fresh: &[usize]) {
+        let mut measured = self.measured.lock().unwrap_or_else(|p| p.into_inner());
+        let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        let (m, r) = (places.max(measured.len()), places.max(runs.len()));
+        measured.resize(m, None);
+        runs.resize(r, Run::default());
+        for &i in fresh {
+            measured[i] = None;
+            runs[i] = Run::default();
+        }
     }
 
     pub fn capacity(&self, device: Device) -> Option<Capacity> {
@@ -242,8 +257,8 @@ impl Coordinator {
         self.run_of(i, |r| r.granted = granted);
     }
 
-    fn name(&self, i: usize) -> &str {
-        self.services()[i].name()
+    fn name(&self, i: usize) -> String {
+        self.services()[i].name().to_string()
     }
 
     /// Makes room for service `i` before it starts: offloads what the plan says (draining busy
@@ -360,8 +375,9 @@ impl Coordinator {
 
     fn persist_footprints(&self) {
         let measured = self.measured.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let services = self.services();
         let by_name: std::collections::BTreeMap<&str, u64> =
-            self.services().iter().zip(measured).filter_map(|(s, m)| Some((s.name(), m?))).collect();
+            services.iter().zip(measured).filter_map(|(s, m)| Some((s.name(), m?))).collect();
         if let Ok(text) = serde_json::to_string_pretty(&by_name) {
             let _ = std::fs::write(self.state_dir.join("footprints.json"), text);
         }

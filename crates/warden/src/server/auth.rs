@@ -20,7 +20,7 @@ pub async fn admin_auth(State(app): State<Arc<App>>, req: Request, next: Next) -
 
 /// The request carries the admin token, or none is configured.
 pub fn is_admin(app: &App, headers: &HeaderMap) -> bool {
-    match &app.config.server.admin_token {
+    match &app.config().server.admin_token {
         None => true,
         Some(token) => bearer(headers).is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())),
     }
@@ -39,15 +39,15 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 pub async fn client_auth(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
     let given = bearer(req.headers());
     // Without an admin token, only open mode (no clients) makes everyone the admin.
-    let is_admin = match &app.config.server.admin_token {
+    let is_admin = match &app.config().server.admin_token {
         Some(_) => is_admin(&app, req.headers()),
-        None => app.config.clients.is_empty(),
+        None => app.config().clients.is_empty(),
     };
-    let caller = if app.config.clients.is_empty() || is_admin {
-        Caller { client: None, admin: is_admin, warden_key: is_admin && app.config.server.admin_token.is_some() }
+    let caller = if app.config().clients.is_empty() || is_admin {
+        Caller { client: None, admin: is_admin, warden_key: is_admin && app.config().server.admin_token.is_some() }
     } else {
         let hash = given.map(|k| crate::config::sha256(k.as_bytes()));
-        match hash.and_then(|h| app.config.clients.iter().position(|c| c.key_sha256 == h)) {
+        match hash.and_then(|h| app.config().clients.iter().position(|c| !c.retired && c.key_sha256 == h)) {
             Some(i) => Caller { client: Some(i), admin: false, warden_key: true },
             None => return ApiError::Unauthorized.into_response(),
         }

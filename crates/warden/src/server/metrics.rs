@@ -46,7 +46,7 @@ pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> impl In
         "Batch and deferred requests that arrived while the CPU was busy.",
     );
     let mut lines = String::new();
-    for (i, svc) in app.services.iter().enumerate() {
+    for (i, svc) in app.services().iter().enumerate().filter(|(_, s)| !s.shared.retired()) {
         let name = label(svc.name());
         let live = svc.shared.live();
         for state in STATES {
@@ -119,9 +119,9 @@ fn admission(app: &App, out: &mut String, admin: bool) {
         writeln!(out, "# HELP warden_client_spend_usd Settled spend this month.\n# TYPE warden_client_spend_usd gauge");
     let _ = writeln!(out, "# HELP warden_client_budget_usd Monthly budget.\n# TYPE warden_client_budget_usd gauge");
     let clients: Vec<Option<usize>> =
-        if app.config.clients.is_empty() { vec![None] } else { (0..app.config.clients.len()).map(Some).collect() };
+        if app.config().clients.is_empty() { vec![None] } else { (0..app.config().clients.len()).map(Some).collect() };
     for c in clients {
-        let name = label(app.gate.client_name(c.unwrap_or(usize::MAX)));
+        let name = label(&app.gate.client_name(c));
         let b = app.gate.budget_view(c);
         let _ = writeln!(out, "warden_client_spend_usd{{client=\"{name}\"}} {}", b["spent_usd"]);
         if let Some(limit) = b["budget_usd"].as_f64() {
@@ -132,13 +132,13 @@ fn admission(app: &App, out: &mut String, admin: bool) {
 
 pub async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     let services: serde_json::Map<String, serde_json::Value> =
-        app.services.iter().map(|s| (s.name().to_string(), json!(s.shared.live().state.as_str()))).collect();
+        app.services().iter().filter(|s| !s.shared.retired()).map(|s| (s.name().to_string(), json!(s.shared.live().state.as_str()))).collect();
     Json(json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": app.started.elapsed().as_secs(),
         "services": services,
-        "clients": app.config.clients.len(),
+        "clients": app.config().clients.len(),
         "pending_reloads": app.coordinator.saved().len(),
     }))
 }

@@ -139,8 +139,8 @@ pub fn assemble(config: Arc<Config>, state_dir: std::path::PathBuf) -> Result<As
         }
         .instrument(tracing::info_span!("pacing")),
     );
-    let services: Vec<_> =
-        config.services.iter().enumerate().map(|(i, s)| spawn_owner(i, Arc::new(s.clone()), ctx.clone())).collect();
+    let services = config.services.iter().enumerate().map(|(i, s)| spawn_owner(i, Arc::new(s.clone()), ctx.clone(), None));
+    let services = crate::service::Roster::new(services.collect());
     let coordinator = Arc::new(Coordinator::new(&config, services.clone(), events.clone()));
     let run = coordinator.clone().run(room_requests, tasks.clone(), shutdown.clone());
     tasks.spawn(run.instrument(tracing::info_span!("coordinator")));
@@ -157,6 +157,7 @@ pub fn assemble(config: Arc<Config>, state_dir: std::path::PathBuf) -> Result<As
         performance,
         config: config.clone(),
         services,
+        owner_ctx: ctx,
         directory,
         coordinator,
         client,
@@ -187,6 +188,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
     // From here on SIGTERM is ours (and waits its turn): a signal during start-up must not kill
     // warden between stopping leftovers and reporting it, or before its services are stopped.
     let termination = termination_signal();
+    // SIGHUP's default would end warden: it is a reload from here on.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
     // Each connection is a file descriptor; keep a reserve for services, logs and the database.
     let default_max_connections = (crate::driver::limits::raise_open_files().saturating_sub(256)).max(64) as usize;
     let listener =
@@ -206,6 +210,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
         header_timeout: config.server.header_timeout,
         max_connections: config.server.max_connections.unwrap_or(default_max_connections),
     };
+    let on_hangup = reload_on_hangup(app.clone(), hangup, shutdown.clone());
+    tasks.spawn(on_hangup.instrument(tracing::info_span!("reload on SIGHUP")));
     let serving = listen::serve(listener, routes(app.clone()), limits, stop_accepting.clone());
     let mut server = tokio::spawn(serving.instrument(tracing::info_span!("front door")));
     info!(
@@ -217,9 +223,10 @@ pub async fn serve(config: Config) -> Result<(), String> {
     tokio::select! {
         result = &mut server => warn!("HTTP server ended on its own: {result:?}"),
         signal = termination => {
-            info!("Received {signal}: draining requests (up to {:?})", config.server.drain_timeout);
+            let drain = app.config().server.drain_timeout;
+            info!("Received {signal}: draining requests (up to {drain:?})");
             stop_accepting.cancel();
-            if tokio::time::timeout(config.server.drain_timeout, &mut server).await.is_err() {
+            if tokio::time::timeout(drain, &mut server).await.is_err() {
                 warn!("Requests still in flight after the drain timeout; closing them");
                 // Aborting the front door drops every connection's task with it.
                 server.abort();
@@ -230,7 +237,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     info!("Stopping all services");
     shutdown.cancel();
     tasks.close();
-    let longest_stop = config.services.iter().map(|s| s.stop_timeout).max().unwrap_or_default();
+    let longest_stop = app.config().services.iter().map(|s| s.stop_timeout).max().unwrap_or_default();
     if tokio::time::timeout(longest_stop + Duration::from_secs(10), tasks.wait()).await.is_err() {
         warn!("Some services did not stop in time");
     }
@@ -238,6 +245,22 @@ pub async fn serve(config: Config) -> Result<(), String> {
     app.gate.store.close();
     info!("warden stopped");
     Ok(())
+}
+
+/// `SIGHUP` reloads the config file (as `POST /admin/reload` does); a refused file is logged
+/// and the running config stays.
+async fn reload_on_hangup(app: Arc<App>, mut hangup: tokio::signal::unix::Signal, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(()) = hangup.recv() => {
+                info!("Received SIGHUP: reloading the config");
+                if let Err(e) = crate::reload::reload(&app).await {
+                    warn!("Config reload refused: {e}");
+                }
+            }
+        }
+    }
 }
 
 /// Installs the SIGTERM and SIGINT handlers now; the future resolves at the first signal.

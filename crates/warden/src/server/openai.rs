@@ -30,7 +30,7 @@ pub async fn by_model(
 
 /// A model as OpenAI's API shows one, plus where it runs and whether it is up now.
 fn model_object(app: &App, model: &str, r: ModelRef) -> Value {
-    let svc = &app.services[r.service];
+    let svc = &app.services()[r.service];
     let live = svc.shared.live();
     json!({
         "id": model,

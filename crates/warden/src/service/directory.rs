@@ -31,6 +31,23 @@ impl Directory {
         true
     }
 
+    /// A reload's models: the new config's, and those discovered on services the reload left
+    /// as they were (`kept(service)`); a changed service's owner discovers its own again.
+    pub fn reconfigure(
+        &self,
+        old: &BTreeMap<String, ModelRef>,
+        new: BTreeMap<String, ModelRef>,
+        kept: impl Fn(usize) -> bool,
+    ) {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let discovered = map.iter().filter(|(m, r)| !old.contains_key(*m) && kept(r.service));
+        let discovered: Vec<(String, ModelRef)> = discovered.map(|(m, r)| (m.clone(), *r)).collect();
+        *map = new;
+        for (m, r) in discovered {
+            map.entry(m).or_insert(r);
+        }
+    }
+
     /// Every routed model, in name order.
     pub fn all(&self) -> Vec<(String, ModelRef)> {
         self.map.read().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.clone(), *v)).collect()

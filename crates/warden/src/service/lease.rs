@@ -54,6 +54,8 @@ impl Drop for Lease {
         live.last_used = Some(wall);
         if live.in_flight == 0 {
             live.idle_since = Some(now);
+            // An owner retiring after a reload waits for this (a stored permit is harmless).
+            self.shared.lease_dropped.notify_one();
         }
         if let Some(m) = self.model {
             let model = &mut live.models[m];

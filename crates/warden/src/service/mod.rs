@@ -123,6 +123,10 @@ pub struct Shared {
     idle_sleep: AtomicBool,
     /// The service's log file and in-memory tail (for start failures' messages).
     pub log: ServiceLog,
+    /// The last lease dropped: an owner retiring after a reload may stop now.
+    lease_dropped: tokio::sync::Notify,
+    /// A reload changed or removed it (this run is the old one): hidden from listings.
+    retired: AtomicBool,
 }
 
 impl Shared {
@@ -136,6 +140,11 @@ impl Shared {
 
     pub fn set_idle_sleep(&self, on: bool) {
         self.idle_sleep.store(on, Ordering::Relaxed)
+    }
+
+    /// A reload changed or removed it: this handle's run is draining or over.
+    pub fn retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
     }
 
     /// The fast path: a lease on a running service (and its loaded model) without a message
@@ -177,6 +186,9 @@ pub(crate) enum Command {
     },
     /// Ask the server which models it has loaded, and believe it.
     Reconcile,
+    /// A reload changed or removed the service: take nothing new, stop once done, then
+    /// cancel `stopped`.
+    Retire { stopped: tokio_util::sync::CancellationToken },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +199,27 @@ pub enum StopReason {
     Idle { idle_for: Duration },
     /// The coordinator needs its memory; stop only if no request is in flight.
     Offload,
+}
+
+/// The service handles in force, one per config place: read on every request, replaced whole
+/// by a config reload (places only grow, so an index read before a reload stays valid).
+/// Cloning it shares it: the server, the coordinator, the pressure and idle monitors all see
+/// the same list.
+#[derive(Clone)]
+pub struct Roster(Arc<arc_swap::ArcSwap<Vec<ServiceHandle>>>);
+
+impl Roster {
+    pub fn new(services: Vec<ServiceHandle>) -> Self {
+        Roster(Arc::new(arc_swap::ArcSwap::from_pointee(services)))
+    }
+
+    pub fn get(&self) -> Arc<Vec<ServiceHandle>> {
+        self.0.load_full()
+    }
+
+    pub fn set(&self, services: Vec<ServiceHandle>) {
+        self.0.store(Arc::new(services));
+    }
 }
 
 /// The handle everyone else holds: shared state to read, a mailbox to the owner.
@@ -248,6 +281,18 @@ impl ServiceHandle {
         let _ = self.tx.send(Command::Reconcile);
     }
 
+    /// A reload changed or removed the service: its owner takes no new requests and stops
+    /// once those it has are done. The token is cancelled when it has stopped (at once if
+    /// its owner is already gone).
+    pub fn retire(&self) -> tokio_util::sync::CancellationToken {
+        self.shared.retired.store(true, Ordering::Relaxed);
+        let stopped = tokio_util::sync::CancellationToken::new();
+        if self.tx.send(Command::Retire { stopped: stopped.clone() }).is_err() {
+            stopped.cancel();
+        }
+        stopped
+    }
+
     /// Asks the owner to stop the service; resolves once it is stopped (or was not running).
     pub async fn stop(&self, reason: StopReason) {
         let (done, rx) = oneshot::channel();
@@ -283,6 +328,8 @@ impl Shared {
             }),
             log,
             config,
+            lease_dropped: tokio::sync::Notify::new(),
+            retired: AtomicBool::new(false),
         }
     }
 }

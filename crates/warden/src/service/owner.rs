@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{warn, Instrument};
+use tracing::{info, warn, Instrument};
 
 use super::directory::Directory;
 use super::held::{Held, HeldRequest, Waiter};
@@ -102,9 +102,22 @@ pub(super) struct Owner {
     pub(super) restart_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// warden is stopping: no new starts, refuse new requests.
     pub(super) shutting_down: bool,
+    /// A reload changed or removed this service: it takes no new requests, stops once those
+    /// it has are done, and then cancels this (a changed service's new owner waits for it).
+    retiring: Option<CancellationToken>,
+    /// The owner this one replaces after a reload, stopped when this is cancelled: no start
+    /// before then.
+    pub(super) predecessor: Option<CancellationToken>,
 }
 
-pub fn spawn_owner(index: usize, config: Arc<ServiceConfig>, ctx: OwnerContext) -> ServiceHandle {
+/// Spawns the owner of service `index`. `predecessor`: a reload's earlier owner of the same
+/// service, whose run must be over before this one starts anything.
+pub fn spawn_owner(
+    index: usize,
+    config: Arc<ServiceConfig>,
+    ctx: OwnerContext,
+    predecessor: Option<CancellationToken>,
+) -> ServiceHandle {
     let log = ServiceLog::new(ctx.state_dir.join("logs").join(format!("{}.log", config.name)));
     let models = config.models.len();
     let client = match &config.kind {
@@ -139,6 +152,8 @@ pub fn spawn_owner(index: usize, config: Arc<ServiceConfig>, ctx: OwnerContext) 
         start_began: None,
         restart_timer: None,
         shutting_down: false,
+        retiring: None,
+        predecessor,
     };
     if matches!(owner.shared.config.kind, ServiceKind::Remote(_)) {
         // A hosted API is never started: it is up from the first instant, so no request
@@ -199,6 +214,12 @@ impl Owner {
                     }
                 }
                 _ = prune.tick(), if !self.held.is_empty() => self.prune_held(),
+                _ = self.shared.lease_dropped.notified(), if self.retiring.is_some() && !self.shutting_down => {
+                    self.retire_when_done()
+                }
+            }
+            if self.retiring.is_some() && !self.shutting_down {
+                self.retire_when_done();
             }
             if self.shutting_down && self.starting.is_none() && self.stopping.is_none() && self.running.is_none() {
                 break;
@@ -207,6 +228,25 @@ impl Owner {
         self.fail_all_held(|| Unavailable::Stopped { reason: "warden is shutting down".into() });
         for w in self.stop_waiters.drain(..) {
             w.finish();
+        }
+        if let Some(stopped) = self.retiring.take() {
+            stopped.cancel();
+        }
+    }
+
+    /// A reload changed or removed this service: no new requests; once what it serves and
+    /// holds is done, it stops and this owner ends.
+    fn on_retire(&mut self, stopped: CancellationToken) {
+        info!("Service {}: changed or removed by a config reload; stopping once its requests are done", self.name());
+        self.retiring = Some(stopped);
+        self.restart_timer = None;
+        self.retire_when_done();
+    }
+
+    fn retire_when_done(&mut self) {
+        let busy = self.shared.live().in_flight > 0 || !self.held.is_empty() || self.starting.is_some();
+        if !busy && !self.shutting_down {
+            self.begin_shutdown();
         }
     }
 
@@ -223,12 +263,17 @@ impl Owner {
             Command::Stop { reason, done } => self.on_stop(reason, StopWaiter::Stop(done), StopLabel::IdleService),
             Command::UnloadModel { model, reason, done } => self.on_unload_model(model, reason, done),
             Command::Reconcile => self.reconcile(),
+            Command::Retire { stopped } => self.on_retire(stopped),
         }
     }
 
     fn on_acquire(&mut self, model: Option<usize>, reply: Waiter) {
-        if self.shutting_down {
-            let _ = reply.send(Err(Unavailable::Stopped { reason: "warden is shutting down".into() }));
+        if self.shutting_down || self.retiring.is_some() {
+            let reason = match self.retiring {
+                Some(_) => format!("service {} was changed or removed by a config reload; retry", self.name()),
+                None => "warden is shutting down".into(),
+            };
+            let _ = reply.send(Err(Unavailable::Stopped { reason }));
             return;
         }
         if self.held.count() >= self.shared.config.max_queue {

@@ -96,9 +96,15 @@ impl Owner {
         let log = self.shared.log.clone();
         let ctx = self.ctx.clone();
         let index = self.index;
+        let predecessor = self.predecessor.clone();
         self.starting = Some(Box::pin(async move {
             let deadline = Instant::now() + cfg.start_timeout;
             let start = async {
+                // A service a reload changed starts once its old run has drained and stopped
+                // (its port, its memory, its cgroup).
+                if let Some(before) = predecessor {
+                    before.cancelled().await;
+                }
                 // Room first (offloading what must go), then the start itself; one deadline.
                 let (reply, granted) = oneshot::channel();
                 let _ = ctx.room.send(RoomRequest { service: index, deadline, reply });

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::ticket::Ticket;
-use super::{Ask, Gate, Waiter};
+use super::{slot, Ask, Gate, Waiter};
 use crate::base::errors::ApiError;
 use policy::budget::Micros;
 use policy::queue::{Grant, Id, Waiting};
@@ -17,12 +17,12 @@ use policy::queue::{Grant, Id, Waiting};
 impl Gate {
     /// Reserves the request's cost, queues it, and waits (bounded) for its turn.
     pub async fn admit(self: &Arc<Self>, ask: Ask) -> Result<Ticket, ApiError> {
-        let client = ask.client.unwrap_or(self.anonymous());
+        let client = slot(ask.client);
         let reserved = self.cost(ask.model.as_deref(), ask.estimate.prompt_tokens, ask.estimate.completion_tokens);
         let (now, month) = self.now();
         let waiting = Waiting {
             client,
-            tier: self.config.clients.get(client).map_or(20, |c| c.priority),
+            tier: ask.client.and_then(|c| self.config().clients.get(c).map(|c| c.priority)).unwrap_or(20),
             class: ask.class,
             service: ask.service,
             route: route_key(ask.service, ask.model.as_deref()),
@@ -33,12 +33,12 @@ impl Gate {
         let id = {
             let mut st = self.lock();
             if let Err(over) = st.ledgers[client].reserve(reserved, month) {
-                return Err(ApiError::OverBudget { client: self.client_name(client).to_string(), over });
+                return Err(ApiError::OverBudget { client: self.slot_name(client).to_string(), over });
             }
             self.budget_alerts(client, &st.ledgers[client]);
-            if st.d.len() >= self.config.scheduler.max_queue {
+            if st.d.len() >= self.config().scheduler.max_queue {
                 st.ledgers[client].settle(reserved, 0, month);
-                return Err(ApiError::QueueFull { limit: self.config.scheduler.max_queue });
+                return Err(ApiError::QueueFull { limit: self.config().scheduler.max_queue });
             }
             let id = st.d.push(waiting);
             st.waiters.insert(id, Waiter { request_id: ask.request_id.clone(), tx });
@@ -57,7 +57,7 @@ impl Gate {
             month,
             done: false,
         };
-        let wait = self.config.scheduler.queue_timeout;
+        let wait = self.config().scheduler.queue_timeout;
         let rx = pending.rx.as_mut().expect("set above");
         // Usually the turn was granted at once, under the same lock: no timer to set up.
         let granted = match rx.try_recv() {
@@ -74,8 +74,8 @@ impl Gate {
         // Dispatch recorded it as running when it granted the turn: no second lock here.
         pending.done = true;
         let queued = Duration::from_millis(self.now().0.ms.saturating_sub(grant.waiting.enqueued_ms));
-        let accounted = !self.config.clients.is_empty()
-            || ask.model.as_deref().is_some_and(|m| self.config.model_terms.contains_key(m));
+        let accounted = !self.config().clients.is_empty()
+            || ask.model.as_deref().is_some_and(|m| self.config().model_terms.contains_key(m));
         Ok(Ticket {
             gate: self.clone(),
             grant: Some(grant),
@@ -83,7 +83,7 @@ impl Gate {
             reserved,
             estimate: ask.estimate,
             model: ask.model,
-            service: self.config.services[ask.service].name.clone(),
+            service: self.config().services[ask.service].name.clone(),
             class: ask.class,
             request_id: ask.request_id,
             queued,

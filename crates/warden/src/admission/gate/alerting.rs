@@ -18,20 +18,20 @@ const WAIT_LONG_MS: u64 = 600_000;
 
 impl Gate {
     pub(super) fn budget_alerts(&self, client: usize, ledger: &Ledger) {
-        let name = self.client_name(client);
+        let name = self.slot_name(client);
         let (kind, p) = match ledger.used_percent() {
             Some(p) if p >= BUDGET_CRITICAL_PERCENT => ("budget_95", p),
             Some(p) if p >= BUDGET_WARN_PERCENT => ("budget_80", p),
             _ => return,
         };
-        self.alerts.raise(kind, name, format!("client {name} has used {p} % of its monthly budget"));
+        self.alerts.raise(kind, &name, format!("client {name} has used {p} % of its monthly budget"));
     }
 
     pub(super) fn pool_alerts(&self, st: &mut State, now: Now) {
         for (i, pool) in st.d.pools.iter_mut().enumerate() {
             let (level, cap) = pool.level(None, now.ms);
             if cap > 0 && level * POOL_LOW_DIVISOR < cap {
-                let name = &self.config.pools[i].name;
+                let name = &self.config().pools[i].name;
                 self.alerts.raise("pool_low", name, format!("pool {name} is below 10 % ({level} of {cap} left)"));
             }
         }

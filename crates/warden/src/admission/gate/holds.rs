@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::slot;
 use super::{Gate, State};
 use crate::account::store::UsageRecord;
 use crate::base::clock;
@@ -45,12 +46,13 @@ impl Gate {
     /// budget and takes the model's pool units now; 402 or 429 when it cannot.
     pub fn hold(
         &self,
-        client: usize,
+        client: Option<usize>,
         model: Option<&str>,
         estimate: Estimate,
         amount: Option<Micros>,
         ttl: Duration,
     ) -> Result<HoldTaken, ApiError> {
+        let client = slot(client);
         let reserved = amount.unwrap_or_else(|| self.cost(model, estimate.prompt_tokens, estimate.completion_tokens));
         let units = self.pool_units(model, &estimate);
         let (now, month) = self.now();
@@ -63,14 +65,14 @@ impl Gate {
                 None => {
                     let wait = st.d.pools[p].wait_ms(client, n, now.ms).unwrap_or(1000);
                     give_back(&mut st, &taken, now.ms);
-                    let pool = self.config.pools[p].name.clone();
+                    let pool = self.config().pools[p].name.clone();
                     return Err(ApiError::PoolShort { pool, wait: Duration::from_millis(wait) });
                 }
             }
         }
         if let Err(over) = st.ledgers[client].reserve(reserved, month) {
             give_back(&mut st, &taken, now.ms);
-            return Err(ApiError::OverBudget { client: self.client_name(client).to_string(), over });
+            return Err(ApiError::OverBudget { client: self.slot_name(client).to_string(), over });
         }
         self.budget_alerts(client, &st.ledgers[client]);
         let id = format!("res-{}", crate::base::http::new_request_id());
@@ -94,7 +96,7 @@ impl Gate {
         let (now, month) = self.now();
         let mut st = self.lock();
         let held = match st.holds.get(id) {
-            Some(h) if client.is_none_or(|c| c == h.client) => st.holds.remove(id).expect("present"),
+            Some(h) if client.is_none_or(|c| slot(Some(c)) == h.client) => st.holds.remove(id).expect("present"),
             _ => return Err(ApiError::NotFound(format!("reservation {id}"))),
         };
         let record = used.is_some();
@@ -106,7 +108,7 @@ impl Gate {
             }
         };
         for &(p, from, took) in &held.taken {
-            let used = match self.config.pools[p].unit {
+            let used = match self.config().pools[p].unit {
                 crate::config::PoolUnit::Tokens => prompt + completion,
                 crate::config::PoolUnit::Requests => u64::from(cost > 0 || prompt + completion > 0) * took,
             };
@@ -119,7 +121,7 @@ impl Gate {
         if record {
             self.store.record(UsageRecord {
                 request_id: id.to_string(),
-                client: self.client_name(held.client).to_string(),
+                client: self.slot_name(held.client).to_string(),
                 model: held.model,
                 service: "external".into(),
                 class: "external".into(),

@@ -61,7 +61,7 @@ struct Waiter {
 
 /// A request that was let in and holds capacity until its answer ends.
 struct Running {
-    /// Index into the ledgers (the anonymous client last).
+    /// The client's slot (see [`slot`]).
     client: usize,
     class: Class,
     /// For `running_ms` in `/api/queue/position`.
@@ -78,15 +78,27 @@ struct State {
     by_request: HashMap<String, Id>,
     /// Requests let in and not yet settled, by request id (for positions and status).
     running: HashMap<String, Running>,
-    /// One budget ledger per client, then the anonymous one.
+    /// One budget ledger per client slot (see [`slot`]).
     ledgers: Vec<Ledger>,
     /// `/internal/reserve` holds, by reservation id.
     holds: HashMap<String, holds::Hold>,
 }
 
+/// The gate's numbering of clients: slot 0 is the anonymous client (open mode, the admin
+/// acting for no client), configured client `i` is slot `i + 1`. A reload only adds clients
+/// after the others, so no request's slot ever moves.
+pub(crate) fn slot(client: Option<usize>) -> usize {
+    client.map_or(0, |c| c + 1)
+}
+
+/// The configured client of a slot (None: the anonymous one).
+fn client_of(slot: usize) -> Option<usize> {
+    slot.checked_sub(1)
+}
+
 pub struct Gate {
-    /// Clients, pools, prices and scheduler settings (fixed for the gate's life).
-    config: Arc<Config>,
+    /// Clients, pools, prices and scheduler settings in force (a reload replaces them).
+    config: arc_swap::ArcSwap<Config>,
     state: Mutex<State>,
     /// Wakes the timer task when what it waits for may have changed.
     changed: Notify,
@@ -104,25 +116,14 @@ impl Gate {
         let (month, _) = clock::month_and_minute();
         let spent: HashMap<String, i64> = store.spend_by_client(month)?.into_iter().collect();
         let clients = config.clients.len() + 1;
-        let mut ledgers: Vec<Ledger> = config
-            .clients
-            .iter()
-            .map(|c| Ledger::new(c.monthly_budget, month, spent.get(&c.name).copied().unwrap_or(0)))
-            .collect();
-        ledgers.push(Ledger::new(None, month, 0));
-        let mut client_max: Vec<Option<u32>> = config.clients.iter().map(|c| c.max_concurrent).collect();
-        client_max.push(None);
-        let limits = Limits { client_max, service_max: config.services.iter().map(|s| s.concurrency()).collect() };
-        let pools = config.pools.iter().map(|p| Pool::new(p.capacity, p.refill_per_sec, &p.sharing, 0)).collect();
-        let s = &config.scheduler;
-        let settings = Settings {
-            aging_full_ms: s.aging.as_millis() as u64,
-            starve_ms: s.starvation.as_millis() as u64,
-            fairness_half_life_ms: s.fairness_half_life.as_millis() as u64,
-            off_peak: s.off_peak,
-        };
+        let mut ledgers = vec![Ledger::new(None, month, 0)];
+        ledgers.extend(
+            config.clients.iter().map(|c| Ledger::new(c.monthly_budget, month, spent.get(&c.name).copied().unwrap_or(0))),
+        );
+        let limits = limits(&config, |_| None);
+        let pools = config.pools.iter().map(|p| Pool::new(p.capacity, p.refill_per_sec, &sharing(p), 0)).collect();
         let state = State {
-            d: Dispatcher::new(clients, limits, pools, settings),
+            d: Dispatcher::new(clients, limits, pools, settings(&config)),
             waiters: HashMap::new(),
             by_request: HashMap::new(),
             running: HashMap::new(),
@@ -130,13 +131,50 @@ impl Gate {
             holds: HashMap::new(),
         };
         Ok(Gate {
-            config,
+            config: arc_swap::ArcSwap::new(config),
             state: Mutex::new(state),
             changed: Notify::new(),
             epoch: Instant::now(),
             store,
             alerts: Alerts::new(events),
         })
+    }
+
+    /// The config in force (a guard: no reference count touched on the request path; held
+    /// only within one call, never across an await).
+    fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// Puts a reloaded config in force, keeping every ledger (spend and what is reserved),
+    /// hold, queued and running request, and what pools learned from their upstreams. New
+    /// clients start from this month's spend on record; a changed budget, limit or pool size
+    /// applies from the next decision. `learned[i]`: keep service `i`'s concurrency as it is
+    /// (learned from the service itself) rather than what its config says.
+    pub fn reconfigure(&self, config: Arc<Config>, learned: &[bool]) -> Result<(), String> {
+        let (now, month) = self.now();
+        let spent: HashMap<String, i64> = self.store.spend_by_client(month)?.into_iter().collect();
+        let mut st = self.lock();
+        for (i, c) in config.clients.iter().enumerate() {
+            match st.ledgers.get_mut(slot(Some(i))) {
+                Some(l) => l.limit = c.monthly_budget,
+                None => st.ledgers.push(Ledger::new(c.monthly_budget, month, spent.get(&c.name).copied().unwrap_or(0))),
+            }
+        }
+        let limits = limits(&config, |s| learned.get(s).copied().unwrap_or(false).then(|| st.d.service_limit(s)));
+        let old = self.config();
+        for (i, p) in config.pools.iter().enumerate() {
+            let pool = (sharing(p), p.capacity, p.refill_per_sec);
+            match (st.d.pools.get_mut(i), old.pools.get(i)) {
+                (Some(_), Some(o)) if (sharing(o), o.capacity, o.refill_per_sec) == pool => {}
+                (Some(running), _) => *running = running.resized(p.capacity, p.refill_per_sec, &pool.0, now.ms),
+                (None, _) => st.d.pools.push(Pool::new(p.capacity, p.refill_per_sec, &pool.0, now.ms)),
+            }
+        }
+        st.d.reconfigure(config.clients.len() + 1, limits, settings(&config));
+        self.config.store(config);
+        self.dispatch(&mut st, now);
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -148,21 +186,25 @@ impl Gate {
         (Now { ms: self.epoch.elapsed().as_millis() as u64, minute_utc }, month)
     }
 
-    fn anonymous(&self) -> usize {
-        self.config.clients.len()
+    /// The name of the client in `slot`.
+    pub(crate) fn slot_name(&self, slot: usize) -> String {
+        self.client_name(client_of(slot))
     }
 
-    pub fn client_name(&self, client: usize) -> &str {
-        self.config.clients.get(client).map_or("anonymous", |c| c.name.as_str())
+    /// A configured client's name ("anonymous" for None).
+    pub fn client_name(&self, client: Option<usize>) -> String {
+        let config = self.config();
+        client.and_then(|c| config.clients.get(c)).map_or("anonymous".into(), |c| c.name.clone())
     }
 
     /// Units of each of the model's pools this estimate takes.
     fn pool_units(&self, model: Option<&str>, e: &Estimate) -> Vec<(usize, u64)> {
-        let Some(terms) = model.and_then(|m| self.config.model_terms.get(m)) else { return Vec::new() };
+        let config = self.config();
+        let Some(terms) = model.and_then(|m| config.model_terms.get(m)) else { return Vec::new() };
         terms
             .pools
             .iter()
-            .map(|&p| match self.config.pools[p].unit {
+            .map(|&p| match config.pools[p].unit {
                 PoolUnit::Tokens => (p, e.total()),
                 PoolUnit::Requests => (p, 1),
             })
@@ -170,8 +212,9 @@ impl Gate {
     }
 
     pub fn cost(&self, model: Option<&str>, prompt: u64, completion: u64) -> Micros {
+        let config = self.config();
         model
-            .and_then(|m| self.config.model_terms.get(m))
+            .and_then(|m| config.model_terms.get(m))
             .and_then(|t| t.price)
             .map_or(0, |p| p.cost(prompt, completion))
     }
@@ -210,7 +253,7 @@ impl Gate {
     /// A service's concurrency, learned from the service itself (llama-server's slots) where
     /// none is configured.
     pub fn set_service_limit(&self, service: usize, limit: u32) {
-        let name = &self.config.services[service].name;
+        let name = self.config().services[service].name.clone();
         tracing::info!("Service {name} serves {limit} requests at once (it says so); no more are sent to it at once");
         let mut st = self.lock();
         st.d.set_service_limit(service, Some(limit));
@@ -253,7 +296,7 @@ impl Gate {
     }
 
     pub fn ledger(&self, client: Option<usize>) -> Ledger {
-        let client = client.unwrap_or(self.anonymous());
+        let client = slot(client);
         let (_, month) = self.now();
         let mut st = self.lock();
         // Reading rolls the month like a reservation would.
@@ -263,5 +306,33 @@ impl Gate {
 
     pub fn paused(&self) -> bool {
         self.lock().d.paused
+    }
+}
+
+/// Concurrency limits by client slot and by service; `kept(s)`: Some(limit) keeps service `s`'s
+/// limit as it is now.
+fn limits(config: &Config, kept: impl Fn(usize) -> Option<Option<u32>>) -> Limits {
+    let mut client_max = vec![None];
+    client_max.extend(config.clients.iter().map(|c| c.max_concurrent));
+    let service_max = config.services.iter().enumerate().map(|(i, s)| kept(i).unwrap_or(s.concurrency())).collect();
+    Limits { client_max, service_max }
+}
+
+/// A pool's sharing with clients named by their slots.
+fn sharing(p: &crate::config::PoolConfig) -> policy::bucket::Sharing {
+    use policy::bucket::Sharing;
+    match &p.sharing {
+        Sharing::Reserved(shares) => Sharing::Reserved(shares.iter().map(|&(c, s)| (slot(Some(c)), s)).collect()),
+        other => other.clone(),
+    }
+}
+
+fn settings(config: &Config) -> Settings {
+    let s = &config.scheduler;
+    Settings {
+        aging_full_ms: s.aging.as_millis() as u64,
+        starve_ms: s.starvation.as_millis() as u64,
+        fairness_half_life_ms: s.fairness_half_life.as_millis() as u64,
+        off_peak: s.off_peak,
     }
 }

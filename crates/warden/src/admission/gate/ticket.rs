@@ -92,7 +92,7 @@ impl Drop for Ticket {
         let used: Vec<u64> = grant
             .taken
             .iter()
-            .map(|&(p, _, took)| match gate.config.pools[p].unit {
+            .map(|&(p, _, took)| match gate.config().pools[p].unit {
                 PoolUnit::Tokens if ok => prompt + completion,
                 PoolUnit::Tokens => 0,
                 PoolUnit::Requests => took,
@@ -112,7 +112,7 @@ impl Drop for Ticket {
         }
         gate.store.record(UsageRecord {
             request_id: std::mem::take(&mut self.request_id),
-            client: gate.client_name(self.client).to_string(),
+            client: gate.slot_name(self.client).to_string(),
             model: self.model.take(),
             service: std::mem::take(&mut self.service),
             class: self.class.as_str().to_string(),

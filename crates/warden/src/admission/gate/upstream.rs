@@ -26,14 +26,15 @@ impl UpstreamLimits {
 impl Gate {
     /// Applies what an answer from `model`'s upstream said to each of the model's pools.
     pub fn upstream_said(&self, model: Option<&str>, said: &UpstreamLimits) {
-        let Some(terms) = model.and_then(|m| self.config.model_terms.get(m)) else { return };
+        let config = self.config();
+        let Some(terms) = model.and_then(|m| config.model_terms.get(m)) else { return };
         if terms.pools.is_empty() || said.is_empty() {
             return;
         }
         let (now, _) = self.now();
         let mut st = self.lock();
         for &p in &terms.pools {
-            let announced = match self.config.pools[p].unit {
+            let announced = match self.config().pools[p].unit {
                 PoolUnit::Requests => said.requests,
                 PoolUnit::Tokens => said.tokens,
             };
@@ -45,7 +46,7 @@ impl Gate {
                 pool.pause(ms, now.ms);
                 tracing::warn!(
                     "Pool {} is paused for {ms} ms: the upstream of {} refused for rate (429)",
-                    self.config.pools[p].name,
+                    self.config().pools[p].name,
                     model.unwrap_or_default()
                 );
             }

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::Gate;
+use super::{client_of, slot, Gate};
 use crate::config::PoolUnit;
 use policy::budget::micros_to_usd;
 use policy::class::Class;
@@ -43,7 +43,7 @@ impl Gate {
             *n = json!(n.as_u64().unwrap_or(0) + 1);
             oldest = Some(oldest.map_or(w.enqueued_ms, |o| o.min(w.enqueued_ms)));
         }
-        let s = &self.config.scheduler;
+        let s = &self.config().scheduler;
         json!({
             "paused": st.d.paused,
             "queued": st.d.len(),
@@ -61,7 +61,7 @@ impl Gate {
     /// where it stands.
     pub fn standing(&self, request_id: &str) -> Option<(Option<usize>, Standing)> {
         let (client, standing) = self.standing_of(request_id)?;
-        Some(((client < self.anonymous()).then_some(client), standing))
+        Some((client_of(client), standing))
     }
 
     fn standing_of(&self, request_id: &str) -> Option<(usize, Standing)> {
@@ -87,8 +87,8 @@ impl Gate {
     pub fn pools_view(&self, client: Option<usize>) -> Vec<Value> {
         let (now, _) = self.now();
         let mut st = self.lock();
-        let client = client.unwrap_or(self.anonymous());
-        self.config
+        let client = slot(client);
+        self.config()
             .pools
             .iter()
             .enumerate()
@@ -122,7 +122,7 @@ impl Gate {
 
     /// (queued, running) requests of a client.
     pub fn client_load(&self, client: Option<usize>) -> (usize, u32) {
-        let c = client.unwrap_or(self.anonymous());
+        let c = slot(client);
         let st = self.lock();
         (st.d.waiting().filter(|(_, w)| w.client == c).count(), st.d.running(c))
     }
@@ -131,7 +131,7 @@ impl Gate {
     pub fn pool_needs(&self, model: Option<&str>, e: &Estimate) -> Vec<Value> {
         self.pool_units(model, e)
             .into_iter()
-            .map(|(p, n)| json!({"name": self.config.pools[p].name, "units": n}))
+            .map(|(p, n)| json!({"name": self.config().pools[p].name, "units": n}))
             .collect()
     }
 
@@ -156,7 +156,7 @@ impl Gate {
         let cost = self.cost(model, e.prompt_tokens, e.completion_tokens);
         let units = self.pool_units(model, e);
         let (now, month) = self.now();
-        let c = client.unwrap_or(self.anonymous());
+        let c = slot(client);
         let mut st = self.lock();
         let mut reasons = Vec::new();
         let mut ledger = st.ledgers[c].clone();
@@ -170,19 +170,19 @@ impl Gate {
         let mut pools = Vec::new();
         for (p, n) in units {
             let wait = st.d.pools[p].wait_ms(c, n, now.ms);
-            let name = &self.config.pools[p].name;
+            let name = &self.config().pools[p].name;
             if wait != Some(0) {
                 reasons.push(format!("pool {name} is short; refills in {} ms", wait.unwrap_or(0)));
             }
             pools.push(json!({"name": name, "needs": n, "wait_ms": wait}));
         }
-        let client_max = self.config.clients.get(c).and_then(|cl| cl.max_concurrent);
+        let client_max = client_of(c).and_then(|i| self.config().clients.get(i).and_then(|cl| cl.max_concurrent));
         if client_max.is_some_and(|m| st.d.running(c) >= m) {
             reasons.push("the client's max_concurrent requests are running".into());
         }
         let service_max = st.d.service_limit(service);
         if service_max.is_some_and(|m| st.d.service_running(service) >= m) {
-            reasons.push(format!("service {} is at its max_concurrent", self.config.services[service].name));
+            reasons.push(format!("service {} is at its max_concurrent", self.config().services[service].name));
         }
         if st.d.paused {
             reasons.push("the scheduler is stopped".into());

@@ -1,9 +1,11 @@
 //! The admin API (`/admin/*`, behind the admin token): services and idle settings
-//! (`services.rs`), memory (`resources.rs`), the scheduler, alerts and usage (`scheduler.rs`).
+//! (`services.rs`), memory (`resources.rs`), the scheduler, alerts and usage (`scheduler.rs`),
+//! config reload (`reload.rs`).
 //! Reads come from published state; changes go to the owners as commands, never around them.
 
 mod events;
 mod pressure;
+mod reload;
 mod resources;
 mod scheduler;
 mod services;
@@ -21,4 +23,5 @@ pub fn routes() -> Router<Arc<App>> {
         .merge(scheduler::routes())
         .merge(pressure::routes())
         .merge(events::routes())
+        .merge(reload::routes())
 }

@@ -24,7 +24,7 @@ async fn pressure(State(app): State<Arc<App>>) -> Json<Value> {
 
 /// What a new request for each laddered model is served by now (no session).
 fn rungs(app: &App) -> Vec<Value> {
-    app.config
+    app.config()
         .ladders
         .iter()
         .map(|(model, ladder)| {
@@ -39,7 +39,7 @@ fn rungs(app: &App) -> Vec<Value> {
 fn suggestions(app: &App) -> Vec<String> {
     let settings = app.idle_settings();
     let mut out = Vec::new();
-    for (i, svc) in app.services.iter().enumerate() {
+    for (i, svc) in app.services().iter().enumerate().filter(|(_, s)| !s.shared.retired()) {
         let live = svc.shared.live();
         if live.state != policy::lifecycle::State::Running || live.in_flight > 0 {
             continue;

@@ -33,7 +33,7 @@ async fn resources(State(app): State<Arc<App>>) -> Json<Value> {
             None => Value::Null,
             Some(cap) => {
                 let mut used = 0;
-                for (i, svc) in app.services.iter().enumerate() {
+                for (i, svc) in app.services().iter().enumerate().filter(|(_, s)| !s.shared.retired()) {
                     let live = svc.shared.live();
                     let holds = matches!(live.state.as_str(), "running" | "starting" | "stopping");
                     if svc.shared.config.device == device && holds {
@@ -53,7 +53,7 @@ async fn resources(State(app): State<Arc<App>>) -> Json<Value> {
         devices.insert(name.to_string(), view);
     }
     let mut services = BTreeMap::new();
-    for (i, svc) in app.services.iter().enumerate() {
+    for (i, svc) in app.services().iter().enumerate().filter(|(_, s)| !s.shared.retired()) {
         let cfg = &svc.shared.config;
         // Measured now (and remembered): it replaces the estimate from here on.
         let live_bytes = co.measure(i).await;
@@ -77,9 +77,9 @@ async fn resources(State(app): State<Arc<App>>) -> Json<Value> {
 /// What starting the service now would do; changes nothing.
 async fn plan(State(app): State<Arc<App>>, Path(service): Path<String>) -> Result<Json<Value>, ApiError> {
     crate::pipeline::route::service(&app, &service)?;
-    let i = app.config.service_index(&service).expect("checked");
-    let name = |ids: &[usize]| ids.iter().map(|&v| app.services[v].name().to_string()).collect::<Vec<_>>();
-    let device = app.services[i].shared.config.device;
+    let i = app.config().service_index(&service).expect("checked");
+    let name = |ids: &[usize]| ids.iter().map(|&v| app.services()[v].name().to_string()).collect::<Vec<_>>();
+    let device = app.services()[i].shared.config.device;
     let body = match app.coordinator.plan_for(i).await {
         None => json!({"service": service, "device": device, "managed": false, "fits": true, "would_offload": false,
                        "victims": [], "need_bytes": app.coordinator.need(i), "free_bytes": null}),

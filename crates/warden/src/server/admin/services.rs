@@ -57,7 +57,7 @@ pub async fn service_status(app: &App, svc: &ServiceHandle) -> Value {
         "last_used": unix_secs(live.last_used),
         "in_flight": live.in_flight,
         // Requests sent to it at once: configured, learned from it, or the local default.
-        "max_concurrent": app.config.service_index(&cfg.name).and_then(|i| app.gate.service_limit(i)),
+        "max_concurrent": app.config().service_index(&cfg.name).and_then(|i| app.gate.service_limit(i)),
         "queued": live.queued,
         "rss_bytes": rss,
         "last_error": live.last_error,
@@ -67,7 +67,7 @@ pub async fn service_status(app: &App, svc: &ServiceHandle) -> Value {
 }
 
 async fn services(State(app): State<Arc<App>>) -> Json<Value> {
-    let all = futures_util::future::join_all(app.services.iter().map(|svc| service_status(&app, svc))).await;
+    let all = futures_util::future::join_all(app.services().iter().filter(|s| !s.shared.retired()).map(|svc| service_status(&app, svc))).await;
     Json(Value::Array(all))
 }
 
@@ -75,7 +75,7 @@ async fn idle_status(State(app): State<Arc<App>>) -> Json<Value> {
     let settings = app.idle_settings();
     let now = Instant::now();
     let mut services = BTreeMap::new();
-    for svc in &app.services {
+    for svc in app.services().iter().filter(|s| !s.shared.retired()) {
         let inputs = crate::idle::inputs::service(svc, &settings);
         let (idle_for, sleeps_in) = match decide(&inputs, now) {
             IdleDecision::Never if inputs.state.as_str() == "running" => {
@@ -110,7 +110,7 @@ async fn idle_status(State(app): State<Arc<App>>) -> Json<Value> {
 fn models_status(app: &App, settings: &crate::config::IdleConfig, now: Instant) -> Value {
     let wall = SystemTime::now();
     let mut out = serde_json::Map::new();
-    for svc in &app.services {
+    for svc in app.services().iter().filter(|s| !s.shared.retired()) {
         let cfg = &svc.shared.config;
         let inputs = crate::idle::inputs::models(svc, settings);
         let models: Vec<(Arc<str>, Option<SystemTime>, bool)> =
@@ -197,8 +197,8 @@ struct IdleSleepChange {
 }
 
 /// The service named in an admin path; 404 listing the known ones.
-fn service<'a>(app: &'a App, name: &str) -> Result<&'a ServiceHandle, ApiError> {
-    Ok(&app.services[route::service(app, name)?.service])
+fn service(app: &App, name: &str) -> Result<ServiceHandle, ApiError> {
+    Ok(app.services()[route::service(app, name)?.service].clone())
 }
 
 async fn idle_sleep(
@@ -217,19 +217,19 @@ async fn start(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<
     // A lease taken and dropped at once: the service is ready and its idle clock starts now.
     let acquired = svc.acquire(None).await.map_err(|why| ApiError::Unavailable { service: name.clone(), why })?;
     drop(acquired);
-    Ok(Json(service_status(&app, svc).await))
+    Ok(Json(service_status(&app, &svc).await))
 }
 
 async fn stop(State(app): State<Arc<App>>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     let svc = service(&app, &name)?;
     svc.stop(StopReason::Admin).await;
-    Ok(Json(service_status(&app, svc).await))
+    Ok(Json(service_status(&app, &svc).await))
 }
 
 /// Unloads a model now; for a single-model service that means stopping the service.
 async fn unload_model(State(app): State<Arc<App>>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
     let route = route::model(&app, &model)?;
-    let svc = &app.services[route.service];
+    let svc = &app.services()[route.service];
     let index = route.model.map_or(0, |m| m.index);
     svc.unload_model(index).await.map_err(ApiError::Conflict)?;
     Ok(Json(json!({"model": model, "service": svc.name(), "unloaded": true})))

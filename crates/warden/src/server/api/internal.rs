@@ -72,8 +72,7 @@ pub async fn reserve(
         Some(t) => parse_duration(t).map_err(|e| ApiError::BadRequest(format!("ttl: {e}")))?,
     };
     let estimate = Estimate { prompt_tokens: b.prompt_tokens, completion_tokens: b.max_tokens };
-    let client_index = client.unwrap_or(app.config.clients.len());
-    let r = app.gate.hold(client_index, b.model.as_deref(), estimate, amount, ttl)?;
+    let r = app.gate.hold(client, b.model.as_deref(), estimate, amount, ttl)?;
     Ok(Json(json!({
         "reservation_id": r.id,
         "reserved_usd": micros_to_usd(r.reserved),
@@ -86,7 +85,7 @@ fn owner(caller: &Caller, app: &App) -> Option<usize> {
     if caller.admin {
         None
     } else {
-        Some(caller.client.unwrap_or(app.config.clients.len()))
+        Some(caller.client.unwrap_or(app.config().clients.len()))
     }
 }
 

@@ -61,9 +61,9 @@ pub async fn query<T: Send + 'static>(
 /// The client named in a path or body: its index (None = the anonymous client: everyone in
 /// open mode, the admin's own requests otherwise), if the caller may see it.
 pub fn client_named(app: &App, caller: &Caller, name: &str) -> Result<Option<usize>, ApiError> {
-    let index = match app.config.clients.iter().position(|c| c.name == name) {
+    let index = match app.config().clients.iter().position(|c| c.name == name) {
         Some(i) => Some(i),
-        None if name == "anonymous" && (app.config.clients.is_empty() || caller.admin) => None,
+        None if name == "anonymous" && (app.config().clients.is_empty() || caller.admin) => None,
         None => return Err(ApiError::NotFound(format!("client {name:?}"))),
     };
     if !caller.may_see(index) {
@@ -74,7 +74,7 @@ pub fn client_named(app: &App, caller: &Caller, name: &str) -> Result<Option<usi
 
 pub fn caller_name(app: &App, caller: &Caller) -> String {
     match caller.client {
-        Some(i) => app.config.clients[i].name.clone(),
+        Some(i) => app.config().clients[i].name.clone(),
         None if caller.admin => "admin".into(),
         None => "anonymous".into(),
     }

@@ -138,7 +138,7 @@ pub async fn enqueue(
 ) -> Result<Response, ApiError> {
     let job = Accepted::new(&app, caller, &headers, &body, true)?;
     let id = job.id.clone();
-    let limit = app.config.server.max_body;
+    let limit = app.config().server.max_body;
     let work = {
         let app = app.clone();
         async move {
@@ -190,7 +190,7 @@ pub async fn execution(
         // Not queued, running or a job: a finished front-door request has its usage record.
         Err(not_found) => {
             let record = usage_record(&app, &id).await?.ok_or(not_found)?;
-            let owner = app.config.clients.iter().position(|c| c.name == record.client);
+            let owner = app.config().clients.iter().position(|c| c.name == record.client);
             if !caller.may_see(owner) {
                 return Err(ApiError::NotFound(format!("request {id}")));
             }

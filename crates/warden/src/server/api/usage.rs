@@ -36,7 +36,7 @@ fn parse_month(text: &str) -> Result<u32, ApiError> {
 
 /// A client's usage in a month: totals, by model, and its latest requests.
 pub async fn client_usage(app: Arc<App>, client: Option<usize>, month: Option<u32>) -> Result<Value, ApiError> {
-    let name = app.gate.client_name(client.unwrap_or(usize::MAX)).to_string();
+    let name = app.gate.client_name(client);
     let budget = app.gate.budget_view(client);
     let month = month.unwrap_or_else(|| crate::base::clock::month_and_minute().0);
     let who = name.clone();
@@ -99,7 +99,7 @@ pub async fn cost(
 ) -> Result<Json<Value>, ApiError> {
     let not_found = || ApiError::NotFound(format!("request {id} (no cost recorded yet)"));
     let record = super::queue::usage_record(&app, &id).await?.ok_or_else(not_found)?;
-    let owner = app.config.clients.iter().position(|c| c.name == record.client);
+    let owner = app.config().clients.iter().position(|c| c.name == record.client);
     if !caller.may_see(owner) {
         return Err(not_found());
     }
@@ -138,13 +138,14 @@ pub async fn cost_estimate(
     let model = route.model.map(|m| m.name).unwrap_or_default();
     let service = route.service;
     let cost = app.gate.cost(Some(&model), e.prompt_tokens, e.completion_tokens);
-    let terms = app.config.model_terms.get(&model);
+    let config = app.config();
+    let terms = config.model_terms.get(&model);
     let price = terms.and_then(|t| t.price).map(|p| {
         json!({"input_per_1k_usd": micros_to_usd(p.input_per_1k), "output_per_1k_usd": micros_to_usd(p.output_per_1k)})
     });
     Ok(Json(json!({
         "model": model,
-        "service": app.config.services[service].name,
+        "service": app.config().services[service].name,
         "prompt_tokens": e.prompt_tokens,
         "completion_tokens": e.completion_tokens,
         "cost_usd": micros_to_usd(cost),
@@ -172,9 +173,10 @@ pub async fn check(
 /// What the caller can use now: its budget, the pools, and each service's state.
 pub async fn availability(State(app): State<Arc<App>>, Extension(caller): Extension<Caller>) -> Json<Value> {
     let services: Vec<Value> = app
-        .services
+        .services()
         .iter()
         .enumerate()
+        .filter(|(_, svc)| !svc.shared.retired())
         .map(|(i, svc)| {
             let live = svc.shared.live();
             json!({

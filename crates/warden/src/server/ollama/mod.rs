@@ -95,7 +95,7 @@ async fn call(
 ) -> Response {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
-    let limit = app.config.server.max_body;
+    let limit = app.config().server.max_body;
     let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
         Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {limit} bytes")),
@@ -170,7 +170,7 @@ fn keep_alive_of(given: &Value) -> Result<Option<Duration>, String> {
 fn set_keep_alive(app: &App, model: &str, keep: Option<Duration>) {
     if let Ok(route) = pipeline::route::model(app, model) {
         let index = route.model.map_or(0, |m| m.index);
-        app.services[route.service].set_keep_alive(index, keep);
+        app.services()[route.service].set_keep_alive(index, keep);
         app.idle_changed.notify_one();
     }
 }
@@ -204,7 +204,7 @@ async fn tags(State(app): State<Arc<App>>) -> Json<Value> {
 async fn ps(State(app): State<Arc<App>>) -> Json<Value> {
     let mut models = Vec::new();
     for (name, at) in app.directory.all() {
-        let svc = &app.services[at.service];
+        let svc = &app.services()[at.service];
         let cfg = &svc.shared.config;
         let (loaded, idle_since, keep) = {
             let live = svc.shared.live();
@@ -215,7 +215,7 @@ async fn ps(State(app): State<Arc<App>>) -> Json<Value> {
             continue;
         }
         let size = app.coordinator.measure(at.service).await.unwrap_or_else(|| app.coordinator.need(at.service));
-        let keep = keep.or(cfg.idle_timeout).unwrap_or(app.config.idle.timeout);
+        let keep = keep.or(cfg.idle_timeout).unwrap_or(app.config().idle.timeout);
         let left = idle_since.map_or(keep, |since| keep.saturating_sub(since.elapsed()));
         let expires = SystemTime::now().checked_add(left).unwrap_or(SystemTime::UNIX_EPOCH);
         let mut entry = model_entry(&app, &name, at);
@@ -238,7 +238,7 @@ async fn show(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Response 
     let at = ModelRef { service: route.service, index: route.model.map_or(0, |m| m.index) };
     let entry = model_entry(&app, name, at);
     Json(json!({
-        "modelfile": format!("# served by warden from service {}\nFROM {name}\n", app.services[at.service].name()),
+        "modelfile": format!("# served by warden from service {}\nFROM {name}\n", app.services()[at.service].name()),
         "parameters": "",
         "template": "",
         "details": entry["details"],
