@@ -179,7 +179,7 @@ mod tests {
     use std::path::Path;
 
     fn config(text: &str) -> Config {
-        super::super::parse(text, Path::new("/tmp")).unwrap_or_else(|e| panic!("{e}"))
+        crate::config::parse(text, Path::new("/tmp")).unwrap_or_else(|e| panic!("{e}"))
     }
 
     const KEY_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";

@@ -131,8 +131,12 @@ fn admission(app: &App, out: &mut String, admin: bool) {
 }
 
 pub async fn status(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
-    let services: serde_json::Map<String, serde_json::Value> =
-        app.services().iter().filter(|s| !s.shared.retired()).map(|s| (s.name().to_string(), json!(s.shared.live().state.as_str()))).collect();
+    let services: serde_json::Map<String, serde_json::Value> = app
+        .services()
+        .iter()
+        .filter(|s| !s.shared.retired())
+        .map(|s| (s.name().to_string(), json!(s.shared.live().state.as_str())))
+        .collect();
     Json(json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),

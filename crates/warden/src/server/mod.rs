@@ -139,7 +139,8 @@ pub fn assemble(config: Arc<Config>, state_dir: std::path::PathBuf) -> Result<As
         }
         .instrument(tracing::info_span!("pacing")),
     );
-    let services = config.services.iter().enumerate().map(|(i, s)| spawn_owner(i, Arc::new(s.clone()), ctx.clone(), None));
+    let services =
+        config.services.iter().enumerate().map(|(i, s)| spawn_owner(i, Arc::new(s.clone()), ctx.clone(), None));
     let services = crate::service::Roster::new(services.collect());
     let coordinator = Arc::new(Coordinator::new(&config, services.clone(), events.clone()));
     let run = coordinator.clone().run(room_requests, tasks.clone(), shutdown.clone());

@@ -188,7 +188,9 @@ pub(crate) enum Command {
     Reconcile,
     /// A reload changed or removed the service: take nothing new, stop once done, then
     /// cancel `stopped`.
-    Retire { stopped: tokio_util::sync::CancellationToken },
+    Retire {
+        stopped: tokio_util::sync::CancellationToken,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

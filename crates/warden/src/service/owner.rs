@@ -195,7 +195,14 @@ impl Owner {
                 _ = self.ctx.shutdown.cancelled(), if !self.shutting_down => self.begin_shutdown(),
                 cmd = self.rx.recv(), if !self.rx_closed => match cmd {
                     Some(cmd) => self.on_command(cmd),
-                    None => { self.rx_closed = true; self.begin_shutdown() }
+                    // A retiring owner's handles go when a reload replaces them: it still
+                    // finishes what it serves.
+                    None => {
+                        self.rx_closed = true;
+                        if self.retiring.is_none() {
+                            self.begin_shutdown()
+                        }
+                    }
                 },
                 Some(result) = self.results_rx.recv() => self.on_model_result(result),
                 result = maybe(&mut self.starting) => {

@@ -46,6 +46,14 @@ pub fn fake_backend() -> String {
     }
 }
 
+/// The config `Warden::start` writes: a free port, a state dir in the temp dir, then `rest`.
+fn config_text(rest: &str, server_extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"state\"\n{server_extra}\n{}",
+        rest.replace("FAKE", &fake_backend())
+    )
+}
+
 pub struct Warden {
     child: Child,
     pub base: String,
@@ -74,12 +82,8 @@ impl Warden {
 
     fn start_inner(rest: &str, server_extra: &str, relative: bool) -> Warden {
         let dir = tempfile::tempdir().unwrap();
-        let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"state\"\n{server_extra}\n{}",
-            rest.replace("FAKE", &fake_backend())
-        );
         let path = dir.path().join("warden.toml");
-        std::fs::write(&path, config).unwrap();
+        std::fs::write(&path, config_text(rest, server_extra)).unwrap();
         let (child, base, log) = if relative {
             let parent = dir.path().parent().unwrap().to_path_buf();
             let rel = path.strip_prefix(&parent).unwrap().to_path_buf();
@@ -111,6 +115,12 @@ impl Warden {
         command.args(["-c", &script]);
         let (child, base, log) = spawn_command(command);
         Warden { child, base, dir, log, token: None }
+    }
+
+    /// Writes a new config file in this warden's place (same `[server]` head as `start`), for
+    /// a reload to read.
+    pub fn rewrite_config(&self, rest: &str, server_extra: &str) {
+        std::fs::write(self.dir.path().join("warden.toml"), config_text(rest, server_extra)).unwrap();
     }
 
     /// Stops this warden (SIGTERM) and starts a new one on the same config and state dir.

@@ -118,7 +118,10 @@ impl Gate {
         let clients = config.clients.len() + 1;
         let mut ledgers = vec![Ledger::new(None, month, 0)];
         ledgers.extend(
-            config.clients.iter().map(|c| Ledger::new(c.monthly_budget, month, spent.get(&c.name).copied().unwrap_or(0))),
+            config
+                .clients
+                .iter()
+                .map(|c| Ledger::new(c.monthly_budget, month, spent.get(&c.name).copied().unwrap_or(0))),
         );
         let limits = limits(&config, |_| None);
         let pools = config.pools.iter().map(|p| Pool::new(p.capacity, p.refill_per_sec, &sharing(p), 0)).collect();
@@ -213,10 +216,7 @@ impl Gate {
 
     pub fn cost(&self, model: Option<&str>, prompt: u64, completion: u64) -> Micros {
         let config = self.config();
-        model
-            .and_then(|m| config.model_terms.get(m))
-            .and_then(|t| t.price)
-            .map_or(0, |p| p.cost(prompt, completion))
+        model.and_then(|m| config.model_terms.get(m)).and_then(|t| t.price).map_or(0, |p| p.cost(prompt, completion))
     }
 
     /// Runs whatever can run now, then wakes the timer to look again at what time alone could

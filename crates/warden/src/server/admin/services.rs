@@ -67,7 +67,10 @@ pub async fn service_status(app: &App, svc: &ServiceHandle) -> Value {
 }
 
 async fn services(State(app): State<Arc<App>>) -> Json<Value> {
-    let all = futures_util::future::join_all(app.services().iter().filter(|s| !s.shared.retired()).map(|svc| service_status(&app, svc))).await;
+    let all = futures_util::future::join_all(
+        app.services().iter().filter(|s| !s.shared.retired()).map(|svc| service_status(&app, svc)),
+    )
+    .await;
     Json(Value::Array(all))
 }
 
