@@ -104,7 +104,7 @@ pub(super) struct Owner {
     pub(super) shutting_down: bool,
     /// A reload changed or removed this service: it takes no new requests, stops once those
     /// it has are done, and then cancels this (a changed service's new owner waits for it).
-    retiring: Option<CancellationToken>,
+    pub(super) retiring: Option<CancellationToken>,
     /// The owner this one replaces after a reload, stopped when this is cancelled: no start
     /// before then.
     pub(super) predecessor: Option<CancellationToken>,

@@ -57,7 +57,7 @@ impl Owner {
                 }
                 self.last_failure = Some(failure.clone());
                 self.apply(Event::StartFailed);
-                if self.shared.config.desired == Desired::On && !self.shutting_down {
+                if self.shared.config.desired == Desired::On && !self.shutting_down && self.retiring.is_none() {
                     self.restart_timer = Some(Box::pin(tokio::time::sleep(start_backoff(self.machine.failures()))));
                 }
             }

@@ -111,7 +111,8 @@ impl Owner {
         self.clear_running();
         self.shared.live().last_error = Some(format!("{what} ({})", exit.reason));
         self.apply(if exit.failed { Event::Exited } else { Event::StoppedOutside });
-        if self.shared.config.desired == Desired::On && !self.shutting_down {
+        // A run a reload retired is not brought back.
+        if self.shared.config.desired == Desired::On && !self.shutting_down && self.retiring.is_none() {
             self.restart_timer = Some(Box::pin(tokio::time::sleep(PINNED_RESTART_DELAY)));
         }
     }
