@@ -360,6 +360,7 @@ async fn main() {
         .route("/allocate/{mb}", post(allocate))
         // Ollama's model endpoints.
         .route("/api/generate", post(ollama_generate))
+        .route("/api/chat", post(ollama_chat))
         .route("/api/ps", get(ollama_ps))
         .route("/api/tags", get(ollama_tags))
         // llama.cpp router mode's model endpoints.
@@ -622,7 +623,80 @@ async fn ollama_generate(State(fake): State<Arc<Fake>>, body: Bytes) -> Response
         return Json(json!({"model": model, "response": "", "done": true, "done_reason": "unload"})).into_response();
     }
     fake.load(model).await;
-    Json(json!({"model": model, "response": "", "done": true, "done_reason": "load"})).into_response()
+    if body["prompt"].as_str().unwrap_or_default().is_empty() {
+        // A generate with no prompt only loads the model.
+        return Json(json!({"model": model, "response": "", "done": true, "done_reason": "load"})).into_response();
+    }
+    ollama_answer(&fake, &body, false).await
+}
+
+async fn ollama_chat(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
+    let body = match parse(&body) {
+        Ok(v) => v,
+        Err(bad) => return bad.into_response(),
+    };
+    let Some(model) = body["model"].as_str() else {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "model is required"}))).into_response();
+    };
+    fake.load(model).await;
+    if body["messages"].as_array().is_none_or(|m| m.is_empty()) {
+        return Json(json!({"model": model, "message": {"role": "assistant", "content": ""}, "done": true, "done_reason": "load"}))
+            .into_response();
+    }
+    ollama_answer(&fake, &body, true).await
+}
+
+/// The time every native Ollama answer says it was made: a test can tell it from warden's
+/// translation (which writes the time it answered).
+const OLLAMA_CREATED_AT: &str = "2025-01-01T00:00:00Z";
+
+/// Chat and generate as Ollama answers them: an NDJSON stream (the default) whose last line is
+/// `done` with the counts, or one JSON object with them.
+async fn ollama_answer(fake: &Arc<Fake>, body: &Value, chat: bool) -> Response {
+    fake.count();
+    let _counted = InFlight::new(fake);
+    let model = body["model"].as_str().unwrap_or(&fake.args.model).to_string();
+    let n = body["options"]["num_predict"].as_u64().map_or(fake.args.tokens, |m| m.min(fake.args.tokens));
+    let prompt = prompt_tokens(body) + body["prompt"].as_str().map_or(0, |p| p.split_whitespace().count() as u64);
+    let pace = (fake.args.tokens_per_sec > 0.0).then(|| Duration::from_secs_f64(1.0 / fake.args.tokens_per_sec));
+    let part = move |text: String, done: bool| {
+        let mut v = json!({"model": model, "created_at": OLLAMA_CREATED_AT, "done": done});
+        v[if chat { "message" } else { "response" }] =
+            if chat { json!({"role": "assistant", "content": text}) } else { json!(text) };
+        if done {
+            v["done_reason"] = json!("stop");
+            v["prompt_eval_count"] = json!(prompt);
+            v["eval_count"] = json!(n);
+            v["total_duration"] = json!(1_000);
+        }
+        v
+    };
+    if body["stream"] == json!(false) {
+        if let Some(p) = pace {
+            tokio::time::sleep(p * n as u32).await;
+        }
+        let text = (0..n).map(|i| format!("tok{i}")).collect::<Vec<_>>().join(" ");
+        return Json(part(text, true)).into_response();
+    }
+    let stream = futures_util::stream::unfold(0u64, move |i| {
+        let part = part.clone();
+        async move {
+            if i > n {
+                return None;
+            }
+            if i < n {
+                if let Some(p) = pace {
+                    tokio::time::sleep(p).await;
+                }
+            }
+            let line = if i < n { part(format!("tok{i} "), false) } else { part(String::new(), true) };
+            Some((Ok::<_, std::convert::Infallible>(Bytes::from(format!("{line}\n"))), i + 1))
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .expect("response")
 }
 
 async fn ollama_ps(State(fake): State<Arc<Fake>>) -> Json<Value> {

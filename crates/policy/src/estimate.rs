@@ -73,9 +73,49 @@ pub fn prepare(body: &[u8], embeddings: bool, default_max_tokens: u64) -> Prepar
     Prepared { estimate, rewritten }
 }
 
+/// The same for a request in Ollama's own dialect (passed through to an Ollama server): the
+/// output bound is `options.num_predict` (absent or negative: unbounded, so warden sets it),
+/// and no stream needs asking for its counts (Ollama's last line always has them).
+pub fn prepare_ollama(body: &[u8], embeddings: bool, default_max_tokens: u64) -> Prepared {
+    let prompt = prompt_tokens(body.len());
+    if embeddings {
+        return Prepared { estimate: Estimate { prompt_tokens: prompt, completion_tokens: 0 }, rewritten: None };
+    }
+    let mut doc: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let max = doc["options"]["num_predict"].as_u64();
+    let rewritten = match (max, doc.as_object_mut()) {
+        (None, Some(obj)) => {
+            let opts = obj.entry("options").or_insert_with(|| Value::Object(Default::default()));
+            if !opts.is_object() {
+                *opts = Value::Object(Default::default());
+            }
+            opts["num_predict"] = default_max_tokens.into();
+            serde_json::to_vec(&doc).ok()
+        }
+        _ => None,
+    };
+    let estimate = Estimate { prompt_tokens: prompt, completion_tokens: max.unwrap_or(default_max_tokens) };
+    Prepared { estimate, rewritten }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ollama_requests_are_bounded_by_num_predict() {
+        let body = br#"{"model":"m","messages":[],"options":{"num_predict":8,"temperature":0}}"#;
+        let p = prepare_ollama(body, false, 100);
+        assert_eq!((p.estimate.completion_tokens, p.rewritten.is_none()), (8, true));
+        for unbounded in [&br#"{"model":"m","stream":true}"#[..], br#"{"model":"m","options":{"num_predict":-1}}"#] {
+            let p = prepare_ollama(unbounded, false, 100);
+            assert_eq!(p.estimate.completion_tokens, 100);
+            let sent: Value = serde_json::from_slice(&p.rewritten.unwrap()).unwrap();
+            assert_eq!(sent["options"]["num_predict"], 100, "bounded as sent");
+            assert!(sent.get("stream_options").is_none(), "Ollama reports its counts unasked");
+        }
+        assert_eq!(prepare_ollama(br#"{"model":"e","input":"x"}"#, true, 100).estimate.completion_tokens, 0);
+    }
 
     #[test]
     fn reads_max_tokens_and_bounds_requests_without_one() {

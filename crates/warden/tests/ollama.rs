@@ -112,3 +112,60 @@ async fn a_missing_key_is_refused_in_ollamas_shape() {
     let resp = reqwest::Client::new().get(w.url("/api/tags")).bearer_auth("ollama-key").send().await.unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+/// An Ollama server behind warden (the fake backend speaking Ollama's API), its model priced.
+const OLLAMA_SERVER: &str = r#"
+[scheduler]
+default_max_tokens = 4
+
+[services.ol]
+kind = "process"
+api = "ollama"
+command = ["FAKE", "--port", "${PORT}", "--tokens", "5"]
+models = ["ol-m"]
+
+[models.ol-m]
+service = "ol"
+price = { input_per_1k = 1.0, output_per_1k = 1000.0 }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ollama_server_gets_ollama_requests_as_they_are_and_is_charged_its_counts() {
+    let w = Warden::start(OLLAMA_SERVER);
+    // Plain chat: the Ollama server's own answer (its created_at), not a translation.
+    let chat = json!({"model": "ol-m", "messages": [{"role": "user", "content": "one two three"}], "stream": false});
+    let resp = post(&w, "/api/chat", chat.clone()).await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["created_at"], "2025-01-01T00:00:00Z", "passed through: {body}");
+    assert_eq!(body["message"]["content"], "tok0 tok1 tok2 tok3", "bounded by default_max_tokens, set by warden");
+    assert_eq!((body["prompt_eval_count"].as_u64(), body["eval_count"].as_u64()), (Some(3), Some(4)), "{body}");
+    // Charged what the server counted: 3 prompt tokens at $1/1k, 4 output tokens at $1 each.
+    let usage = w.get("/api/usage/anonymous").await;
+    assert_eq!(usage["cost_micros"], 4_003_000, "{usage}");
+
+    // Streamed (Ollama's default): the server's NDJSON, line by line, charged from its last line.
+    let mut streamed = chat.clone();
+    streamed.as_object_mut().unwrap().remove("stream");
+    let resp = post(&w, "/api/chat", streamed).await;
+    assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+    let text = resp.text().await.unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    assert!(lines.iter().all(|l| l["created_at"] == "2025-01-01T00:00:00Z"), "{text}");
+    assert_eq!(lines[4]["done"], true);
+    let usage = w.get("/api/usage/anonymous").await;
+    assert_eq!(usage["cost_micros"], 8_006_000, "{usage}");
+
+    // Generate, bounded by num_predict: the server got the bound as sent.
+    let gen = json!({"model": "ol-m", "prompt": "hello there", "stream": false, "options": {"num_predict": 2}});
+    let body: Value = post(&w, "/api/generate", gen).await.json().await.unwrap();
+    assert_eq!((body["response"].as_str(), body["eval_count"].as_u64()), (Some("tok0 tok1"), Some(2)), "{body}");
+    // Without a bound, warden sets one (default_max_tokens, 4 here) so the cost can be reserved.
+    let gen = json!({"model": "ol-m", "prompt": "hello", "stream": false});
+    let body: Value = post(&w, "/api/generate", gen).await.json().await.unwrap();
+    assert_eq!(body["eval_count"], 4, "{body}");
+
+    // The translated path still serves OpenAI-compatible servers: warden writes that answer.
+    assert_eq!(w.get("/api/tags").await["models"][0]["name"], "ol-m");
+}

@@ -3,7 +3,7 @@
 //! `max_tokens`, which it sets when absent) and may rewrite it (ask a stream for its usage).
 
 use axum::body::Bytes;
-use policy::estimate::{prepare, Estimate};
+use policy::estimate::{prepare, prepare_ollama, Estimate};
 
 use super::{Endpoint, Route};
 use crate::app::App;
@@ -20,7 +20,11 @@ pub fn request(app: &App, route: &Route, endpoint: Endpoint, body: Bytes) -> Est
     if !termed {
         return plain();
     }
-    let p = prepare(&body, endpoint == Endpoint::Embeddings, app.config().scheduler.default_max_tokens);
+    let bound = app.config().scheduler.default_max_tokens;
+    let p = match endpoint.ollama() {
+        true => prepare_ollama(&body, endpoint.embeds(), bound),
+        false => prepare(&body, endpoint.embeds(), bound),
+    };
     match p.rewritten {
         Some(b) => Estimated { estimate: p.estimate, body: b.into() },
         None => Estimated { estimate: p.estimate, ..plain() },

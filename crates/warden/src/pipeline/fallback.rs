@@ -67,7 +67,7 @@ pub async fn run(
         // The next model this client may use that is configured.
         let next = rest.by_ref().find_map(|m| {
             let r = route::model(app, m).ok()?;
-            allow::check(app, caller, &r).is_ok().then_some(r)
+            (allow::check(app, caller, &r).is_ok() && super::speaks(app, &r, again.endpoint)).then_some(r)
         });
         let Some(next) = next else { return finish(outcome, tried) };
         tracing::info!(

@@ -5,7 +5,7 @@
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
 
-use super::settle::{is_sse, LeaseBody, Meter};
+use super::settle::{framing, LeaseBody, Meter};
 use crate::admission::gate::Ticket;
 use crate::base::errors::ApiError;
 use crate::base::http::REQUEST_ID_HEADER;
@@ -163,9 +163,9 @@ pub(super) async fn forward(
         }
     }
     let meter = Meter::new(extras.ticket, &parts, extras.usage);
-    let sse = is_sse(&parts);
+    let framing = framing(&parts);
     let ok = parts.status.is_success();
-    let body = LeaseBody::new(incoming, lease, meter, sse).timed(extras.perf, ok);
+    let body = LeaseBody::new(incoming, lease, meter, framing).timed(extras.perf, ok);
     Ok(Response::from_parts(parts, Body::new(body)))
 }
 

@@ -50,16 +50,23 @@ pub use find::{model_of, nesting_within};
 pub use forward::COLD_START_HEADER;
 pub use route::Route;
 
-/// The OpenAI endpoints a model request may call. Which one it is decides how its cost is
-/// estimated (an embedding has no output), so it is decided here once, from the path.
+/// The endpoints a model request may call: OpenAI's, or Ollama's own when the request is
+/// passed through natively to an Ollama server. Which one it is decides how its cost is
+/// estimated (an embedding has no output; Ollama bounds output by `options.num_predict`), so it
+/// is decided here once, from the path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     Chat,
     Completions,
     Embeddings,
+    OllamaChat,
+    OllamaGenerate,
+    OllamaEmbed,
+    OllamaEmbeddings,
 }
 
 impl Endpoint {
+    /// The OpenAI endpoints (those a job or a dry run may name).
     pub const ALL: [Endpoint; 3] = [Endpoint::Chat, Endpoint::Completions, Endpoint::Embeddings];
 
     pub fn path(self) -> &'static str {
@@ -67,7 +74,24 @@ impl Endpoint {
             Endpoint::Chat => "/v1/chat/completions",
             Endpoint::Completions => "/v1/completions",
             Endpoint::Embeddings => "/v1/embeddings",
+            Endpoint::OllamaChat => "/api/chat",
+            Endpoint::OllamaGenerate => "/api/generate",
+            Endpoint::OllamaEmbed => "/api/embed",
+            Endpoint::OllamaEmbeddings => "/api/embeddings",
         }
+    }
+
+    /// In Ollama's dialect: only an Ollama server can take it as it is.
+    pub fn ollama(self) -> bool {
+        matches!(
+            self,
+            Endpoint::OllamaChat | Endpoint::OllamaGenerate | Endpoint::OllamaEmbed | Endpoint::OllamaEmbeddings
+        )
+    }
+
+    /// Its answer has no generated output to pay for.
+    pub fn embeds(self) -> bool {
+        matches!(self, Endpoint::Embeddings | Endpoint::OllamaEmbed | Endpoint::OllamaEmbeddings)
     }
 
     pub fn from_path(path: &str) -> Option<Endpoint> {
@@ -197,8 +221,9 @@ async fn plan(app: &App, caller: &Caller, parts: &mut Parts, body: Body, target:
             let mut bytes = read::whole(&parts.headers, body, limit).await?;
             let asked = route_allowed(app, caller, &find::model_of(&bytes)?)?;
             let (mut route, mut degraded) = ladder::choose(app, asked.clone(), &parts.headers, &bytes).await;
-            if allow::check(app, caller, &route).is_err() {
-                // The client may not use the rung: it stays on the model it may use.
+            if allow::check(app, caller, &route).is_err() || !speaks(app, &route, endpoint) {
+                // The client may not use the rung (or its server cannot take the request as it
+                // is): it stays on the model it asked for.
                 (route, degraded) = (asked, None);
             }
             if let Some(d) = &degraded {
@@ -255,6 +280,12 @@ fn model_plan(
     let estimated = estimate::request(app, &route, endpoint, bytes);
     let body = Body::from(estimated.body);
     Planned { route, estimate: estimated.estimate, body, target, usage: true, degraded, again: None }
+}
+
+/// Whether `route`'s service takes a request to `endpoint` as it is: OpenAI requests go
+/// anywhere; Ollama's own only to an Ollama server.
+pub fn speaks(app: &App, route: &Route, endpoint: Endpoint) -> bool {
+    !endpoint.ollama() || app.config().services[route.service].api == crate::config::Api::Ollama
 }
 
 /// Stages 2–5 over a body already read, changing nothing: for estimates and checks, and to

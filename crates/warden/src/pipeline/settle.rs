@@ -10,7 +10,7 @@ use axum::http;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use crate::account::usage::Scanner;
+use crate::account::usage::{Framing, Scanner};
 use std::time::Instant;
 
 use super::forward::Probe;
@@ -31,15 +31,15 @@ impl Meter {
     pub fn new(mut ticket: Ticket, answer: &http::response::Parts, usage: bool) -> Meter {
         ticket.status = Some(answer.status.as_u16());
         // The usage is read only where it is accounted (a price, pools, or clients).
-        let scanner = (usage && ticket.accounted && answer.status.is_success()).then(|| Scanner::new(is_sse(answer)));
+        let scanner = (usage && ticket.accounted && answer.status.is_success()).then(|| Scanner::new(framing(answer)));
         Meter { ticket, scanner }
     }
 }
 
 /// A server-sent event stream (whose end can still carry an error event).
-pub fn is_sse(answer: &http::response::Parts) -> bool {
+pub fn framing(answer: &http::response::Parts) -> Framing {
     let content_type = answer.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    content_type.unwrap_or("").contains("event-stream")
+    Framing::of(content_type.unwrap_or(""))
 }
 
 pub struct LeaseBody {
@@ -48,9 +48,10 @@ pub struct LeaseBody {
     lease: Option<Lease>,
     /// Settled with the lease: with the usage read if the answer ended, else as reserved.
     meter: Option<Meter>,
-    /// The answer is a server-sent event stream: if the service dies mid-way, it still ends
-    /// with an error event and a clean end of the body, so a client can tell why.
-    sse: bool,
+    /// How the answer is framed: a stream (server-sent events, or Ollama's NDJSON) whose
+    /// service dies mid-way still ends with an error event in its own framing and a clean
+    /// end of the body, so a client can tell why.
+    framing: Framing,
     /// The service, for that error's message.
     service: String,
     /// The body has ended (after the error event of a cut stream).
@@ -61,9 +62,9 @@ pub struct LeaseBody {
 }
 
 impl LeaseBody {
-    pub fn new(inner: Incoming, lease: Lease, meter: Meter, sse: bool) -> Self {
+    pub fn new(inner: Incoming, lease: Lease, meter: Meter, framing: Framing) -> Self {
         let service = lease.service().to_string();
-        LeaseBody { inner, lease: Some(lease), meter: Some(meter), sse, service, ended: false, perf: None }
+        LeaseBody { inner, lease: Some(lease), meter: Some(meter), framing, service, ended: false, perf: None }
     }
 
     /// Records the answer's timing in the performance tracker when it ends.
@@ -134,13 +135,18 @@ impl Body for LeaseBody {
             Poll::Ready(None) => self.finish(),
             Poll::Ready(Some(Err(e))) => {
                 self.cut();
-                if self.sse {
+                if self.framing.streams() {
                     self.ended = true;
                     let error = ApiError::BadGateway {
                         service: std::mem::take(&mut self.service),
                         detail: format!("the stream was cut: {e}"),
                     };
-                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(format!("data: {}\n\n", error.body()))))));
+                    let event = match self.framing {
+                        Framing::Sse => format!("data: {}\n\n", error.body()),
+                        // Ollama ends a failed stream with a line `{"error": "…"}`.
+                        _ => format!("{}\n", serde_json::json!({"error": error.message()})),
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(event)))));
                 }
             }
             Poll::Pending => {}

@@ -1,9 +1,10 @@
 //! The Ollama dialect of the front door, on the same port, for the many tools that speak only
 //! Ollama's API. Model calls (`/api/chat`, `/api/generate`, `/api/embed`, `/api/embeddings`)
-//! are translated to the OpenAI dialect and run through the one pipeline (keys, budgets,
-//! queue, wake, leases), and their answers translated back, streams included (NDJSON). The
-//! listing calls answer from warden's own state. Model management answers 501: warden's
-//! models come from its config.
+//! run through the one pipeline (keys, budgets, queue, wake, leases): to an Ollama server as
+//! they are (its answer comes back as it is), to any other server translated to the OpenAI
+//! dialect and their answers translated back, streams included (NDJSON). The listing calls
+//! answer from warden's own state. Model management answers 501: warden's models come from
+//! its config.
 
 mod stream;
 mod translate;
@@ -113,6 +114,17 @@ async fn call(
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let model = asked["model"].as_str().unwrap_or_default().to_string();
+    if let Ok(route) = pipeline::route::model(&app, &model) {
+        let native = call.native();
+        if pipeline::speaks(&app, &route, native) {
+            // An Ollama server: the request as it is, and its answer as it is.
+            parts.headers.remove(header::CONTENT_LENGTH);
+            let req = Request::from_parts(parts, Body::from(bytes));
+            let answer = pipeline::run(&app, Inbound::new(caller, req, Target::Model(native))).await;
+            set_keep_alive(&app, &model, keep);
+            return answer.unwrap_or_else(|e| error(e.status_code(), e.message()));
+        }
+    }
     let endpoint = call.endpoint(&asked);
     parts.method = Method::POST;
     parts.uri = endpoint.path().parse().expect("a static path");

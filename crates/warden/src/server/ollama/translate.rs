@@ -28,6 +28,16 @@ impl Call {
         }
     }
 
+    /// The same call in Ollama's own dialect, for an Ollama server (no translation).
+    pub fn native(self) -> Endpoint {
+        match self {
+            Call::Chat => Endpoint::OllamaChat,
+            Call::Generate => Endpoint::OllamaGenerate,
+            Call::Embed => Endpoint::OllamaEmbed,
+            Call::Embeddings => Endpoint::OllamaEmbeddings,
+        }
+    }
+
     /// Ollama streams chat and generate unless told not to.
     pub fn streams(self, body: &Value) -> bool {
         matches!(self, Call::Chat | Call::Generate) && body["stream"] != json!(false)
