@@ -7,6 +7,7 @@
 //! - `planner`: does a newcomer fit in memory, and what to offload first.
 //! - `pressure`: memory level, trend and time to exhaustion, degrade at once / upgrade after a
 //!   stabilization.
+//! - `cache`: whether an answer may be cached, and the canonical text of its key.
 //! - admission: `class` (the five classes, the off-peak window), `budget` (micro-dollars,
 //!   prices, the monthly ledger), `bucket` (token-bucket pools), `queue` (the priority
 //!   dispatcher), `estimate` (what a request may use, from its body), `calendar` (UTC months).
@@ -14,6 +15,7 @@
 
 pub mod bucket;
 pub mod budget;
+pub mod cache;
 pub mod calendar;
 pub mod class;
 pub mod estimate;

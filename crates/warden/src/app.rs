@@ -42,6 +42,8 @@ pub struct App {
     pub monitor_running: AtomicBool,
     /// The one owner of admission state: budgets, the priority queue, usage records.
     pub gate: Arc<Gate>,
+    /// The response cache (`[cache]`), when on.
+    pub cache: Option<Arc<crate::cache::Cache>>,
     /// Async jobs from `/api/queue/enqueue`.
     pub jobs: Arc<Jobs>,
     /// The pressure monitor: whether to serve smaller rungs now, pinned sessions.
@@ -69,6 +71,7 @@ pub struct Owners {
     pub coordinator: Arc<Coordinator>,
     pub client: HttpClient,
     pub gate: Arc<Gate>,
+    pub cache: Option<Arc<crate::cache::Cache>>,
     pub jobs: Arc<Jobs>,
     pub pressure: Arc<Monitor>,
     pub events: Events,
@@ -87,6 +90,7 @@ impl App {
             coordinator: o.coordinator,
             client: o.client,
             gate: o.gate,
+            cache: o.cache,
             jobs: o.jobs,
             pressure: o.pressure,
             events: o.events,

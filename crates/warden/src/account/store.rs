@@ -34,6 +34,10 @@ pub struct UsageRecord {
     pub finished_at_ms: u64,
     /// `year * 12 + month - 1`, UTC.
     pub month: u32,
+    /// Answered from the response cache (it cost nothing).
+    pub cached: bool,
+    /// What the optimizer saved on it: a cache hit saves what its answer cost when it was made.
+    pub saved_micros: i64,
 }
 
 /// One finished model request's timing.
@@ -110,6 +114,15 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, String> {
         let conn = connect(path)?;
         conn.execute_batch(SCHEMA).map_err(|e| format!("cannot create tables in {}: {e}", path.display()))?;
+        // Columns added after the first release: a database made before them gains them.
+        for column in ["cached INTEGER NOT NULL DEFAULT 0", "saved_micros INTEGER NOT NULL DEFAULT 0"] {
+            match conn.execute_batch(&format!("ALTER TABLE usage ADD COLUMN {column}")) {
+                Err(e) if !e.to_string().contains("duplicate column") => {
+                    return Err(format!("cannot add a column to {}: {e}", path.display()))
+                }
+                _ => {}
+            }
+        }
         let old = crate::base::clock::unix_ms().saturating_sub(PERF_KEEP_MS);
         conn.execute("DELETE FROM performance WHERE finished_at_ms < ?1", params![old])
             .map_err(|e| format!("cannot prune {}: {e}", path.display()))?;
@@ -243,7 +256,7 @@ pub struct ModelTotals {
 }
 
 const SELECT: &str = "SELECT request_id, client, model, service, class, status, prompt_tokens, completion_tokens,
-    cost_micros, estimated, queued_ms, duration_ms, finished_at_ms, month FROM usage";
+    cost_micros, estimated, queued_ms, duration_ms, finished_at_ms, month, cached, saved_micros FROM usage";
 
 fn row(r: &rusqlite::Row) -> rusqlite::Result<UsageRecord> {
     Ok(UsageRecord {
@@ -261,6 +274,8 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<UsageRecord> {
         duration_ms: r.get(11)?,
         finished_at_ms: r.get(12)?,
         month: r.get(13)?,
+        cached: r.get(14)?,
+        saved_micros: r.get(15)?,
     })
 }
 
@@ -295,7 +310,9 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>) {
             let tx = conn.transaction()?;
             {
                 let mut insert = tx.prepare_cached(
-                    "INSERT INTO usage VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                    "INSERT INTO usage (request_id, client, model, service, class, status, prompt_tokens,
+                     completion_tokens, cost_micros, estimated, queued_ms, duration_ms, finished_at_ms, month,
+                     cached, saved_micros) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                 )?;
                 let mut perf = tx.prepare_cached("INSERT INTO performance VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
                 for msg in batch {
@@ -315,7 +332,9 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>) {
                                 r.queued_ms,
                                 r.duration_ms,
                                 r.finished_at_ms,
-                                r.month
+                                r.month,
+                                r.cached,
+                                r.saved_micros
                             ])?;
                         }
                         Msg::Perf(p) => {
@@ -364,6 +383,8 @@ mod tests {
             duration_ms: 1,
             finished_at_ms: 1,
             month,
+            cached: false,
+            saved_micros: 0,
         }
     }
 

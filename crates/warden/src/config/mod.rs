@@ -43,6 +43,34 @@ pub struct Config {
     pub tasks: BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
     /// The file it was read from (what a reload reads again); None when parsed from text.
     pub source: Option<PathBuf>,
+    /// `[cache]`: the response cache.
+    pub cache: CacheConfig,
+    /// Models whose own `cache` overrides `[cache].when`.
+    pub cache_by_model: BTreeMap<String, policy::cache::When>,
+}
+
+/// `[cache]`: answers kept and served again for identical requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    /// `state_dir/cache.db` (kept across restarts), or in memory only.
+    pub on_disk: bool,
+    /// Bytes of answers kept at most; the least recently used go first.
+    pub max_size: u64,
+    pub ttl: Duration,
+    /// A client never receives another client's answer (false: one cache for everyone).
+    pub per_client: bool,
+    pub when: policy::cache::When,
+}
+
+impl Config {
+    /// When `model`'s answers are cached (never with the cache off).
+    pub fn cache_when(&self, model: &str) -> policy::cache::When {
+        match self.cache.enabled {
+            false => policy::cache::When::Never,
+            true => self.cache_by_model.get(model).copied().unwrap_or(self.cache.when),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -34,6 +34,19 @@ pub struct RawConfig {
     pub pressure: super::adapt::RawPressure,
     #[serde(default)]
     pub tasks: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    pub cache: RawCache,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub enabled: Option<bool>,
+    pub store: Option<String>,
+    pub max_size: Option<HumanSize>,
+    pub ttl: Option<HumanDuration>,
+    pub scope: Option<String>,
+    pub when: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,6 +139,8 @@ pub struct RawModel {
     pub keep_alive: Option<HumanDuration>,
     pub pools: Option<Vec<String>>,
     pub price: Option<RawPrice>,
+    /// "always", "never" or "deterministic": overrides `[cache].when` for this model.
+    pub cache: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

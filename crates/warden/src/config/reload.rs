@@ -154,11 +154,17 @@ pub fn merge(old: &Config, mut new: Config) -> (Config, Changes) {
         ch.need_restart.push("resources");
         resources = old.resources;
     }
+    if new.cache != old.cache {
+        // The cache's store and bounds are set up once, at start.
+        ch.need_restart.push("cache");
+        new.cache = old.cache.clone();
+    }
     if new.pressure.enabled != old.pressure.enabled {
         ch.need_restart.push("pressure.enabled");
         new.pressure.enabled = old.pressure.enabled;
     }
-    let sections: [(&'static str, bool); 8] = [
+    let sections: [(&'static str, bool); 9] = [
+        ("models.cache", new.cache_by_model != old.cache_by_model),
         ("idle", new.idle != old.idle),
         ("models", models != old.models),
         ("tiers", new.tiers != old.tiers),

@@ -9,9 +9,9 @@ use super::raw::{RawApi, RawConfig, RawDesired, RawDevice, RawEngineTls, RawKind
 use super::units::parse_size;
 use super::{adapt, tenants};
 use super::{
-    Api, CapacitySetting, Config, ConfigError, ContainerSpec, Desired, Device, EngineTls, Health, IdleConfig,
-    MemorySetting, ModelConfig, ModelRef, PortMap, ProcessSpec, RemoteSpec, ResourcesConfig, Secret, ServerConfig,
-    ServiceConfig, ServiceKind, Trust,
+    Api, CacheConfig, CapacitySetting, Config, ConfigError, ContainerSpec, Desired, Device, EngineTls, Health,
+    IdleConfig, MemorySetting, ModelConfig, ModelRef, PortMap, ProcessSpec, RemoteSpec, ResourcesConfig, Secret,
+    ServerConfig, ServiceConfig, ServiceKind, Trust,
 };
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -86,6 +86,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     // `[models.X]` tables attach a keep-alive to a model, adding it to its service if needed.
     let mut terms = Vec::new();
     let mut ladders = BTreeMap::new();
+    let mut cache_by_model = BTreeMap::new();
     for (model, raw_model) in raw.models {
         let svc = match &raw_model.service {
             Some(name) => services
@@ -113,6 +114,15 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         }
         let keep_alive = raw_model.keep_alive.map(|d| d.0);
         terms.push((model.clone(), raw_model.pools, raw_model.price));
+        if let Some(text) = &raw_model.cache {
+            let when = policy::cache::When::parse(text).ok_or_else(|| {
+                err(
+                    format!("models.{model}.cache"),
+                    format!("{text:?} must be \"always\", \"never\" or \"deterministic\""),
+                )
+            })?;
+            cache_by_model.insert(model.clone(), when);
+        }
         match svc.models.iter_mut().find(|m| m.name == model) {
             Some(m) => m.keep_alive = keep_alive,
             None => svc.models.push(ModelConfig { name: model, keep_alive }),
@@ -139,6 +149,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     adapt::check_ladders(&ladders, &|m| models.contains_key(m))?;
     let pressure = adapt::pressure(raw.pressure)?;
     let tasks = adapt::tasks(raw.tasks)?;
+    let cache = cache(raw.cache)?;
     Ok(Config {
         server,
         idle,
@@ -154,7 +165,36 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         ladders,
         tasks,
         source: None,
+        cache,
+        cache_by_model,
     })
+}
+
+fn cache(raw: super::raw::RawCache) -> Result<CacheConfig, ConfigError> {
+    let on_disk = match raw.store.as_deref() {
+        None | Some("sqlite") => true,
+        Some("memory") => false,
+        Some(s) => return Err(err("cache.store", format!("{s:?} must be \"sqlite\" or \"memory\""))),
+    };
+    let per_client = match raw.scope.as_deref() {
+        None | Some("client") => true,
+        Some("shared") => false,
+        Some(s) => return Err(err("cache.scope", format!("{s:?} must be \"client\" or \"shared\""))),
+    };
+    let when = match raw.when.as_deref() {
+        None => policy::cache::When::Deterministic,
+        Some(t) => policy::cache::When::parse(t)
+            .ok_or_else(|| err("cache.when", format!("{t:?} must be \"deterministic\", \"always\" or \"never\"")))?,
+    };
+    let max_size = raw.max_size.map_or(256 << 20, |s| s.0);
+    if max_size == 0 {
+        return Err(err("cache.max_size", "must be more than 0"));
+    }
+    let ttl = raw.ttl.map_or(Duration::from_secs(3600), |d| d.0);
+    if ttl.is_zero() {
+        return Err(err("cache.ttl", "must be more than 0"));
+    }
+    Ok(CacheConfig { enabled: raw.enabled.unwrap_or(false), on_disk, max_size, ttl, per_client, when })
 }
 
 fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, ConfigError> {

@@ -10,7 +10,8 @@
 //!    pressure, a smaller rung instead; a session keeps its rung), and `task` (the
 //!    `x-warden-task` presets a request does not set itself)
 //! 4. `allow`    — may this client use this model (403)
-//! 5. `estimate` — what it may use (tokens, cost); bound `max_tokens`, ask streams for usage
+//! 5. `estimate` — what it may use (tokens, cost); bound `max_tokens`, ask streams for usage;
+//!    then `cache`: a stored answer ends the request here (no budget, queue or service)
 //! 6. `admit`    — budget reserved, a turn in the priority queue (bounded)
 //! 7. `acquire`  — a lease on the service: wake it, make room, wait (bounded)
 //! 8. `forward`  — stream the request and the answer through; `fallback`: a failure before
@@ -23,6 +24,7 @@
 mod acquire;
 mod admit;
 mod allow;
+mod cache;
 mod estimate;
 mod fallback;
 mod find;
@@ -46,6 +48,7 @@ use crate::app::App;
 use crate::base::caller::Caller;
 use crate::base::errors::ApiError;
 pub use admit::{class_of, parse_class};
+pub use cache::CACHE_HEADER;
 pub use find::{model_of, nesting_within};
 pub use forward::COLD_START_HEADER;
 pub use route::Route;
@@ -157,6 +160,8 @@ pub struct Planned {
     degraded: Option<ladder::Degraded>,
     /// The request as it came, kept to try it again on a fallback model (model requests).
     again: Option<fallback::Again>,
+    /// What the response cache does for it (None: no cache, or not a model request).
+    cache: Option<cache::Plan>,
 }
 
 /// Runs a request through every stage and answers with the service's response, whose body
@@ -165,14 +170,21 @@ pub async fn run(app: &Arc<App>, inbound: Inbound) -> Result<Response, ApiError>
     let Inbound { caller, mut parts, body, target } = inbound;
     let request_id = crate::base::http::request_id(&parts.headers);
     let mut planned = plan(app, &caller, &mut parts, body, target).await?;
-    match planned.again.take() {
+    let cached = planned.cache.take();
+    if let Some(plan) = &cached {
+        if let Some(hit) = cache::answer(app, &caller, &parts.headers, &planned.route, plan, &request_id) {
+            return Ok(hit);
+        }
+    }
+    let resp = match planned.again.take() {
         // A model with fallbacks: each attempt that fails before answering tries the next.
         Some(again) => {
             let fallbacks = fallback::list(app, &planned);
             fallback::run(app, &caller, again, planned, &request_id, &fallbacks).await
         }
         None => attempt(app, &caller, parts, planned, request_id).await,
-    }
+    }?;
+    Ok(cache::fill(app, cached, resp))
 }
 
 /// Stages 6–8 for one model: admit, acquire, forward.
@@ -236,7 +248,9 @@ async fn plan(app: &App, caller: &Caller, parts: &mut Parts, body: Body, target:
             // the body's own, never the client's header.
             parts.headers.remove(axum::http::header::CONTENT_LENGTH);
             let target = parts.uri.path_and_query().map_or(endpoint.path(), |p| p.as_str()).to_string();
+            let cached = cache::plan(app, caller, &parts.headers, endpoint.path(), &route, &bytes);
             let mut planned = model_plan(app, route, endpoint, bytes.clone(), target, degraded);
+            planned.cache = cached;
             // Kept only for a model with fallbacks (the head is copied for each attempt).
             planned.again = (!fallback::list(app, &planned).is_empty()).then(|| fallback::Again {
                 method: parts.method.clone(),
@@ -263,6 +277,7 @@ async fn plan(app: &App, caller: &Caller, parts: &mut Parts, body: Body, target:
                 usage: false,
                 degraded: None,
                 again: None,
+                cache: None,
             })
         }
     }
@@ -279,7 +294,7 @@ fn model_plan(
 ) -> Planned {
     let estimated = estimate::request(app, &route, endpoint, bytes);
     let body = Body::from(estimated.body);
-    Planned { route, estimate: estimated.estimate, body, target, usage: true, degraded, again: None }
+    Planned { route, estimate: estimated.estimate, body, target, usage: true, degraded, again: None, cache: None }
 }
 
 /// Whether `route`'s service takes a request to `endpoint` as it is: OpenAI requests go

@@ -114,6 +114,7 @@ pub fn assemble(config: Arc<Config>, state_dir: std::path::PathBuf) -> Result<As
     let (room, room_requests) = tokio::sync::mpsc::unbounded_channel();
     let (learned, mut learned_rx) = tokio::sync::mpsc::unbounded_channel::<crate::service::Learned>();
     let events = crate::base::events::Events::default();
+    let ctx_state_dir = state_dir.clone();
     let ctx = OwnerContext {
         events: events.clone(),
         state_dir,
@@ -152,6 +153,7 @@ pub fn assemble(config: Arc<Config>, state_dir: std::path::PathBuf) -> Result<As
         tasks.spawn(run.instrument(tracing::info_span!("pressure monitor")));
     }
     let stop_accepting = CancellationToken::new();
+    let cache = crate::cache::Cache::open(&config.cache, &ctx_state_dir)?.map(Arc::new);
     // Model timings from earlier runs (the last day) are read back now.
     let performance = Arc::new(crate::account::performance::Tracker::new(gate.store.clone())?);
     let owners = crate::app::Owners {
@@ -163,6 +165,7 @@ pub fn assemble(config: Arc<Config>, state_dir: std::path::PathBuf) -> Result<As
         coordinator,
         client,
         gate: gate.clone(),
+        cache,
         jobs,
         pressure,
         events: events.clone(),

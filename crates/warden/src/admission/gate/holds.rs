@@ -134,6 +134,8 @@ impl Gate {
                 duration_ms: 0,
                 finished_at_ms: clock::unix_ms(),
                 month,
+                cached: false,
+                saved_micros: 0,
             });
         }
         Ok(cost)

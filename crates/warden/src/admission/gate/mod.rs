@@ -27,7 +27,7 @@ mod upstream;
 mod views;
 
 pub use holds::{HoldTaken, Used};
-pub use ticket::Ticket;
+pub use ticket::{CachedAnswer, Ticket};
 pub use upstream::UpstreamLimits;
 pub use views::Standing;
 

@@ -125,6 +125,49 @@ impl Drop for Ticket {
             duration_ms: self.started.elapsed().as_millis() as u64,
             finished_at_ms: clock::unix_ms(),
             month,
+            cached: false,
+            saved_micros: 0,
         });
+    }
+}
+
+/// A request answered from the response cache.
+pub struct CachedAnswer<'a> {
+    pub client: Option<usize>,
+    pub request_id: String,
+    pub model: &'a str,
+    pub service: String,
+    pub class: Class,
+    /// The tokens the cached answer reported when it was made.
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub duration: std::time::Duration,
+}
+
+impl Gate {
+    /// Records a cache hit: it cost nothing and took no budget or pool units; what it saved is
+    /// what its answer costs at the model's price now. Returns that saving.
+    pub fn record_cached(&self, hit: CachedAnswer) -> policy::budget::Micros {
+        let saved = self.cost(Some(hit.model), hit.prompt_tokens, hit.completion_tokens);
+        let (_, month) = self.now();
+        self.store.record(UsageRecord {
+            request_id: hit.request_id,
+            client: self.client_name(hit.client),
+            model: Some(hit.model.to_string()),
+            service: hit.service,
+            class: hit.class.as_str().to_string(),
+            status: 200,
+            prompt_tokens: hit.prompt_tokens,
+            completion_tokens: hit.completion_tokens,
+            cost_micros: 0,
+            estimated: false,
+            queued_ms: 0,
+            duration_ms: hit.duration.as_millis() as u64,
+            finished_at_ms: clock::unix_ms(),
+            month,
+            cached: true,
+            saved_micros: saved,
+        });
+        saved
     }
 }

@@ -1,0 +1,231 @@
+//! The response cache's store: answers by key, in SQLite (`state_dir/cache.db`, kept across
+//! restarts, or in memory), bounded in bytes (the least recently used go first) and in age
+//! (`ttl`). What may be cached and the key's text are pure decisions (`policy::cache`); the
+//! pipeline's `cache` stage looks up and fills.
+//!
+//! A cache may lose its latest entries in a crash (`synchronous = NORMAL`: no fsync per
+//! entry), which costs a miss, never a wrong answer.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::Digest;
+
+use crate::base::clock;
+use crate::config::CacheConfig;
+
+/// A stored answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// `application/json`, or `text/event-stream` for a stream (replayed event by event).
+    pub content_type: String,
+    pub body: Vec<u8>,
+    /// The tokens the answer reported when it was made (what a hit saves).
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+pub type Key = [u8; 32];
+
+/// The key of a request's canonical text (`policy::cache::key_text`).
+pub fn key(text: &str) -> Key {
+    sha2::Sha256::digest(text.as_bytes()).into()
+}
+
+pub struct Cache {
+    /// One connection: lookups and writes are short, and a hit must not wait for a pool.
+    db: Mutex<Db>,
+    max_size: u64,
+    ttl: Duration,
+}
+
+struct Db {
+    conn: Connection,
+    /// Bytes of answers stored now.
+    size: u64,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS entries (
+    key BLOB PRIMARY KEY,
+    created_ms INTEGER NOT NULL,
+    used_ms INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    content_type TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_used ON entries (used_ms);
+";
+
+impl Cache {
+    /// The cache `config` asks for (None when it is off).
+    pub fn open(config: &CacheConfig, state_dir: &Path) -> Result<Option<Cache>, String> {
+        if !config.enabled {
+            return Ok(None);
+        }
+        let path = state_dir.join("cache.db");
+        let conn = match config.on_disk {
+            true => Connection::open(&path),
+            false => Connection::open_in_memory(),
+        }
+        .map_err(|e| format!("cannot open the cache {}: {e}", path.display()))?;
+        let setup = |e: rusqlite::Error| format!("cannot set up the cache {}: {e}", path.display());
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;").map_err(setup)?;
+        conn.execute_batch(SCHEMA).map_err(setup)?;
+        let size: i64 =
+            conn.query_row("SELECT COALESCE(SUM(size), 0) FROM entries", [], |r| r.get(0)).map_err(setup)?;
+        let cache =
+            Cache { db: Mutex::new(Db { conn, size: size as u64 }), max_size: config.max_size, ttl: config.ttl };
+        cache.evict(&mut cache.lock());
+        Ok(Some(cache))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Db> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The answer stored under `key`, if it is younger than the ttl (an older one is dropped).
+    pub fn get(&self, key: &Key) -> Option<Entry> {
+        let now = clock::unix_ms();
+        let mut db = self.lock();
+        let found = db
+            .conn
+            .query_row(
+                "SELECT created_ms, size, content_type, prompt_tokens, completion_tokens, body FROM entries WHERE key = ?1",
+                [&key[..]],
+                |r| {
+                    let entry = Entry {
+                        content_type: r.get(2)?,
+                        prompt_tokens: r.get(3)?,
+                        completion_tokens: r.get(4)?,
+                        body: r.get(5)?,
+                    };
+                    Ok((r.get::<_, u64>(0)?, r.get::<_, u64>(1)?, entry))
+                },
+            )
+            .optional()
+            .unwrap_or_else(|e| {
+                tracing::warn!("Cache lookup failed: {e}");
+                None
+            });
+        let (created, size, entry) = found?;
+        if now.saturating_sub(created) >= self.ttl.as_millis() as u64 {
+            if db.conn.execute("DELETE FROM entries WHERE key = ?1", [&key[..]]).is_ok() {
+                db.size = db.size.saturating_sub(size);
+            }
+            return None;
+        }
+        let _ = db.conn.execute("UPDATE entries SET used_ms = ?2 WHERE key = ?1", params![&key[..], now]);
+        Some(entry)
+    }
+
+    /// Stores an answer (one larger than the whole cache is not kept), then drops the least
+    /// recently used until the cache fits its bound.
+    pub fn put(&self, key: &Key, entry: &Entry) {
+        let size = entry.body.len() as u64;
+        if size > self.max_size {
+            return;
+        }
+        let now = clock::unix_ms();
+        let mut db = self.lock();
+        let old: Option<u64> = db
+            .conn
+            .query_row("SELECT size FROM entries WHERE key = ?1", [&key[..]], |r| r.get(0))
+            .optional()
+            .ok()
+            .flatten();
+        let stored = db.conn.execute(
+            "INSERT OR REPLACE INTO entries VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![&key[..], now, size, entry.content_type, entry.prompt_tokens, entry.completion_tokens, entry.body],
+        );
+        match stored {
+            Ok(_) => db.size = db.size.saturating_sub(old.unwrap_or(0)) + size,
+            Err(e) => tracing::warn!("Cache store failed: {e}"),
+        }
+        self.evict(&mut db);
+    }
+
+    fn evict(&self, db: &mut Db) {
+        while db.size > self.max_size {
+            let oldest: Option<(Vec<u8>, u64)> = db
+                .conn
+                .query_row("SELECT key, size FROM entries ORDER BY used_ms LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .ok()
+                .flatten();
+            let Some((key, size)) = oldest else { break };
+            if db.conn.execute("DELETE FROM entries WHERE key = ?1", [&key]).is_err() {
+                break;
+            }
+            db.size = db.size.saturating_sub(size);
+        }
+    }
+
+    /// The largest answer kept (the whole cache's bound).
+    pub fn max_entry(&self) -> usize {
+        self.max_size.min(usize::MAX as u64) as usize
+    }
+
+    /// Bytes of answers stored now.
+    pub fn size(&self) -> u64 {
+        self.lock().size
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(max_size: u64, ttl: Duration) -> Cache {
+        let config = CacheConfig {
+            enabled: true,
+            on_disk: false,
+            max_size,
+            ttl,
+            per_client: true,
+            when: policy::cache::When::Always,
+        };
+        Cache::open(&config, Path::new("/nonexistent")).unwrap().unwrap()
+    }
+
+    fn entry(bytes: usize) -> Entry {
+        Entry {
+            content_type: "application/json".into(),
+            body: vec![b'x'; bytes],
+            prompt_tokens: 1,
+            completion_tokens: 2,
+        }
+    }
+
+    #[test]
+    fn bounded_in_bytes_least_recently_used_first() {
+        let c = cache(300, Duration::from_secs(60));
+        let (a, b, d) = (key("a"), key("b"), key("d"));
+        c.put(&a, &entry(100));
+        c.put(&b, &entry(100));
+        assert_eq!(c.get(&a), Some(entry(100)));
+        std::thread::sleep(Duration::from_millis(2));
+        c.get(&a);
+        c.put(&d, &entry(150));
+        assert_eq!(c.size(), 250);
+        assert!(c.get(&b).is_none(), "the least recently used went first");
+        assert!(c.get(&a).is_some() && c.get(&d).is_some());
+        c.put(&key("huge"), &entry(301));
+        assert!(c.get(&key("huge")).is_none(), "larger than the whole cache: not kept");
+        c.put(&a, &entry(10));
+        assert_eq!(c.size(), 160, "a replaced entry counts once");
+    }
+
+    #[test]
+    fn entries_expire_after_the_ttl() {
+        let c = cache(1000, Duration::from_millis(1));
+        c.put(&key("a"), &entry(10));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(c.get(&key("a")).is_none());
+        assert_eq!(c.size(), 0);
+    }
+}

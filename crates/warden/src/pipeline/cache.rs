@@ -1,0 +1,223 @@
+//! The response cache stage, between estimate and admit: a request whose answer is stored is
+//! answered from the cache (no budget, no pool units, no queue, no service) and recorded as a
+//! cached request with what it saved; on a miss the answer is stored as it streams through,
+//! once it has ended whole. Every answer says `x-warden-cache: hit | miss | bypass`.
+//!
+//! What may be cached and the key's text are `policy::cache`'s. The key is the hash of that
+//! text plus how the answer is delivered (a stream is stored and replayed as its events, a
+//! JSON answer as itself).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use hyper::body::{Frame, SizeHint};
+use policy::cache::{cacheable, key_text};
+
+use super::Route;
+use crate::account::usage::{Framing, Scanner};
+use crate::admission::gate::CachedAnswer;
+use crate::app::App;
+use crate::base::caller::Caller;
+use crate::cache::{Cache, Entry, Key};
+
+pub const CACHE_HEADER: &str = "x-warden-cache";
+
+/// What the cache does for one request.
+pub enum Plan {
+    /// The cache does not apply to it (not deterministic, `when = "never"`, …).
+    Bypass,
+    /// `lookup`: look for a stored answer (not after `Cache-Control: no-cache`); `store`: keep
+    /// this answer (not after `no-store`).
+    Use { key: Key, lookup: bool, store: bool },
+}
+
+/// The plan for a model request with this (final) body; None when there is no cache.
+pub fn plan(app: &App, caller: &Caller, headers: &HeaderMap, path: &str, route: &Route, body: &[u8]) -> Option<Plan> {
+    app.cache.as_ref()?;
+    let config = app.config();
+    let model = route.model.as_ref()?;
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) else { return Some(Plan::Bypass) };
+    if !cacheable(&doc, config.cache_when(&model.name)) {
+        return Some(Plan::Bypass);
+    }
+    let scope = match config.cache.per_client {
+        true => caller.client.and_then(|c| config.clients.get(c)).map_or("anonymous", |c| c.name.as_str()),
+        false => "shared",
+    };
+    let delivery = if doc["stream"] == serde_json::json!(true) { "stream" } else { "json" };
+    let key = crate::cache::key(&format!("{}\n{delivery}", key_text(path, scope, &doc)));
+    let control = headers.get(header::CACHE_CONTROL).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+    Some(Plan::Use { key, lookup: !control.contains("no-cache"), store: !control.contains("no-store") })
+}
+
+/// The stored answer for a planned request, recorded as a cached request; None on a miss.
+pub fn answer(
+    app: &App,
+    caller: &Caller,
+    headers: &HeaderMap,
+    route: &Route,
+    plan: &Plan,
+    request_id: &str,
+) -> Option<Response<Body>> {
+    let started = Instant::now();
+    let (Plan::Use { key, lookup: true, .. }, Some(cache)) = (plan, app.cache.as_ref()) else { return None };
+    let entry = cache.get(key)?;
+    let model = route.model.as_ref().map_or("", |m| m.name.as_str());
+    let class = super::admit::class_of(app, headers).unwrap_or(policy::class::Class::Normal);
+    app.gate.record_cached(CachedAnswer {
+        client: caller.client,
+        request_id: request_id.to_string(),
+        model,
+        service: app.services()[route.service].name().to_string(),
+        class,
+        prompt_tokens: entry.prompt_tokens,
+        completion_tokens: entry.completion_tokens,
+        duration: started.elapsed(),
+    });
+    let body = match Framing::of(&entry.content_type) {
+        // A stream is replayed event by event, as it came.
+        Framing::Sse => {
+            let events: Vec<Bytes> = split_events(&entry.body).map(Bytes::copy_from_slice).collect();
+            Body::from_stream(futures_util::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>)))
+        }
+        _ => Body::from(entry.body),
+    };
+    let mut resp = Response::new(body);
+    let headers = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&entry.content_type) {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    headers.insert(CACHE_HEADER, HeaderValue::from_static("hit"));
+    if let Ok(v) = HeaderValue::from_str(model) {
+        headers.insert(super::forward::MODEL_HEADER, v);
+    }
+    Some(resp)
+}
+
+/// Server-sent events, each with its blank-line end.
+fn split_events(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = body;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = rest.windows(2).position(|w| w == b"\n\n").map_or(rest.len(), |i| i + 2);
+        let (event, tail) = rest.split_at(end);
+        rest = tail;
+        Some(event)
+    })
+}
+
+/// Marks the answer (`miss` or `bypass`) and, for a successful answer to be stored, stores it
+/// once it has ended whole (a stream: its `[DONE]` seen; never an answer cut short).
+pub fn fill(app: &App, plan: Option<Plan>, mut resp: Response<Body>) -> Response<Body> {
+    let Some(plan) = plan else { return resp };
+    let mark = match plan {
+        Plan::Bypass => "bypass",
+        Plan::Use { .. } => "miss",
+    };
+    resp.headers_mut().insert(CACHE_HEADER, HeaderValue::from_static(mark));
+    // An answer from a fallback model is not the asked model's answer.
+    let fell_back = resp.headers().contains_key(super::fallback::FALLBACKS_HEADER);
+    match (plan, app.cache.clone()) {
+        (Plan::Use { key, store: true, .. }, Some(cache)) if resp.status() == StatusCode::OK && !fell_back => {
+            let content_type =
+                resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let framing = Framing::of(&content_type);
+            resp.map(|inner| {
+                let limit = cache.max_entry();
+                Body::new(Filling { inner, cache, key, content_type, framing, buf: Vec::new(), limit, broken: false })
+            })
+        }
+        _ => resp,
+    }
+}
+
+/// An answer's body on its way to the client, kept to be stored when it ends whole.
+struct Filling {
+    inner: Body,
+    cache: Arc<Cache>,
+    key: Key,
+    content_type: String,
+    framing: Framing,
+    buf: Vec<u8>,
+    /// Past this many bytes the answer is not kept.
+    limit: usize,
+    /// Too large, or failed: not stored.
+    broken: bool,
+}
+
+impl Filling {
+    fn ended(&mut self) {
+        if !self.broken {
+            self.store();
+        }
+        // Once only: a body may be polled again after its end.
+        self.broken = true;
+    }
+}
+
+impl Filling {
+    fn store(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        let whole = match self.framing {
+            Framing::Sse => buf.windows(12).any(|w| w == b"data: [DONE]"),
+            Framing::Lines => buf.windows(11).any(|w| w == b"\"done\":true"),
+            Framing::Json => true,
+        };
+        if !whole {
+            return;
+        }
+        let mut scanner = Scanner::new(self.framing);
+        scanner.feed(&buf);
+        let usage = scanner.finish().unwrap_or_default();
+        let entry = Entry {
+            content_type: std::mem::take(&mut self.content_type),
+            body: buf,
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+        };
+        self.cache.put(&self.key, &entry);
+    }
+}
+
+impl hyper::body::Body for Filling {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if self.buf.len() + data.len() > self.limit {
+                        self.broken = true;
+                        self.buf = Vec::new();
+                    } else if !self.broken {
+                        self.buf.extend_from_slice(data);
+                    }
+                }
+                // The last bytes of a sized answer: the body may not be polled again.
+                if self.inner.is_end_stream() {
+                    self.ended();
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.broken = true,
+            Poll::Ready(None) => self.ended(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
