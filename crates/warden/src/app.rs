@@ -44,6 +44,8 @@ pub struct App {
     pub gate: Arc<Gate>,
     /// The response cache (`[cache]`), when on.
     pub cache: Option<Arc<crate::cache::Cache>>,
+    /// Bytes compression saved on answers to clients (written by the front door's layer).
+    pub compression_saved: Arc<std::sync::atomic::AtomicU64>,
     /// Async jobs from `/api/queue/enqueue`.
     pub jobs: Arc<Jobs>,
     /// The pressure monitor: whether to serve smaller rungs now, pinned sessions.
@@ -91,6 +93,7 @@ impl App {
             client: o.client,
             gate: o.gate,
             cache: o.cache,
+            compression_saved: Arc::default(),
             jobs: o.jobs,
             pressure: o.pressure,
             events: o.events,

@@ -34,6 +34,7 @@ pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> impl In
     family("warden_service_memory_bytes", "gauge", "Last measured footprint of the service.");
     family("warden_model_loaded", "gauge", "1 when the model is loaded.");
     family("warden_offloads_total", "counter", "Services offloaded to make room for another.");
+    family("warden_compression_saved_bytes_total", "counter", "Bytes compressing answers to clients saved.");
     family("warden_pressure_level", "gauge", "Memory pressure per device: 0 normal, 1 elevated, 2 critical.");
     family("warden_pressure_degraded", "gauge", "1 while the device's models are served by smaller rungs.");
     family("warden_pressure_switches_total", "counter", "Degrade and upgrade switches of the pressure monitor.");
@@ -70,6 +71,8 @@ pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> impl In
         }
     }
     let _ = writeln!(lines, "warden_offloads_total {}", app.coordinator.offloads_total());
+    let saved = app.compression_saved.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = writeln!(lines, "warden_compression_saved_bytes_total {saved}");
     let p = &app.pressure;
     for (device, level, degraded) in p.levels() {
         let device = serde_json::to_value(device).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();

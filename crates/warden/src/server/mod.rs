@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+mod compress;
 mod listen;
 mod metrics;
 mod ollama;
@@ -56,6 +57,9 @@ pub fn routes(app: Arc<App>) -> Router {
         .method_not_allowed_fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
             ApiError::MethodNotAllowed { method: method.to_string(), path: uri.path().to_string() }
         })
+        .layer(axum::middleware::from_fn(compress::inner))
+        .layer(compress::layer())
+        .layer(axum::middleware::from_fn_with_state(app.clone(), compress::outer))
         .layer(axum::middleware::from_fn(head_limits))
         .with_state(app)
 }

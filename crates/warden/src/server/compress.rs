@@ -1,0 +1,100 @@
+//! Answers to clients compressed (gzip, br or zstd, by `Accept-Encoding`) when over 1 KiB,
+//! by tower-http; never event streams or NDJSON streams (each event must reach the client as
+//! it is made). The bytes this saves are counted (`/metrics`): the answer's size is counted
+//! inside the compression layer and what was sent outside it.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::Response;
+use hyper::body::{Frame, SizeHint};
+use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
+use tower_http::compression::CompressionLayer;
+
+use crate::app::App;
+
+/// Smaller answers are sent as they are: compressing them saves little and costs a frame.
+const MIN_SIZE: u16 = 1024;
+
+/// The compression layer with warden's rule of what to compress.
+pub fn layer() -> CompressionLayer<impl Predicate + Clone> {
+    let when = SizeAbove::new(MIN_SIZE)
+        .and(NotForContentType::GRPC)
+        .and(NotForContentType::IMAGES)
+        .and(NotForContentType::const_new("text/event-stream"))
+        .and(NotForContentType::const_new("application/x-ndjson"));
+    CompressionLayer::new().compress_when(when)
+}
+
+/// The answer's bytes before compression, counted by `inner` for `outer`.
+#[derive(Clone)]
+struct Raw(Arc<AtomicU64>);
+
+/// Outside the compression layer: counts what is sent, and once the body is done adds what
+/// compression saved to warden's total.
+pub async fn outer(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    let raw = Arc::new(AtomicU64::new(0));
+    req.extensions_mut().insert(Raw(raw.clone()));
+    let resp = next.run(req).await;
+    if !resp.headers().contains_key(header::CONTENT_ENCODING) {
+        return resp;
+    }
+    let saved = app.compression_saved.clone();
+    resp.map(|inner| Body::new(Counted { inner, count: Arc::new(AtomicU64::new(0)), done: Some((raw, saved)) }))
+}
+
+/// Inside the compression layer: counts the answer's own bytes.
+pub async fn inner(req: Request, next: Next) -> Response {
+    let raw = req.extensions().get::<Raw>().cloned();
+    let resp = next.run(req).await;
+    match raw {
+        Some(Raw(count)) => resp.map(|inner| Body::new(Counted { inner, count, done: None })),
+        None => resp,
+    }
+}
+
+/// A body whose data bytes are counted; with `done`, it adds `raw - sent` to the saved total
+/// when dropped (whole or cut short).
+struct Counted {
+    inner: Body,
+    count: Arc<AtomicU64>,
+    done: Option<(Arc<AtomicU64>, Arc<AtomicU64>)>,
+}
+
+impl hyper::body::Body for Counted {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some((raw, saved)) = self.done.take() {
+            let (raw, sent) = (raw.load(Ordering::Relaxed), self.count.load(Ordering::Relaxed));
+            saved.fetch_add(raw.saturating_sub(sent), Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! End to end: answers over 1 KiB are compressed for clients that accept it (gzip, br, zstd),
+//! never event streams; small answers go as they are; the bytes saved are counted.
+
+mod common;
+
+use std::io::Read;
+
+use common::*;
+use serde_json::{json, Value};
+
+async fn chat_with(w: &Warden, encoding: &str, stream: bool) -> reqwest::Response {
+    let body = json!({"model": "llm", "messages": [{"role": "user", "content": "hi"}], "stream": stream});
+    let req = reqwest::Client::new().post(w.url("/v1/chat/completions")).header("accept-encoding", encoding);
+    req.json(&body).send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_answers_are_compressed_streams_never() {
+    // 400 tokens: a JSON answer of about 3 KiB.
+    let w = Warden::start(
+        "[services.llm]\nkind = \"process\"\ncommand = [\"FAKE\", \"--port\", \"${PORT}\", \"--tokens\", \"400\"]\nmodels = [\"llm\"]\n",
+    );
+    let resp = chat_with(&w, "gzip", false).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-encoding"], "gzip");
+    let packed = resp.bytes().await.unwrap();
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&packed[..]).read_to_string(&mut text).unwrap();
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert!(answer["choices"][0]["message"]["content"].as_str().unwrap().ends_with("tok399"));
+    assert!(packed.len() * 2 < text.len(), "{} bytes for {}", packed.len(), text.len());
+    for enc in ["br", "zstd"] {
+        assert_eq!(chat_with(&w, enc, false).await.headers()["content-encoding"], enc);
+    }
+
+    // A stream is never compressed: each event must reach the client as it is made.
+    let resp = chat_with(&w, "gzip", true).await;
+    assert!(resp.headers().get("content-encoding").is_none());
+    assert!(resp.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+    // Small answers go as they are; so do answers to clients that accept no encoding.
+    let small = reqwest::Client::new().get(w.url("/health")).header("accept-encoding", "gzip").send().await.unwrap();
+    assert!(small.headers().get("content-encoding").is_none());
+    assert!(chat_with(&w, "identity", false).await.headers().get("content-encoding").is_none());
+
+    let metrics = reqwest::get(w.url("/metrics")).await.unwrap().text().await.unwrap();
+    let saved: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("warden_compression_saved_bytes_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("the counter is exported");
+    assert!(saved as usize >= text.len() - packed.len(), "saved {saved}");
+}
