@@ -23,7 +23,7 @@ use crate::app::App;
 const MIN_SIZE: u16 = 1024;
 
 /// The compression layer with warden's rule of what to compress.
-pub fn layer() -> CompressionLayer<impl Predicate + Clone> {
+pub fn layer() -> CompressionLayer<impl Predicate> {
     let when = SizeAbove::new(MIN_SIZE)
         .and(NotForContentType::GRPC)
         .and(NotForContentType::IMAGES)
