@@ -56,6 +56,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// What the optimizer saved a client this month: cache hits, downgrades, off-peak runs.
+    Savings {
+        client: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// The priority queue: what waits, by class, and what runs.
     Queue {
         #[arg(long)]
@@ -137,6 +143,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         Cmd::Performance { since, json } => cli::performance(&client(), &since, json).await,
         Cmd::Usage { client: name, json } => cli::usage(&client(), &name, json).await,
         Cmd::Queue { json } => cli::queue(&client(), json).await,
+        Cmd::Savings { client: name, json } => cli::savings(&client(), &name, json).await,
         Cmd::Wake { name } => cli::wake(&client(), &name).await,
         Cmd::Reload { json } => cli::reload(&client(), json).await,
         Cmd::Sleep { name } => {

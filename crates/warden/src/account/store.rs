@@ -36,8 +36,11 @@ pub struct UsageRecord {
     pub month: u32,
     /// Answered from the response cache (it cost nothing).
     pub cached: bool,
-    /// What the optimizer saved on it: a cache hit saves what its answer cost when it was made.
+    /// What the optimizer saved on it: a cache hit saves what its answer costs at the
+    /// model's price; a downgrade what it would have cost on the model asked for, less its cost.
     pub saved_micros: i64,
+    /// The optimizer served it one rung down from this model.
+    pub downgraded_from: Option<String>,
 }
 
 /// One finished model request's timing.
@@ -115,7 +118,9 @@ impl Store {
         let conn = connect(path)?;
         conn.execute_batch(SCHEMA).map_err(|e| format!("cannot create tables in {}: {e}", path.display()))?;
         // Columns added after the first release: a database made before them gains them.
-        for column in ["cached INTEGER NOT NULL DEFAULT 0", "saved_micros INTEGER NOT NULL DEFAULT 0"] {
+        for column in
+            ["cached INTEGER NOT NULL DEFAULT 0", "saved_micros INTEGER NOT NULL DEFAULT 0", "downgraded_from TEXT"]
+        {
             match conn.execute_batch(&format!("ALTER TABLE usage ADD COLUMN {column}")) {
                 Err(e) if !e.to_string().contains("duplicate column") => {
                     return Err(format!("cannot add a column to {}: {e}", path.display()))
@@ -224,6 +229,37 @@ impl Store {
         })
     }
 
+    /// What the optimizer saved a client in `month`, by strategy, from its usage rows.
+    pub fn savings(&self, client: &str, month: u32) -> Result<Savings, String> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT
+                    COALESCE(SUM(cached), 0),
+                    COALESCE(SUM(CASE WHEN cached = 1 THEN prompt_tokens ELSE 0 END), 0),
+                    COALESCE(SUM(CASE WHEN cached = 1 THEN completion_tokens ELSE 0 END), 0),
+                    COALESCE(SUM(CASE WHEN cached = 1 THEN saved_micros ELSE 0 END), 0),
+                    COALESCE(SUM(downgraded_from IS NOT NULL), 0),
+                    COALESCE(SUM(CASE WHEN downgraded_from IS NOT NULL THEN saved_micros ELSE 0 END), 0),
+                    COALESCE(SUM(class = 'deferred'), 0),
+                    COALESCE(SUM(saved_micros), 0)
+                 FROM usage WHERE client = ?1 AND month = ?2",
+                params![client, month],
+                |r| {
+                    Ok(Savings {
+                        cache_answers: r.get(0)?,
+                        cache_prompt_tokens: r.get(1)?,
+                        cache_completion_tokens: r.get(2)?,
+                        cache_saved_micros: r.get(3)?,
+                        downgrades: r.get(4)?,
+                        downgrade_saved_micros: r.get(5)?,
+                        off_peak_requests: r.get(6)?,
+                        total_saved_micros: r.get(7)?,
+                    })
+                },
+            )
+        })
+    }
+
     /// A client's latest requests, newest first.
     pub fn recent(&self, client: &str, limit: u32) -> Result<Vec<UsageRecord>, String> {
         self.read(|c| {
@@ -246,6 +282,20 @@ impl Drop for Store {
     }
 }
 
+/// A client's savings in a month, by strategy (see `Store::savings`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Savings {
+    pub cache_answers: u64,
+    pub cache_prompt_tokens: u64,
+    pub cache_completion_tokens: u64,
+    pub cache_saved_micros: i64,
+    pub downgrades: u64,
+    pub downgrade_saved_micros: i64,
+    pub off_peak_requests: u64,
+    /// Every row's saving: what the strategies above add up to.
+    pub total_saved_micros: i64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelTotals {
     pub model: String,
@@ -256,7 +306,7 @@ pub struct ModelTotals {
 }
 
 const SELECT: &str = "SELECT request_id, client, model, service, class, status, prompt_tokens, completion_tokens,
-    cost_micros, estimated, queued_ms, duration_ms, finished_at_ms, month, cached, saved_micros FROM usage";
+    cost_micros, estimated, queued_ms, duration_ms, finished_at_ms, month, cached, saved_micros, downgraded_from FROM usage";
 
 fn row(r: &rusqlite::Row) -> rusqlite::Result<UsageRecord> {
     Ok(UsageRecord {
@@ -276,6 +326,7 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<UsageRecord> {
         month: r.get(13)?,
         cached: r.get(14)?,
         saved_micros: r.get(15)?,
+        downgraded_from: r.get(16)?,
     })
 }
 
@@ -312,7 +363,8 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>) {
                 let mut insert = tx.prepare_cached(
                     "INSERT INTO usage (request_id, client, model, service, class, status, prompt_tokens,
                      completion_tokens, cost_micros, estimated, queued_ms, duration_ms, finished_at_ms, month,
-                     cached, saved_micros) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                     cached, saved_micros, downgraded_from)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
                 )?;
                 let mut perf = tx.prepare_cached("INSERT INTO performance VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
                 for msg in batch {
@@ -334,7 +386,8 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>) {
                                 r.finished_at_ms,
                                 r.month,
                                 r.cached,
-                                r.saved_micros
+                                r.saved_micros,
+                                r.downgraded_from
                             ])?;
                         }
                         Msg::Perf(p) => {
@@ -385,6 +438,7 @@ mod tests {
             month,
             cached: false,
             saved_micros: 0,
+            downgraded_from: None,
         }
     }
 

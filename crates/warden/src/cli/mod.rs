@@ -417,3 +417,23 @@ pub async fn reload(client: &Client, as_json: bool) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// `warden savings CLIENT`: what the optimizer saved the client this month, by strategy.
+pub async fn savings(client: &Client, name: &str, as_json: bool) -> Result<(), String> {
+    let s = client.call(Method::GET, &format!("/api/optimize/stats/{name}")).await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+        return Ok(());
+    }
+    println!("{} saved {} in {}", text(&s["client"]), usd(&s["total_saved_usd"]), text(&s["month"]));
+    let mut t = table(&["strategy", "requests", "saved"], &[1, 2]);
+    let cache = &s["cache"];
+    t.add_row(vec!["cache hits".to_string(), text(&cache["answers"]), usd(&cache["saved_usd"])]);
+    let down = &s["downgrade"];
+    t.add_row(vec!["downgrades".to_string(), text(&down["requests"]), usd(&down["saved_usd"])]);
+    t.add_row(vec!["run off-peak".to_string(), text(&s["off_peak"]["requests"]), "-".to_string()]);
+    print_table(&t);
+    let bytes = &s["compression"]["bytes_saved_all_clients"];
+    println!("compression saved {} (all clients)", fmt_bytes(bytes));
+    Ok(())
+}

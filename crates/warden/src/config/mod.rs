@@ -47,6 +47,18 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Models whose own `cache` overrides `[cache].when`.
     pub cache_by_model: BTreeMap<String, policy::cache::When>,
+    /// `[optimizer]`: when a request goes one rung down its model's `smaller` ladder.
+    pub optimizer: OptimizerConfig,
+}
+
+/// `[optimizer]`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OptimizerConfig {
+    /// Requests of these classes are served one rung down (never `immediate`).
+    pub downgrade_classes: Vec<policy::class::Class>,
+    /// So are a client's requests once it has used (spent and reserved) this share of its
+    /// monthly budget.
+    pub downgrade_over_budget: Option<f64>,
 }
 
 /// `[cache]`: answers kept and served again for identical requests.

@@ -36,6 +36,15 @@ pub struct RawConfig {
     pub tasks: BTreeMap<String, toml::Table>,
     #[serde(default)]
     pub cache: RawCache,
+    #[serde(default)]
+    pub optimizer: RawOptimizer,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOptimizer {
+    pub downgrade_classes: Option<Vec<String>>,
+    pub downgrade_over_budget: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

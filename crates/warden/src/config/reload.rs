@@ -163,7 +163,8 @@ pub fn merge(old: &Config, mut new: Config) -> (Config, Changes) {
         ch.need_restart.push("pressure.enabled");
         new.pressure.enabled = old.pressure.enabled;
     }
-    let sections: [(&'static str, bool); 9] = [
+    let sections: [(&'static str, bool); 10] = [
+        ("optimizer", new.optimizer != old.optimizer),
         ("models.cache", new.cache_by_model != old.cache_by_model),
         ("idle", new.idle != old.idle),
         ("models", models != old.models),

@@ -150,6 +150,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     let pressure = adapt::pressure(raw.pressure)?;
     let tasks = adapt::tasks(raw.tasks)?;
     let cache = cache(raw.cache)?;
+    let optimizer = optimizer(raw.optimizer)?;
     Ok(Config {
         server,
         idle,
@@ -167,7 +168,25 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         source: None,
         cache,
         cache_by_model,
+        optimizer,
     })
+}
+
+fn optimizer(raw: super::raw::RawOptimizer) -> Result<super::OptimizerConfig, ConfigError> {
+    let mut downgrade_classes = Vec::new();
+    for (i, name) in raw.downgrade_classes.unwrap_or_default().iter().enumerate() {
+        let at = format!("optimizer.downgrade_classes[{i}]");
+        match policy::class::Class::parse(name) {
+            Some(policy::class::Class::Immediate) => return Err(err(at, "immediate requests are never downgraded")),
+            Some(c) => downgrade_classes.push(c),
+            None => return Err(err(at, format!("{name:?} must be one of {}", policy::class::Class::names()))),
+        }
+    }
+    let share = raw.downgrade_over_budget;
+    if share.is_some_and(|s| !(s > 0.0 && s <= 1.0)) {
+        return Err(err("optimizer.downgrade_over_budget", "must be a share of the budget, above 0 and at most 1"));
+    }
+    Ok(super::OptimizerConfig { downgrade_classes, downgrade_over_budget: share })
 }
 
 fn cache(raw: super::raw::RawCache) -> Result<CacheConfig, ConfigError> {

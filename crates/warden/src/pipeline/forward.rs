@@ -27,6 +27,8 @@ pub struct Extras {
     pub model: Option<String>,
     /// `x-warden-degraded`: another rung than asked for answers, and why.
     pub degraded: Option<String>,
+    /// `x-warden-optimized`: what the optimizer did ("downgrade gpt-4→gpt-3.5 (batch class)").
+    pub optimized: Option<String>,
     /// Where the answer's timing goes when it ends (model requests).
     pub perf: Option<Probe>,
 }
@@ -59,6 +61,7 @@ pub struct Probe {
 
 pub const MODEL_HEADER: &str = "x-warden-model";
 pub const DEGRADED_HEADER: &str = "x-warden-degraded";
+pub use super::downgrade::OPTIMIZED_HEADER;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) are for one connection and never forwarded.
 fn strip_hop_headers(headers: &mut HeaderMap) {
@@ -157,8 +160,11 @@ pub(super) async fn forward(
     if let Ok(v) = HeaderValue::from_str(&id) {
         parts.headers.insert(REQUEST_ID_HEADER, v);
     }
-    for (name, value) in [(MODEL_HEADER, &extras.model), (DEGRADED_HEADER, &extras.degraded)] {
-        if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+    let told =
+        [(MODEL_HEADER, &extras.model), (DEGRADED_HEADER, &extras.degraded), (OPTIMIZED_HEADER, &extras.optimized)];
+    for (name, value) in told {
+        // From bytes: a model's name or the arrow in a downgrade may be UTF-8.
+        if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
             parts.headers.insert(name, v);
         }
     }

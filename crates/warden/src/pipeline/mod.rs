@@ -7,7 +7,8 @@
 //! 1. `read`     — the body, bounded by `max_body` (413 past it)
 //! 2. `find`     — the model the body names (OpenAI dialect), or the service in the path
 //! 3. `route`    — model → service (configured or discovered); then `ladder` (under
-//!    pressure, a smaller rung instead; a session keeps its rung), and `task` (the
+//!    pressure, a smaller rung instead; a session keeps its rung), `downgrade` (the
+//!    optimizer's rung for batch work or a client near its budget), and `task` (the
 //!    `x-warden-task` presets a request does not set itself)
 //! 4. `allow`    — may this client use this model (403)
 //! 5. `estimate` — what it may use (tokens, cost); bound `max_tokens`, ask streams for usage;
@@ -25,6 +26,7 @@ mod acquire;
 mod admit;
 mod allow;
 mod cache;
+mod downgrade;
 mod estimate;
 mod fallback;
 mod find;
@@ -162,6 +164,8 @@ pub struct Planned {
     again: Option<fallback::Again>,
     /// What the response cache does for it (None: no cache, or not a model request).
     cache: Option<cache::Plan>,
+    /// Sent one rung down by the optimizer (told to the client, and its saving recorded).
+    downgraded: Option<downgrade::Downgrade>,
 }
 
 /// Runs a request through every stage and answers with the service's response, whose body
@@ -195,7 +199,8 @@ async fn attempt(
     planned: Planned,
     request_id: String,
 ) -> Result<Response, ApiError> {
-    let ticket = admit::admit(app, caller, &parts.headers, &planned.route, planned.estimate, &request_id).await?;
+    let mut ticket = admit::admit(app, caller, &parts.headers, &planned.route, planned.estimate, &request_id).await?;
+    ticket.downgraded_from = planned.downgraded.as_ref().map(|d| d.from.clone());
     let perf = planned.route.model.as_ref().map(|m| forward::Probe {
         tracker: app.performance.clone(),
         model: m.name.as_str().into(),
@@ -219,6 +224,7 @@ async fn attempt(
         usage: planned.usage,
         model: planned.route.model.as_ref().map(|m| m.name.clone()),
         degraded: planned.degraded.as_ref().map(ladder::Degraded::header),
+        optimized: planned.downgraded.as_ref().map(downgrade::Downgrade::header),
         perf,
     };
     let req = Request::from_parts(parts, planned.body);
@@ -238,6 +244,15 @@ async fn plan(app: &App, caller: &Caller, parts: &mut Parts, body: Body, target:
                 // is): it stays on the model it asked for.
                 (route, degraded) = (asked, None);
             }
+            let mut downgraded = None;
+            if degraded.is_none() {
+                if let Some((r, d)) = downgrade::choose(app, caller, &parts.headers, &route) {
+                    if allow::check(app, caller, &r).is_ok() && speaks(app, &r, endpoint) {
+                        bytes = ladder::retarget(&bytes, &d.to);
+                        (route, downgraded) = (r, Some(d));
+                    }
+                }
+            }
             if let Some(d) = &degraded {
                 bytes = ladder::retarget(&bytes, &d.to);
             }
@@ -251,6 +266,7 @@ async fn plan(app: &App, caller: &Caller, parts: &mut Parts, body: Body, target:
             let cached = cache::plan(app, caller, &parts.headers, endpoint.path(), &route, &bytes);
             let mut planned = model_plan(app, route, endpoint, bytes.clone(), target, degraded);
             planned.cache = cached;
+            planned.downgraded = downgraded;
             // Kept only for a model with fallbacks (the head is copied for each attempt).
             planned.again = (!fallback::list(app, &planned).is_empty()).then(|| fallback::Again {
                 method: parts.method.clone(),
@@ -278,6 +294,7 @@ async fn plan(app: &App, caller: &Caller, parts: &mut Parts, body: Body, target:
                 degraded: None,
                 again: None,
                 cache: None,
+                downgraded: None,
             })
         }
     }
@@ -294,7 +311,17 @@ fn model_plan(
 ) -> Planned {
     let estimated = estimate::request(app, &route, endpoint, bytes);
     let body = Body::from(estimated.body);
-    Planned { route, estimate: estimated.estimate, body, target, usage: true, degraded, again: None, cache: None }
+    Planned {
+        route,
+        estimate: estimated.estimate,
+        body,
+        target,
+        usage: true,
+        degraded,
+        again: None,
+        cache: None,
+        downgraded: None,
+    }
 }
 
 /// Whether `route`'s service takes a request to `endpoint` as it is: OpenAI requests go

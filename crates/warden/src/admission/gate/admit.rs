@@ -92,6 +92,7 @@ impl Gate {
             usage: None,
             cut_after: None,
             accounted,
+            downgraded_from: None,
         })
     }
 }

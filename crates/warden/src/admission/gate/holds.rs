@@ -136,6 +136,7 @@ impl Gate {
                 month,
                 cached: false,
                 saved_micros: 0,
+                downgraded_from: None,
             });
         }
         Ok(cost)

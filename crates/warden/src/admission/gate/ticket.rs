@@ -46,6 +46,9 @@ pub struct Ticket {
     /// are configured (each client's history). An anonymous request to a free model pays for
     /// neither; `/metrics` still counts it.
     pub accounted: bool,
+    /// The optimizer served it one rung down from this model: what it saved is what it would
+    /// have cost there.
+    pub downgraded_from: Option<String>,
 }
 
 impl Ticket {
@@ -110,6 +113,10 @@ impl Drop for Ticket {
         if !self.accounted {
             return;
         }
+        let saved = match &self.downgraded_from {
+            Some(from) => (gate.cost(Some(from), prompt, completion) - cost).max(0),
+            None => 0,
+        };
         gate.store.record(UsageRecord {
             request_id: std::mem::take(&mut self.request_id),
             client: gate.slot_name(self.client).to_string(),
@@ -126,7 +133,8 @@ impl Drop for Ticket {
             finished_at_ms: clock::unix_ms(),
             month,
             cached: false,
-            saved_micros: 0,
+            saved_micros: saved,
+            downgraded_from: self.downgraded_from.take(),
         });
     }
 }
@@ -167,6 +175,7 @@ impl Gate {
             month,
             cached: true,
             saved_micros: saved,
+            downgraded_from: None,
         });
         saved
     }

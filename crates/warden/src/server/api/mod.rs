@@ -5,6 +5,7 @@
 
 mod internal;
 
+mod optimize;
 mod queue;
 mod usage;
 
@@ -37,6 +38,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/api/resources/availability", get(usage::availability))
         .route("/api/resources/check", post(usage::check))
         .route("/api/resources/estimate", post(usage::cost_estimate))
+        .route("/api/optimize/stats/{client}", get(optimize::stats))
         .route("/internal/reserve", post(internal::reserve))
         .route("/internal/release", post(internal::release))
         .route("/internal/consume", post(internal::consume))

@@ -24,6 +24,12 @@ pub struct MonthQuery {
     month: Option<String>,
 }
 
+/// The month a query names (`?month=YYYY-MM`), this month when it names none.
+pub fn month_of(q: &MonthQuery) -> Result<u32, ApiError> {
+    let named = q.month.as_deref().map(parse_month).transpose()?;
+    Ok(named.unwrap_or_else(|| crate::base::clock::month_and_minute().0))
+}
+
 fn parse_month(text: &str) -> Result<u32, ApiError> {
     let bad = || ApiError::BadRequest(format!("month must be YYYY-MM (got {text:?})"));
     let (y, m) = text.split_once('-').ok_or_else(bad)?;
