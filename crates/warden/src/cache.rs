@@ -3,6 +3,9 @@
 //! (`ttl`). What may be cached and the key's text are pure decisions (`policy::cache`); the
 //! pipeline's `cache` stage looks up and fills.
 //!
+//! Answers are stored zstd-compressed (answers are text: a few times smaller), so `max_size`
+//! bounds what is on disk.
+//!
 //! A cache may lose its latest entries in a crash (`synchronous = NORMAL`: no fsync per
 //! entry), which costs a miss, never a wrong answer.
 
@@ -28,6 +31,11 @@ pub struct Entry {
 }
 
 pub type Key = [u8; 32];
+
+/// Answers larger than this are not cached (and a stored one never unpacks past it).
+const MAX_ANSWER: usize = 64 << 20;
+/// Fast, and still several times smaller for text.
+const ZSTD_LEVEL: i32 = 3;
 
 /// The key of a request's canonical text (`policy::cache::key_text`).
 pub fn key(text: &str) -> Key {
@@ -102,9 +110,9 @@ impl Cache {
                         content_type: r.get(2)?,
                         prompt_tokens: r.get(3)?,
                         completion_tokens: r.get(4)?,
-                        body: r.get(5)?,
+                        body: Vec::new(),
                     };
-                    Ok((r.get::<_, u64>(0)?, r.get::<_, u64>(1)?, entry))
+                    Ok((r.get::<_, u64>(0)?, r.get::<_, u64>(1)?, entry, r.get::<_, Vec<u8>>(5)?))
                 },
             )
             .optional()
@@ -112,7 +120,7 @@ impl Cache {
                 tracing::warn!("Cache lookup failed: {e}");
                 None
             });
-        let (created, size, entry) = found?;
+        let (created, size, mut entry, packed) = found?;
         if now.saturating_sub(created) >= self.ttl.as_millis() as u64 {
             if db.conn.execute("DELETE FROM entries WHERE key = ?1", [&key[..]]).is_ok() {
                 db.size = db.size.saturating_sub(size);
@@ -120,13 +128,21 @@ impl Cache {
             return None;
         }
         let _ = db.conn.execute("UPDATE entries SET used_ms = ?2 WHERE key = ?1", params![&key[..], now]);
+        drop(db);
+        entry.body = zstd::bulk::decompress(&packed, MAX_ANSWER)
+            .map_err(|e| tracing::warn!("Cache entry unreadable, dropped: {e}"))
+            .ok()?;
         Some(entry)
     }
 
     /// Stores an answer (one larger than the whole cache is not kept), then drops the least
     /// recently used until the cache fits its bound.
     pub fn put(&self, key: &Key, entry: &Entry) {
-        let size = entry.body.len() as u64;
+        if entry.body.len() > MAX_ANSWER {
+            return;
+        }
+        let Ok(packed) = zstd::bulk::compress(&entry.body, ZSTD_LEVEL) else { return };
+        let size = packed.len() as u64;
         if size > self.max_size {
             return;
         }
@@ -140,7 +156,7 @@ impl Cache {
             .flatten();
         let stored = db.conn.execute(
             "INSERT OR REPLACE INTO entries VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![&key[..], now, size, entry.content_type, entry.prompt_tokens, entry.completion_tokens, entry.body],
+            params![&key[..], now, size, entry.content_type, entry.prompt_tokens, entry.completion_tokens, packed],
         );
         match stored {
             Ok(_) => db.size = db.size.saturating_sub(old.unwrap_or(0)) + size,
@@ -165,9 +181,9 @@ impl Cache {
         }
     }
 
-    /// The largest answer kept (the whole cache's bound).
+    /// The largest answer kept.
     pub fn max_entry(&self) -> usize {
-        self.max_size.min(usize::MAX as u64) as usize
+        MAX_ANSWER
     }
 
     /// Bytes of answers stored now.
@@ -192,38 +208,53 @@ mod tests {
         Cache::open(&config, Path::new("/nonexistent")).unwrap().unwrap()
     }
 
-    fn entry(bytes: usize) -> Entry {
-        Entry {
-            content_type: "application/json".into(),
-            body: vec![b'x'; bytes],
-            prompt_tokens: 1,
-            completion_tokens: 2,
-        }
+    /// An answer of `bytes` that does not compress (pseudo-random, the same for a seed).
+    fn entry(bytes: usize, seed: u64) -> Entry {
+        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let body = (0..bytes)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (x >> 56) as u8
+            })
+            .collect();
+        Entry { content_type: "application/json".into(), body, prompt_tokens: 1, completion_tokens: 2 }
+    }
+
+    fn stored(e: &Entry) -> u64 {
+        zstd::bulk::compress(&e.body, ZSTD_LEVEL).unwrap().len() as u64
     }
 
     #[test]
     fn bounded_in_bytes_least_recently_used_first() {
-        let c = cache(300, Duration::from_secs(60));
+        let (ea, eb, ed) = (entry(100, 1), entry(100, 2), entry(150, 3));
+        // Room for a and b, or a and d: not all three.
+        let c = cache(stored(&ea) + stored(&ed), Duration::from_secs(60));
         let (a, b, d) = (key("a"), key("b"), key("d"));
-        c.put(&a, &entry(100));
-        c.put(&b, &entry(100));
-        assert_eq!(c.get(&a), Some(entry(100)));
+        c.put(&a, &ea);
+        c.put(&b, &eb);
+        assert_eq!(c.get(&a), Some(ea.clone()), "stored compressed, read back whole");
         std::thread::sleep(Duration::from_millis(2));
         c.get(&a);
-        c.put(&d, &entry(150));
-        assert_eq!(c.size(), 250);
+        c.put(&d, &ed);
+        assert_eq!(c.size(), stored(&ea) + stored(&ed));
         assert!(c.get(&b).is_none(), "the least recently used went first");
         assert!(c.get(&a).is_some() && c.get(&d).is_some());
-        c.put(&key("huge"), &entry(301));
+        let huge = entry(1000, 4);
+        c.put(&key("huge"), &huge);
         assert!(c.get(&key("huge")).is_none(), "larger than the whole cache: not kept");
-        c.put(&a, &entry(10));
-        assert_eq!(c.size(), 160, "a replaced entry counts once");
+        let small = entry(10, 5);
+        c.put(&a, &small);
+        assert_eq!(c.size(), stored(&small) + stored(&ed), "a replaced entry counts once");
+        // Text compresses: a 10 KiB answer of repeated tokens takes far less.
+        let text = Entry { body: b"tok ".repeat(2560), ..small };
+        c.put(&key("text"), &text);
+        assert!(stored(&text) < 200 && c.get(&key("text")) == Some(text));
     }
 
     #[test]
     fn entries_expire_after_the_ttl() {
         let c = cache(1000, Duration::from_millis(1));
-        c.put(&key("a"), &entry(10));
+        c.put(&key("a"), &entry(10, 1));
         std::thread::sleep(Duration::from_millis(5));
         assert!(c.get(&key("a")).is_none());
         assert_eq!(c.size(), 0);
