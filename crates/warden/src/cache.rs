@@ -135,6 +135,18 @@ impl Cache {
         Some(entry)
     }
 
+    /// Whether a live answer is stored under `key` (changes nothing).
+    pub fn contains(&self, key: &Key) -> bool {
+        let oldest = clock::unix_ms().saturating_sub(self.ttl.as_millis() as u64);
+        let db = self.lock();
+        let found = db.conn.query_row(
+            "SELECT 1 FROM entries WHERE key = ?1 AND created_ms > ?2",
+            params![&key[..], oldest],
+            |_| Ok(()),
+        );
+        found.is_ok()
+    }
+
     /// Stores an answer (one larger than the whole cache is not kept), then drops the least
     /// recently used until the cache fits its bound.
     pub fn put(&self, key: &Key, entry: &Entry) {

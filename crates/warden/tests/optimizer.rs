@@ -81,10 +81,31 @@ async fn batch_work_and_a_client_near_its_budget_go_one_rung_down_and_the_saving
     // ... but an immediate one still does not.
     assert_eq!(ask(&w, Some("immediate"), json!({"max_tokens": 1})).await.0, "big");
 
+    // What the optimizer would do, before and after the answer is cached.
+    let analyze = |w: &Warden| {
+        let body =
+            json!({"model": "big", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0});
+        let req = reqwest::Client::new().post(w.url("/api/optimize/analyze?priority=batch")).bearer_auth("acme-key");
+        async move { req.json(&body).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let before = analyze(&w).await;
+    let applies = |a: &Value, name: &str| {
+        a["strategies"].as_array().unwrap().iter().any(|s| s["name"] == name && s["applies"] == true)
+    };
+    assert!(applies(&before, "downgrade") && !applies(&before, "cache"), "{before}");
+    assert_eq!(
+        (before["cost_without_micros"].as_i64(), before["cost_with_micros"].as_i64()),
+        (Some(2_000_000), Some(200_000)),
+        "{before}"
+    );
+
     // A cache hit (temperature 0, asked twice) on the small rung.
     let det = json!({"temperature": 0, "max_tokens": 2});
     ask(&w, Some("batch"), det.clone()).await;
     ask(&w, Some("batch"), det).await;
+    let after = analyze(&w).await;
+    assert!(applies(&after, "cache"), "{after}");
+    assert_eq!(after["cost_with_micros"], 0, "{after}");
 
     let stats = api(&w, "/api/optimize/stats/acme").await;
     // Each downgrade saved the big model's price less the small one's on 4 (or 2) tokens.

@@ -25,6 +25,7 @@
 mod acquire;
 mod admit;
 mod allow;
+pub mod analyze;
 mod cache;
 mod downgrade;
 mod estimate;

@@ -1,6 +1,6 @@
 //! The optimizer API: `GET /api/optimize/stats/{client}`, this month's savings per strategy,
-//! from the usage rows (so they add up to what the ledger says). Same access rules as
-//! `/api/usage`.
+//! from the usage rows (so they add up to what the ledger says); `POST /api/optimize/analyze`,
+//! what the optimizer would do for a request. Same access rules as `/api/usage`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,6 +16,29 @@ use crate::base::caller::Caller;
 use crate::base::errors::ApiError;
 use policy::budget::micros_to_usd;
 use policy::calendar::month_label;
+
+#[derive(serde::Deserialize)]
+pub struct AnalyzeQuery {
+    /// The class the request would name (`x-warden-priority`).
+    priority: Option<String>,
+}
+
+pub async fn analyze(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<AnalyzeQuery>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    // The priority may come as the query's, or as the header the real request would carry.
+    let header = headers.get(policy::class::HEADER).and_then(|v| v.to_str().ok());
+    let priority = q.priority.as_deref().or(header);
+    let a = crate::pipeline::analyze::analyze(&app, &caller, priority, body)?;
+    let mut v = serde_json::to_value(&a).map_err(|e| ApiError::Internal(e.to_string()))?;
+    v["cost_without_usd"] = json!(micros_to_usd(a.cost_without_micros));
+    v["cost_with_usd"] = json!(micros_to_usd(a.cost_with_micros));
+    Ok(Json(v))
+}
 
 pub async fn stats(
     State(app): State<Arc<App>>,
