@@ -565,6 +565,10 @@ async fn embeddings(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
         Value::Array(a) => a.iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect(),
         _ => vec![String::new()],
     };
+    // A bad input fails the whole call, as a real server refuses a batch with one bad item.
+    if inputs.iter().any(|i| i == "FAIL") {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": "an input says FAIL"}}))).into_response();
+    }
     // A deterministic 8-dimensional vector from the text's bytes.
     let data: Vec<Value> = inputs
         .iter()

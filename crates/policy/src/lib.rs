@@ -8,6 +8,7 @@
 //! - `pressure`: memory level, trend and time to exhaustion, degrade at once / upgrade after a
 //!   stabilization.
 //! - `cache`: whether an answer may be cached, and the canonical text of its key.
+//! - `coalesce`: the items of an embeddings request, and a combined answer's usage shared back.
 //! - admission: `class` (the five classes, the off-peak window), `budget` (micro-dollars,
 //!   prices, the monthly ledger), `bucket` (token-bucket pools), `queue` (the priority
 //!   dispatcher), `estimate` (what a request may use, from its body), `calendar` (UTC months).
@@ -18,6 +19,7 @@ pub mod budget;
 pub mod cache;
 pub mod calendar;
 pub mod class;
+pub mod coalesce;
 pub mod estimate;
 pub mod idle;
 pub mod lifecycle;

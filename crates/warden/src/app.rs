@@ -44,6 +44,10 @@ pub struct App {
     pub gate: Arc<Gate>,
     /// The response cache (`[cache]`), when on.
     pub cache: Option<Arc<crate::cache::Cache>>,
+    /// Embeddings requests waiting to go upstream together (`[models.X] coalesce`).
+    pub coalescing: crate::coalesce::Batches,
+    /// Upstream calls coalescing saved (each request that shared another's call).
+    pub coalesced_calls_saved: Arc<std::sync::atomic::AtomicU64>,
     /// Bytes compression saved on answers to clients (written by the front door's layer).
     pub compression_saved: Arc<std::sync::atomic::AtomicU64>,
     /// Async jobs from `/api/queue/enqueue`.
@@ -94,6 +98,8 @@ impl App {
             gate: o.gate,
             cache: o.cache,
             compression_saved: Arc::default(),
+            coalescing: Default::default(),
+            coalesced_calls_saved: Arc::default(),
             jobs: o.jobs,
             pressure: o.pressure,
             events: o.events,

@@ -7,6 +7,7 @@ pub mod app;
 pub mod base;
 pub mod cache;
 pub mod cli;
+pub mod coalesce;
 pub mod config;
 pub mod driver;
 pub mod idle;

@@ -12,6 +12,7 @@ const MAY_IMPORT: &[(&str, &[&str], &str)] = &[
     ("config", &[], "config is read and validated on its own"),
     ("account", &["base", "config"], "accounting records usage; it knows nothing of requests or services"),
     ("cache", &["base", "config"], "the response cache stores answers by key; what to cache is the pipeline's"),
+    ("coalesce", &["base", "config"], "who waits for whom in a coalesced call; sending it is the pipeline's"),
     ("admission", &["base", "config", "account"], "admission knows no HTTP, no services, no pipeline"),
     ("driver", &["base", "config"], "drivers touch the outside and nothing of warden's state"),
     ("service", &["base", "config", "driver"], "services know drivers, never admission, memory or the server"),
@@ -24,14 +25,14 @@ const MAY_IMPORT: &[(&str, &[&str], &str)] = &[
     ),
     (
         "app",
-        &["base", "config", "account", "admission", "service", "resources", "jobs", "pressure", "cache"],
+        &["base", "config", "account", "admission", "service", "resources", "jobs", "pressure", "cache", "coalesce"],
         "App only holds handles",
     ),
     ("idle", &["base", "config", "service", "app"], "the idle monitor reads services through App"),
     ("reload", &["base", "config", "service", "app"], "a reload puts a new config in force through App's handles"),
     (
         "pipeline",
-        &["base", "config", "account", "admission", "service", "app", "pressure", "cache"],
+        &["base", "config", "account", "admission", "service", "app", "pressure", "cache", "coalesce"],
         "the pipeline knows no routes",
     ),
     (
@@ -51,6 +52,7 @@ const MAY_IMPORT: &[(&str, &[&str], &str)] = &[
             "pressure",
             "reload",
             "cache",
+            "coalesce",
         ],
         "the server is the top: everything but the CLI",
     ),

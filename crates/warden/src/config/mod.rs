@@ -49,6 +49,16 @@ pub struct Config {
     pub cache_by_model: BTreeMap<String, policy::cache::When>,
     /// `[optimizer]`: when a request goes one rung down its model's `smaller` ladder.
     pub optimizer: OptimizerConfig,
+    /// Models whose concurrent embeddings requests are coalesced (`[models.X] coalesce`).
+    pub coalesce: BTreeMap<String, Coalesce>,
+}
+
+/// `[models.X] coalesce`: embeddings requests for the model that arrive within `window` of
+/// each other go upstream as one call of at most `max` inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Coalesce {
+    pub window: Duration,
+    pub max: usize,
 }
 
 /// `[optimizer]`.

@@ -150,6 +150,10 @@ pub struct RawModel {
     pub price: Option<RawPrice>,
     /// "always", "never" or "deterministic": overrides `[cache].when` for this model.
     pub cache: Option<String>,
+    /// Concurrent embeddings requests arriving within this window go upstream as one call.
+    pub coalesce: Option<HumanDuration>,
+    /// Inputs in one coalesced call at most (default 32).
+    pub coalesce_max: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -163,7 +163,8 @@ pub fn merge(old: &Config, mut new: Config) -> (Config, Changes) {
         ch.need_restart.push("pressure.enabled");
         new.pressure.enabled = old.pressure.enabled;
     }
-    let sections: [(&'static str, bool); 10] = [
+    let sections: [(&'static str, bool); 11] = [
+        ("models.coalesce", new.coalesce != old.coalesce),
         ("optimizer", new.optimizer != old.optimizer),
         ("models.cache", new.cache_by_model != old.cache_by_model),
         ("idle", new.idle != old.idle),

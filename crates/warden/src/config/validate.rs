@@ -87,6 +87,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     let mut terms = Vec::new();
     let mut ladders = BTreeMap::new();
     let mut cache_by_model = BTreeMap::new();
+    let mut coalesce = BTreeMap::new();
     for (model, raw_model) in raw.models {
         let svc = match &raw_model.service {
             Some(name) => services
@@ -122,6 +123,17 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
                 )
             })?;
             cache_by_model.insert(model.clone(), when);
+        }
+        match (raw_model.coalesce, raw_model.coalesce_max) {
+            (None, Some(_)) => return Err(err(format!("models.{model}.coalesce_max"), "needs coalesce (a window)")),
+            (Some(w), _) if w.0.is_zero() || w.0 > Duration::from_secs(1) => {
+                return Err(err(format!("models.{model}.coalesce"), "must be more than 0 and at most 1s"))
+            }
+            (Some(_), Some(0)) => return Err(err(format!("models.{model}.coalesce_max"), "must be at least 1")),
+            (Some(w), max) => {
+                coalesce.insert(model.clone(), super::Coalesce { window: w.0, max: max.unwrap_or(32) });
+            }
+            (None, None) => {}
         }
         match svc.models.iter_mut().find(|m| m.name == model) {
             Some(m) => m.keep_alive = keep_alive,
@@ -169,6 +181,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         cache,
         cache_by_model,
         optimizer,
+        coalesce,
     })
 }
 

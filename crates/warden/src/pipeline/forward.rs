@@ -82,7 +82,7 @@ fn strip_hop_headers(headers: &mut HeaderMap) {
 
 /// Sends `req` (with `path_and_query` as its target) to the leased service.
 pub(super) async fn forward(
-    mut req: Request<Body>,
+    req: Request<Body>,
     path_and_query: &str,
     acquired: Acquired,
     mut extras: Extras,
@@ -90,6 +90,41 @@ pub(super) async fn forward(
     let Acquired { lease, cold_start } = acquired;
     // The id goes upstream and back.
     let id = std::mem::take(&mut extras.request_id);
+    let resp = send(req, path_and_query, &lease, &mut extras, &id).await?;
+    let (mut parts, incoming) = resp.into_parts();
+    strip_hop_headers(&mut parts.headers);
+    if let Some(waited) = cold_start {
+        parts.headers.insert(COLD_START_HEADER, HeaderValue::from(waited.as_millis() as u64));
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        parts.headers.insert(REQUEST_ID_HEADER, v);
+    }
+    let told =
+        [(MODEL_HEADER, &extras.model), (DEGRADED_HEADER, &extras.degraded), (OPTIMIZED_HEADER, &extras.optimized)];
+    for (name, value) in told {
+        // From bytes: a model's name or the arrow in a downgrade may be UTF-8.
+        if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
+            parts.headers.insert(name, v);
+        }
+    }
+    let meter = Meter::new(extras.ticket, &parts, extras.usage);
+    let framing = framing(&parts);
+    let ok = parts.status.is_success();
+    let body = LeaseBody::new(incoming, lease, meter, framing).timed(extras.perf, ok);
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// The request to the leased service, and its answer's head: headers set for the service (its
+/// key for a hosted API, never the client's warden key), bounded by the service's
+/// response_timeout, each failure a specific error (and what the upstream says of its rate
+/// limits adopted).
+pub(super) async fn send(
+    mut req: Request<Body>,
+    path_and_query: &str,
+    lease: &crate::service::lease::Lease,
+    extras: &mut Extras,
+    id: &str,
+) -> Result<Response<hyper::body::Incoming>, ApiError> {
     let uri: Uri = crate::base::http::at(lease.upstream(), path_and_query)
         .ok_or_else(|| ApiError::BadRequest(format!("invalid path {path_and_query:?}")))?;
     *req.uri_mut() = uri;
@@ -97,7 +132,7 @@ pub(super) async fn forward(
     // The client sets Host for the service's own address.
     req.headers_mut().remove(header::HOST);
     let headers = req.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&id) {
+    if let Ok(v) = HeaderValue::from_str(id) {
         headers.insert(REQUEST_ID_HEADER, v);
     }
     if extras.strip_client_auth {
@@ -122,7 +157,7 @@ pub(super) async fn forward(
                 // A certificate problem does not fix itself: say which, and raise an alert.
                 let detail = format!("TLS with {} failed: {reason}", lease.upstream());
                 extras.ticket.upstream_failed("upstream_tls", &service, &detail);
-                if let Some(p) = extras.perf {
+                if let Some(p) = extras.perf.take() {
                     p.failed();
                 }
                 return Err(ApiError::UpstreamTls { service, detail });
@@ -135,44 +170,24 @@ pub(super) async fn forward(
             } else {
                 describe_client_error(&e)
             };
-            if let Some(p) = extras.perf {
+            if let Some(p) = extras.perf.take() {
                 p.failed();
             }
             return Err(ApiError::BadGateway { service, detail });
         }
         Err(_) => {
             extras.ticket.backend_timed_out(&service, within);
-            if let Some(p) = extras.perf {
+            if let Some(p) = extras.perf.take() {
                 p.failed();
             }
             return Err(ApiError::BackendTimeout { service, after: within });
         }
     };
-    let (mut parts, incoming) = resp.into_parts();
-    let limits = super::limits::read(parts.status, &parts.headers);
+    let limits = super::limits::read(resp.status(), resp.headers());
     if !limits.is_empty() {
         extras.ticket.upstream_said(&limits);
     }
-    strip_hop_headers(&mut parts.headers);
-    if let Some(waited) = cold_start {
-        parts.headers.insert(COLD_START_HEADER, HeaderValue::from(waited.as_millis() as u64));
-    }
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        parts.headers.insert(REQUEST_ID_HEADER, v);
-    }
-    let told =
-        [(MODEL_HEADER, &extras.model), (DEGRADED_HEADER, &extras.degraded), (OPTIMIZED_HEADER, &extras.optimized)];
-    for (name, value) in told {
-        // From bytes: a model's name or the arrow in a downgrade may be UTF-8.
-        if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
-            parts.headers.insert(name, v);
-        }
-    }
-    let meter = Meter::new(extras.ticket, &parts, extras.usage);
-    let framing = framing(&parts);
-    let ok = parts.status.is_success();
-    let body = LeaseBody::new(incoming, lease, meter, framing).timed(extras.perf, ok);
-    Ok(Response::from_parts(parts, Body::new(body)))
+    Ok(resp)
 }
 
 fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {

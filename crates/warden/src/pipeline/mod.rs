@@ -27,6 +27,7 @@ mod admit;
 mod allow;
 pub mod analyze;
 mod cache;
+mod coalesce;
 mod downgrade;
 mod estimate;
 mod fallback;
@@ -167,6 +168,8 @@ pub struct Planned {
     cache: Option<cache::Plan>,
     /// Sent one rung down by the optimizer (told to the client, and its saving recorded).
     downgraded: Option<downgrade::Downgrade>,
+    /// An embeddings request for a model that coalesces: its settings and the body as sent.
+    coalesce: Option<(crate::config::Coalesce, Bytes)>,
 }
 
 /// Runs a request through every stage and answers with the service's response, whose body
@@ -228,6 +231,9 @@ async fn attempt(
         optimized: planned.downgraded.as_ref().map(downgrade::Downgrade::header),
         perf,
     };
+    if let (Some((settings, bytes)), Some(model)) = (planned.coalesce, &planned.route.model) {
+        return coalesce::forward(app, settings, &model.name, parts, bytes, &planned.target, acquired, extras).await;
+    }
     let req = Request::from_parts(parts, planned.body);
     forward::forward(req, &planned.target, acquired, extras).await
 }
@@ -296,6 +302,7 @@ async fn plan(app: &App, caller: &Caller, parts: &mut Parts, body: Body, target:
                 again: None,
                 cache: None,
                 downgraded: None,
+                coalesce: None,
             })
         }
     }
@@ -311,8 +318,13 @@ fn model_plan(
     degraded: Option<ladder::Degraded>,
 ) -> Planned {
     let estimated = estimate::request(app, &route, endpoint, bytes);
+    let coalesce = match (endpoint, &route.model) {
+        (Endpoint::Embeddings, Some(m)) => app.config().coalesce.get(&m.name).map(|c| (*c, estimated.body.clone())),
+        _ => None,
+    };
     let body = Body::from(estimated.body);
     Planned {
+        coalesce,
         route,
         estimate: estimated.estimate,
         body,

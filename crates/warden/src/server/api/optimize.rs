@@ -69,7 +69,8 @@ pub async fn stats(
         // Counted for the whole warden, not per client: the compression layer runs before a
         // request's client is known.
         "compression": {"bytes_saved_all_clients": app.compression_saved.load(Ordering::Relaxed)},
-        "coalesce": {"upstream_calls_saved": 0},
+        // Also warden-wide: a coalesced call serves several clients at once.
+        "coalesce": {"upstream_calls_saved": app.coalesced_calls_saved.load(Ordering::Relaxed)},
         "total_saved_usd": micros_to_usd(s.total_saved_micros),
         "total_saved_micros": s.total_saved_micros,
     })))
