@@ -8,14 +8,14 @@ use common::*;
 use serde_json::{json, Value};
 
 fn config() -> String {
+    base("[cache]\nenabled = true\n\n[optimizer]\ndowngrade_classes = [\"batch\"]\ndowngrade_over_budget = 0.8\n")
+}
+
+/// Clients, two rungs and their prices, after `head`.
+fn base(head: &str) -> String {
     format!(
         r#"
-[cache]
-enabled = true
-
-[optimizer]
-downgrade_classes = ["batch"]
-downgrade_over_budget = 0.8
+{head}
 
 [clients.acme]
 key_sha256 = "{acme}"
@@ -132,4 +132,33 @@ async fn batch_work_and_a_client_near_its_budget_go_one_rung_down_and_the_saving
         text.contains("acme saved $9.2000") && text.contains("downgrades") && text.contains("cache hits"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recommendations_come_from_the_client_s_own_history() {
+    // No cache, no optimizer: what would they have saved?
+    let w = Warden::start(&base("").replace("monthly_budget_usd = 10", "monthly_budget_usd = 100"));
+    for _ in 0..3 {
+        assert_eq!(ask(&w, None, json!({})).await.0, "big");
+    }
+    assert_eq!(ask(&w, Some("batch"), json!({"messages": [{"role": "user", "content": "later"}]})).await.0, "big");
+    let recs = api(&w, "/api/optimize/recommendations/acme").await;
+    let by = |s: &str| recs["recommendations"].as_array().unwrap().iter().find(|r| r["strategy"] == s).cloned();
+    let cache = by("cache").expect("repeats were seen");
+    // 2 of the 4 requests repeated an earlier one; they cost $4 each.
+    assert_eq!(
+        (cache["share_repeated"].as_f64(), cache["estimated_saving_micros"].as_i64()),
+        (Some(0.5), Some(8_000_000)),
+        "{recs}"
+    );
+    assert!(cache["what"].as_str().unwrap().contains("[cache] enabled = true"), "{recs}");
+    let down = by("downgrade").expect("short answers on a model with a smaller rung");
+    // 16 tokens on big ($16) would have cost $1.60 on small.
+    assert_eq!(
+        (down["to"].as_str(), down["estimated_saving_micros"].as_i64()),
+        (Some("small"), Some(14_400_000)),
+        "{recs}"
+    );
+    let later = by("off_peak").expect("batch work");
+    assert_eq!(later["requests"], 1);
 }

@@ -41,6 +41,8 @@ pub struct UsageRecord {
     pub saved_micros: i64,
     /// The optimizer served it one rung down from this model.
     pub downgraded_from: Option<String>,
+    /// A hash of its path and body: identical requests share it (what caching could serve).
+    pub body_hash: Option<i64>,
 }
 
 /// One finished model request's timing.
@@ -118,9 +120,12 @@ impl Store {
         let conn = connect(path)?;
         conn.execute_batch(SCHEMA).map_err(|e| format!("cannot create tables in {}: {e}", path.display()))?;
         // Columns added after the first release: a database made before them gains them.
-        for column in
-            ["cached INTEGER NOT NULL DEFAULT 0", "saved_micros INTEGER NOT NULL DEFAULT 0", "downgraded_from TEXT"]
-        {
+        for column in [
+            "cached INTEGER NOT NULL DEFAULT 0",
+            "saved_micros INTEGER NOT NULL DEFAULT 0",
+            "downgraded_from TEXT",
+            "body_hash INTEGER",
+        ] {
             match conn.execute_batch(&format!("ALTER TABLE usage ADD COLUMN {column}")) {
                 Err(e) if !e.to_string().contains("duplicate column") => {
                     return Err(format!("cannot add a column to {}: {e}", path.display()))
@@ -260,6 +265,28 @@ impl Store {
         })
     }
 
+    /// A client's history in `month` as the optimizer's recommendations read it: repeated
+    /// requests (identical path and body), and its batch-class work.
+    pub fn history(&self, client: &str, month: u32) -> Result<History, String> {
+        self.read(|c| {
+            let (requests, repeats, repeat_cost): (u64, u64, i64) = c.query_row(
+                "SELECT COALESCE(SUM(n), 0), COALESCE(SUM(n - 1), 0), COALESCE(SUM(cost - first), 0) FROM (
+                     SELECT COUNT(*) AS n, SUM(cost_micros) AS cost, MIN(cost_micros) AS first
+                     FROM usage WHERE client = ?1 AND month = ?2 AND body_hash IS NOT NULL AND cached = 0
+                     GROUP BY body_hash)",
+                params![client, month],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            let (batch, batch_cost): (u64, i64) = c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(cost_micros), 0) FROM usage
+                 WHERE client = ?1 AND month = ?2 AND class = 'batch'",
+                params![client, month],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok(History { requests, repeats, repeat_cost_micros: repeat_cost, batch, batch_cost_micros: batch_cost })
+        })
+    }
+
     /// A client's latest requests, newest first.
     pub fn recent(&self, client: &str, limit: u32) -> Result<Vec<UsageRecord>, String> {
         self.read(|c| {
@@ -280,6 +307,19 @@ impl Drop for Store {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// What recommendations are made from (see `Store::history`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct History {
+    /// Model requests that were sent upstream (not cache hits).
+    pub requests: u64,
+    /// Of those, repeats of an earlier identical request.
+    pub repeats: u64,
+    /// What the repeats cost.
+    pub repeat_cost_micros: i64,
+    pub batch: u64,
+    pub batch_cost_micros: i64,
 }
 
 /// A client's savings in a month, by strategy (see `Store::savings`).
@@ -306,7 +346,7 @@ pub struct ModelTotals {
 }
 
 const SELECT: &str = "SELECT request_id, client, model, service, class, status, prompt_tokens, completion_tokens,
-    cost_micros, estimated, queued_ms, duration_ms, finished_at_ms, month, cached, saved_micros, downgraded_from FROM usage";
+    cost_micros, estimated, queued_ms, duration_ms, finished_at_ms, month, cached, saved_micros, downgraded_from, body_hash FROM usage";
 
 fn row(r: &rusqlite::Row) -> rusqlite::Result<UsageRecord> {
     Ok(UsageRecord {
@@ -327,6 +367,7 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<UsageRecord> {
         cached: r.get(14)?,
         saved_micros: r.get(15)?,
         downgraded_from: r.get(16)?,
+        body_hash: r.get(17)?,
     })
 }
 
@@ -363,8 +404,8 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>) {
                 let mut insert = tx.prepare_cached(
                     "INSERT INTO usage (request_id, client, model, service, class, status, prompt_tokens,
                      completion_tokens, cost_micros, estimated, queued_ms, duration_ms, finished_at_ms, month,
-                     cached, saved_micros, downgraded_from)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                     cached, saved_micros, downgraded_from, body_hash)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
                 )?;
                 let mut perf = tx.prepare_cached("INSERT INTO performance VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
                 for msg in batch {
@@ -387,7 +428,8 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>) {
                                 r.month,
                                 r.cached,
                                 r.saved_micros,
-                                r.downgraded_from
+                                r.downgraded_from,
+                                r.body_hash
                             ])?;
                         }
                         Msg::Perf(p) => {
@@ -439,6 +481,7 @@ mod tests {
             cached: false,
             saved_micros: 0,
             downgraded_from: None,
+            body_hash: None,
         }
     }
 

@@ -170,6 +170,8 @@ pub struct Planned {
     downgraded: Option<downgrade::Downgrade>,
     /// An embeddings request for a model that coalesces: its settings and the body as sent.
     coalesce: Option<(crate::config::Coalesce, Bytes)>,
+    /// A hash of the path and body as asked, for the usage record (model requests).
+    body_hash: Option<i64>,
 }
 
 /// Runs a request through every stage and answers with the service's response, whose body
@@ -205,6 +207,7 @@ async fn attempt(
 ) -> Result<Response, ApiError> {
     let mut ticket = admit::admit(app, caller, &parts.headers, &planned.route, planned.estimate, &request_id).await?;
     ticket.downgraded_from = planned.downgraded.as_ref().map(|d| d.from.clone());
+    ticket.body_hash = planned.body_hash;
     let perf = planned.route.model.as_ref().map(|m| forward::Probe {
         tracker: app.performance.clone(),
         model: m.name.as_str().into(),
@@ -274,6 +277,7 @@ async fn plan(app: &App, caller: &Caller, parts: &mut Parts, body: Body, target:
             let mut planned = model_plan(app, route, endpoint, bytes.clone(), target, degraded);
             planned.cache = cached;
             planned.downgraded = downgraded;
+            planned.body_hash = Some(body_hash(endpoint.path(), &bytes));
             // Kept only for a model with fallbacks (the head is copied for each attempt).
             planned.again = (!fallback::list(app, &planned).is_empty()).then(|| fallback::Again {
                 method: parts.method.clone(),
@@ -303,6 +307,7 @@ async fn plan(app: &App, caller: &Caller, parts: &mut Parts, body: Body, target:
                 cache: None,
                 downgraded: None,
                 coalesce: None,
+                body_hash: None,
             })
         }
     }
@@ -325,6 +330,7 @@ fn model_plan(
     let body = Body::from(estimated.body);
     Planned {
         coalesce,
+        body_hash: None,
         route,
         estimate: estimated.estimate,
         body,
@@ -335,6 +341,13 @@ fn model_plan(
         cache: None,
         downgraded: None,
     }
+}
+
+/// Identical requests' mark in the usage: the first 8 bytes of SHA-256 over path and body.
+fn body_hash(path: &str, body: &[u8]) -> i64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new().chain_update(path.as_bytes()).chain_update(body).finalize();
+    i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
 /// Whether `route`'s service takes a request to `endpoint` as it is: OpenAI requests go

@@ -93,6 +93,7 @@ impl Gate {
             cut_after: None,
             accounted,
             downgraded_from: None,
+            body_hash: None,
         })
     }
 }

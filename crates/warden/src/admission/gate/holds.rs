@@ -137,6 +137,7 @@ impl Gate {
                 cached: false,
                 saved_micros: 0,
                 downgraded_from: None,
+                body_hash: None,
             });
         }
         Ok(cost)

@@ -49,6 +49,8 @@ pub struct Ticket {
     /// The optimizer served it one rung down from this model: what it saved is what it would
     /// have cost there.
     pub downgraded_from: Option<String>,
+    /// A hash of the request's path and body, for the usage record (repeats show there).
+    pub body_hash: Option<i64>,
 }
 
 impl Ticket {
@@ -135,6 +137,7 @@ impl Drop for Ticket {
             cached: false,
             saved_micros: saved,
             downgraded_from: self.downgraded_from.take(),
+            body_hash: self.body_hash,
         });
     }
 }
@@ -176,6 +179,7 @@ impl Gate {
             cached: true,
             saved_micros: saved,
             downgraded_from: None,
+            body_hash: None,
         });
         saved
     }

@@ -40,6 +40,7 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/api/resources/estimate", post(usage::cost_estimate))
         .route("/api/optimize/stats/{client}", get(optimize::stats))
         .route("/api/optimize/analyze", post(optimize::analyze))
+        .route("/api/optimize/recommendations/{client}", get(optimize::recommendations))
         .route("/internal/reserve", post(internal::reserve))
         .route("/internal/release", post(internal::release))
         .route("/internal/consume", post(internal::consume))

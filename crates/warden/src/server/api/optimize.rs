@@ -1,6 +1,7 @@
 //! The optimizer API: `GET /api/optimize/stats/{client}`, this month's savings per strategy,
 //! from the usage rows (so they add up to what the ledger says); `POST /api/optimize/analyze`,
-//! what the optimizer would do for a request. Same access rules as `/api/usage`.
+//! what the optimizer would do for a request; `GET /api/optimize/recommendations/{client}`,
+//! what would save the client money, from its own history. Same access rules as `/api/usage`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -38,6 +39,73 @@ pub async fn analyze(
     v["cost_without_usd"] = json!(micros_to_usd(a.cost_without_micros));
     v["cost_with_usd"] = json!(micros_to_usd(a.cost_with_micros));
     Ok(Json(v))
+}
+
+/// Answers shorter than this (completion tokens, on average) are likely served as well by a
+/// smaller rung.
+const SHORT_ANSWER: u64 = 256;
+
+pub async fn recommendations(
+    State(app): State<Arc<App>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Query(q): Query<MonthQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let client = client_named(&app, &caller, &name)?;
+    let month = month_of(&q)?;
+    let who = app.gate.client_name(client);
+    let (h, by_model) = query(&app, move |store| Ok((store.history(&who, month)?, store.totals(&who, month)?))).await?;
+    let config = app.config();
+    let mut recs = Vec::new();
+    if h.repeats > 0 {
+        let share = h.repeats as f64 / h.requests.max(1) as f64;
+        let how = match config.cache.enabled {
+            true => "the cache is on: set `cache = \"always\"` on these models (or send temperature 0 or a seed)",
+            false => "turn on `[cache] enabled = true`",
+        };
+        recs.push(json!({
+            "strategy": "cache",
+            "what": format!("{} of {} requests ({:.0} %) repeated an earlier identical request; {how}",
+                h.repeats, h.requests, share * 100.0),
+            "share_repeated": share,
+            "estimated_saving_usd": micros_to_usd(h.repeat_cost_micros),
+            "estimated_saving_micros": h.repeat_cost_micros,
+        }));
+    }
+    for t in &by_model {
+        let Some(smaller) = config.ladders.get(&t.model).and_then(|l| l.smaller.clone()) else { continue };
+        let avg = t.completion_tokens / t.requests.max(1);
+        if t.requests == 0 || avg >= SHORT_ANSWER {
+            continue;
+        }
+        let there = app.gate.cost(Some(&smaller), t.prompt_tokens, t.completion_tokens);
+        let saving = (t.cost_micros - there).max(0);
+        recs.push(json!({
+            "strategy": "downgrade",
+            "what": format!("{}'s answers average {avg} tokens: {smaller} (its smaller rung) may serve them as well; \
+                 list the class in `[optimizer] downgrade_classes`, or send them to {smaller}", t.model),
+            "model": t.model,
+            "to": smaller,
+            "estimated_saving_usd": micros_to_usd(saving),
+            "estimated_saving_micros": saving,
+        }));
+    }
+    if h.batch > 0 {
+        let when = match config.scheduler.off_peak {
+            Some(w) => format!("send them as `deferred` to run in the off-peak window {w}"),
+            None => "set `[scheduler] off_peak` and send them as `deferred`".to_string(),
+        };
+        recs.push(json!({
+            "strategy": "off_peak",
+            "what": format!("{} batch-class requests ran at any hour; {when}, where they do not compete with \
+                 interactive work", h.batch),
+            "requests": h.batch,
+            "cost_usd": micros_to_usd(h.batch_cost_micros),
+            "estimated_saving_usd": 0.0,
+            "estimated_saving_micros": 0,
+        }));
+    }
+    Ok(Json(json!({"client": name, "month": month_label(month), "recommendations": recs})))
 }
 
 pub async fn stats(
