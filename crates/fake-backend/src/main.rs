@@ -117,6 +117,8 @@ struct Fake {
     window: Mutex<(u128, u64)>,
     /// Completions refused with 429 (for /stats).
     refused: AtomicU64,
+    /// Requests whose body came gzip-compressed.
+    gzipped: AtomicU64,
 }
 
 /// A listening socket with the given accept backlog.
@@ -216,6 +218,26 @@ async fn tell_version(req: axum::extract::Request, next: axum::middleware::Next)
 /// `--ratelimit-requests`: a fixed window from the first completion; every answer announces
 /// the limit, what remains and when the window resets (unless `--ratelimit-quiet`), and a
 /// completion past the limit is refused with 429 and `retry-after`.
+/// A body sent with `Content-Encoding: gzip` is unpacked before any handler reads it.
+async fn gunzip(State(fake): State<Arc<Fake>>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use std::io::Read;
+    if req.headers().get(header::CONTENT_ENCODING).is_none_or(|v| v != "gzip") {
+        return next.run(req).await;
+    }
+    fake.gzipped.fetch_add(1, Ordering::SeqCst);
+    let (mut parts, body) = req.into_parts();
+    let Ok(packed) = axum::body::to_bytes(body, 64 << 20).await else {
+        return (StatusCode::BAD_REQUEST, "unreadable body").into_response();
+    };
+    let mut plain = Vec::new();
+    if flate2::read::GzDecoder::new(&packed[..]).read_to_end(&mut plain).is_err() {
+        return (StatusCode::BAD_REQUEST, "not gzip").into_response();
+    }
+    parts.headers.remove(header::CONTENT_ENCODING);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    next.run(axum::extract::Request::from_parts(parts, Body::from(plain))).await
+}
+
 async fn rate_limit(
     State(fake): State<Arc<Fake>>,
     req: axum::extract::Request,
@@ -342,6 +364,7 @@ async fn main() {
         loaded: Mutex::default(),
         window: Mutex::default(),
         refused: AtomicU64::new(0),
+        gzipped: AtomicU64::new(0),
     });
     let app = Router::new()
         .route(
@@ -369,6 +392,7 @@ async fn main() {
         .route("/models/unload", post(router_unload))
         .fallback(echo)
         .layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), gunzip))
         .layer(axum::middleware::from_fn(tell_version))
         .with_state(state);
     match tls {
@@ -434,6 +458,7 @@ async fn stats(State(fake): State<Arc<Fake>>) -> Json<Value> {
     Json(json!({"pid": std::process::id(), "requests": fake.requests.load(Ordering::SeqCst),
         "max_in_flight": fake.max_in_flight.load(Ordering::SeqCst),
         "refused": fake.refused.load(Ordering::SeqCst),
+        "gzipped": fake.gzipped.load(Ordering::SeqCst),
         "first_health_unix_ns": fake.first_health_ns.load(Ordering::SeqCst),
         "first_request_unix_ns": fake.first_request_ns.load(Ordering::SeqCst)}))
 }

@@ -46,6 +46,8 @@ pub struct App {
     pub cache: Option<Arc<crate::cache::Cache>>,
     /// Embeddings requests waiting to go upstream together (`[models.X] coalesce`).
     pub coalescing: crate::coalesce::Batches,
+    /// Bytes compressing request bodies to services (`compress_upstream`) saved.
+    pub upstream_compression_saved: Arc<std::sync::atomic::AtomicU64>,
     /// Upstream calls coalescing saved (each request that shared another's call).
     pub coalesced_calls_saved: Arc<std::sync::atomic::AtomicU64>,
     /// Bytes compression saved on answers to clients (written by the front door's layer).
@@ -100,6 +102,7 @@ impl App {
             compression_saved: Arc::default(),
             coalescing: Default::default(),
             coalesced_calls_saved: Arc::default(),
+            upstream_compression_saved: Arc::default(),
             jobs: o.jobs,
             pressure: o.pressure,
             events: o.events,

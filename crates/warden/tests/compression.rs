@@ -50,3 +50,34 @@ async fn large_answers_are_compressed_streams_never() {
         .expect("the counter is exported");
     assert!(saved as usize >= text.len() - packed.len(), "saved {saved}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_go_compressed_to_a_service_that_asks_for_it() {
+    let up = Upstream::start();
+    let w = Warden::start(&format!(
+        "[services.api]\nkind = \"remote\"\nurl = \"http://127.0.0.1:{}\"\nmodels = [\"gpt\"]\ncompress_upstream = \"gzip\"\n",
+        up.1
+    ));
+    // 600 words (~3 KiB): sent compressed; the upstream reads every word of it.
+    let long = vec!["word"; 600].join(" ");
+    let body = json!({"model": "gpt", "messages": [{"role": "user", "content": long}]});
+    let resp = reqwest::Client::new().post(w.url("/v1/chat/completions")).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(answer["usage"]["prompt_tokens"], 600, "{answer}");
+    let stats: Value = reqwest::get(format!("http://127.0.0.1:{}/stats", up.1)).await.unwrap().json().await.unwrap();
+    assert_eq!(stats["gzipped"], 1);
+    // A small body goes as it is.
+    let small = json!({"model": "gpt", "messages": [{"role": "user", "content": "hi"}]});
+    let resp = reqwest::Client::new().post(w.url("/v1/chat/completions")).json(&small).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let stats: Value = reqwest::get(format!("http://127.0.0.1:{}/stats", up.1)).await.unwrap().json().await.unwrap();
+    assert_eq!((stats["gzipped"].as_u64(), stats["requests"].as_u64()), (Some(1), Some(2)));
+    let metrics = reqwest::get(w.url("/metrics")).await.unwrap().text().await.unwrap();
+    let saved: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("warden_upstream_compression_saved_bytes_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(saved > 2000, "600 repeated words pack well: saved {saved}");
+}

@@ -407,6 +407,9 @@ pub struct ServiceConfig {
     pub reload: bool,
     /// Services in one exclusive group never run together.
     pub group: Option<String>,
+    /// Request bodies over 1 KiB go to it gzip-compressed (`compress_upstream = "gzip"`), for
+    /// an upstream that accepts `Content-Encoding: gzip`.
+    pub compress_upstream: bool,
 }
 
 /// Requests a local service (process or container) is sent at once unless configured: a burst

@@ -262,6 +262,8 @@ pub struct RawService {
     pub priority: Option<i32>,
     pub reload: Option<bool>,
     pub group: Option<String>,
+    /// "gzip": request bodies over 1 KiB are sent compressed.
+    pub compress_upstream: Option<String>,
 }
 
 /// A duration written as a human string; rejected at deserialization so the error carries the

@@ -390,6 +390,11 @@ fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, Co
         priority: raw.priority.unwrap_or(50),
         reload: raw.reload.unwrap_or(true),
         group: raw.group.filter(|g| !g.is_empty()),
+        compress_upstream: match raw.compress_upstream.as_deref() {
+            None => false,
+            Some("gzip") => true,
+            Some(other) => return Err(err(at("compress_upstream"), format!("{other:?} must be \"gzip\""))),
+        },
     })
 }
 

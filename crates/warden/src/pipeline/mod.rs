@@ -172,6 +172,8 @@ pub struct Planned {
     coalesce: Option<(crate::config::Coalesce, Bytes)>,
     /// A hash of the path and body as asked, for the usage record (model requests).
     body_hash: Option<i64>,
+    /// The body is sent gzip-compressed (`compress_upstream`).
+    gzipped: bool,
 }
 
 /// Runs a request through every stage and answers with the service's response, whose body
@@ -236,6 +238,10 @@ async fn attempt(
     };
     if let (Some((settings, bytes)), Some(model)) = (planned.coalesce, &planned.route.model) {
         return coalesce::forward(app, settings, &model.name, parts, bytes, &planned.target, acquired, extras).await;
+    }
+    let mut parts = parts;
+    if planned.gzipped {
+        parts.headers.insert(axum::http::header::CONTENT_ENCODING, axum::http::HeaderValue::from_static("gzip"));
     }
     let req = Request::from_parts(parts, planned.body);
     forward::forward(req, &planned.target, acquired, extras).await
@@ -308,6 +314,7 @@ async fn plan(app: &App, caller: &Caller, parts: &mut Parts, body: Body, target:
                 downgraded: None,
                 coalesce: None,
                 body_hash: None,
+                gzipped: false,
             })
         }
     }
@@ -327,10 +334,14 @@ fn model_plan(
         (Endpoint::Embeddings, Some(m)) => app.config().coalesce.get(&m.name).map(|c| (*c, estimated.body.clone())),
         _ => None,
     };
-    let body = Body::from(estimated.body);
+    let (body, gzipped) = match gzip_for(app, &route, &estimated.body) {
+        Some(packed) => (Body::from(packed), true),
+        None => (Body::from(estimated.body), false),
+    };
     Planned {
         coalesce,
         body_hash: None,
+        gzipped,
         route,
         estimate: estimated.estimate,
         body,
@@ -341,6 +352,23 @@ fn model_plan(
         cache: None,
         downgraded: None,
     }
+}
+
+/// Bodies over this go compressed to a service with `compress_upstream`.
+const GZIP_OVER: usize = 1024;
+
+/// The body gzip-compressed, for a service that asks for it; the bytes saved are counted.
+fn gzip_for(app: &App, route: &Route, body: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write;
+    if body.len() <= GZIP_OVER || !app.config().services[route.service].compress_upstream {
+        return None;
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 3), flate2::Compression::fast());
+    gz.write_all(body).ok()?;
+    let packed = gz.finish().ok()?;
+    let saved = body.len().saturating_sub(packed.len()) as u64;
+    app.upstream_compression_saved.fetch_add(saved, std::sync::atomic::Ordering::Relaxed);
+    Some(packed)
 }
 
 /// Identical requests' mark in the usage: the first 8 bytes of SHA-256 over path and body.

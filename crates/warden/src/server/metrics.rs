@@ -35,6 +35,11 @@ pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> impl In
     family("warden_model_loaded", "gauge", "1 when the model is loaded.");
     family("warden_offloads_total", "counter", "Services offloaded to make room for another.");
     family("warden_compression_saved_bytes_total", "counter", "Bytes compressing answers to clients saved.");
+    family(
+        "warden_upstream_compression_saved_bytes_total",
+        "counter",
+        "Bytes compressing request bodies to services (compress_upstream) saved.",
+    );
     family("warden_pressure_level", "gauge", "Memory pressure per device: 0 normal, 1 elevated, 2 critical.");
     family("warden_pressure_degraded", "gauge", "1 while the device's models are served by smaller rungs.");
     family("warden_pressure_switches_total", "counter", "Degrade and upgrade switches of the pressure monitor.");
@@ -73,6 +78,8 @@ pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> impl In
     let _ = writeln!(lines, "warden_offloads_total {}", app.coordinator.offloads_total());
     let saved = app.compression_saved.load(std::sync::atomic::Ordering::Relaxed);
     let _ = writeln!(lines, "warden_compression_saved_bytes_total {saved}");
+    let up = app.upstream_compression_saved.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = writeln!(lines, "warden_upstream_compression_saved_bytes_total {up}");
     let p = &app.pressure;
     for (device, level, degraded) in p.levels() {
         let device = serde_json::to_value(device).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
