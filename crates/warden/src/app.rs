@@ -46,6 +46,8 @@ pub struct App {
     pub cache: Option<Arc<crate::cache::Cache>>,
     /// Embeddings requests waiting to go upstream together (`[models.X] coalesce`).
     pub coalescing: crate::coalesce::Batches,
+    /// The histograms `/metrics` shows (cold starts, request durations, first bytes).
+    pub metrics: Arc<crate::base::metrics::Metrics>,
     /// Bytes compressing request bodies to services (`compress_upstream`) saved.
     pub upstream_compression_saved: Arc<std::sync::atomic::AtomicU64>,
     /// Upstream calls coalescing saved (each request that shared another's call).
@@ -92,6 +94,7 @@ impl App {
             idle: Mutex::new(o.config.idle),
             config: arc_swap::ArcSwap::new(o.config),
             services: o.services,
+            metrics: o.owner_ctx.metrics.clone(),
             owner_ctx: o.owner_ctx,
             reloading: tokio::sync::Mutex::new(()),
             directory: o.directory,

@@ -269,7 +269,7 @@ async fn metrics_and_status_show_what_happened() {
     assert_eq!(w.post("/v1/chat/completions", chat("x")).await.status(), 503);
     let resp = reqwest::get(w.url("/metrics")).await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
     let text = resp.text().await.unwrap();
     for line in [
         "warden_service_state{service=\"alpha\",state=\"running\"} 1",
@@ -281,7 +281,7 @@ async fn metrics_and_status_show_what_happened() {
         "warden_model_loaded{model=\"a1\",service=\"alpha\"} 1",
         "warden_model_loaded{model=\"b1\",service=\"beta\"} 0",
         "warden_offloads_total 0",
-        "# TYPE warden_service_requests_total counter",
+        "# TYPE warden_service_requests counter",
     ] {
         assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
     }

@@ -1,6 +1,7 @@
 //! What every layer uses, at the bottom of the crate: the error type with its one status
 //! mapping (`errors`), the pooled HTTP client and request ids (`http`), who is asking
-//! (`caller`), reads of the wall clock (`clock`), and the event hub (`events`). Nothing here imports from another module
+//! (`caller`), reads of the wall clock (`clock`), the event hub (`events`), and the histograms
+//! `/metrics` shows (`metrics`). Nothing here imports from another module
 //! of warden, so any module may import from here.
 
 pub mod caller;
@@ -8,3 +9,4 @@ pub mod clock;
 pub mod errors;
 pub mod events;
 pub mod http;
+pub mod metrics;

@@ -53,6 +53,10 @@ impl Probe {
 /// What a model answer's timing is recorded with.
 pub struct Probe {
     pub tracker: std::sync::Arc<crate::account::performance::Tracker>,
+    /// The request duration and first-byte histograms.
+    pub metrics: std::sync::Arc<crate::base::metrics::Metrics>,
+    /// The model's label there: its name if configured, else `other` (labels stay bounded).
+    pub label: std::sync::Arc<str>,
     pub model: std::sync::Arc<str>,
     pub task: Option<std::sync::Arc<str>>,
     /// When the request was sent to the service.

@@ -212,6 +212,11 @@ async fn attempt(
     ticket.body_hash = planned.body_hash;
     let perf = planned.route.model.as_ref().map(|m| forward::Probe {
         tracker: app.performance.clone(),
+        metrics: app.metrics.clone(),
+        label: match app.config().models.contains_key(&m.name) {
+            true => m.name.as_str().into(),
+            false => "other".into(),
+        },
         model: m.name.as_str().into(),
         task: task::of(&parts.headers).map(Into::into),
         sent: std::time::Instant::now(),

@@ -77,6 +77,12 @@ impl LeaseBody {
     fn record(&mut self, whole: bool, tokens: Option<u64>) {
         let Some((probe, status_ok, first)) = self.perf.take() else { return };
         let ms = |t: Instant| t.duration_since(probe.sent).as_millis().min(u32::MAX as u128) as u32;
+        let now = Instant::now();
+        probe.metrics.answered(
+            &probe.label,
+            now.duration_since(probe.sent),
+            first.map(|f| f.duration_since(probe.sent)),
+        );
         probe.tracker.record(Sample {
             at: Instant::now(),
             model: probe.model,

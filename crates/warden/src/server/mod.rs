@@ -128,6 +128,7 @@ pub fn assemble(config: Arc<Config>, state_dir: std::path::PathBuf) -> Result<As
         client: client.clone(),
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
+        metrics: Default::default(),
     };
     let gate = Arc::new(crate::admission::gate::Gate::new(config.clone(), events.clone())?);
     tasks.spawn(gate.clone().run_timer(shutdown.clone()).instrument(tracing::info_span!("scheduler timer")));

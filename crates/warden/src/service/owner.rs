@@ -47,6 +47,8 @@ pub struct OwnerContext {
     pub events: crate::base::events::Events,
     /// Owners and the tasks they spawn (model loads, log pumps) are tracked for shutdown.
     pub tasks: TaskTracker,
+    /// Cold starts go to `/metrics`' histogram.
+    pub metrics: Arc<crate::base::metrics::Metrics>,
     pub shutdown: CancellationToken,
 }
 

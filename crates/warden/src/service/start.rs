@@ -15,7 +15,8 @@ use policy::lifecycle::{start_backoff, Event};
 
 impl Owner {
     pub(super) fn on_start_result(&mut self, result: Result<Running, StartFailure>) {
-        let took = self.start_began.take().map(|t| t.elapsed()).unwrap_or_default();
+        let began = self.start_began.take();
+        let took = began.map(|t| t.elapsed()).unwrap_or_default();
         match result {
             Ok(running) => {
                 let upstream = match (&self.shared.config.kind, &self.shared.config.upstream) {
@@ -26,6 +27,10 @@ impl Owner {
                     }
                 };
                 info!("Service {} is ready after {} ms (pid {:?})", self.name(), took.as_millis(), running.pid());
+                // A hosted API is up from the start: it has no cold start to count.
+                if began.is_some() {
+                    self.ctx.metrics.started(self.name(), took);
+                }
                 {
                     let now = Instant::now();
                     let mut live = self.shared.live();
