@@ -32,8 +32,10 @@ pub struct Entry {
 
 pub type Key = [u8; 32];
 
-/// Answers larger than this are not cached (and a stored one never unpacks past it).
-const MAX_ANSWER: usize = 64 << 20;
+/// Answers larger than this are not cached (and a stored one never unpacks past it): an
+/// answer is held in memory while it streams through to be stored, so this bounds what each
+/// request in flight may hold.
+const MAX_ANSWER: usize = 16 << 20;
 /// Fast, and still several times smaller for text.
 const ZSTD_LEVEL: i32 = 3;
 
