@@ -54,8 +54,11 @@ impl std::fmt::Display for Refused {
 }
 
 fn apply(app: &App, old: &Config, next: Arc<Config>) -> Result<(), Refused> {
-    // Services whose owner, runs and learned limits stay as they are.
-    let kept: Vec<bool> = (0..next.services.len()).map(|i| old.services.get(i) == Some(&next.services[i])).collect();
+    // Services whose owner, runs and learned limits stay as they are: unchanged, or retuned
+    // (new settings for the run as it is).
+    let kept: Vec<bool> = (0..next.services.len())
+        .map(|i| old.services.get(i).is_some_and(|o| crate::config::reload::tuned_only(o, &next.services[i])))
+        .collect();
     // Admission first: the one step that can fail (reading new clients' spend) changes
     // nothing when it does. A service place it learns of before the handles is not routed
     // to until the config below is in force.
@@ -63,6 +66,11 @@ fn apply(app: &App, old: &Config, next: Arc<Config>) -> Result<(), Refused> {
     let fresh: Vec<usize> = (0..next.services.len()).filter(|&i| !kept[i]).collect();
     app.coordinator.reconfigure(next.services.len(), &fresh);
     let mut handles = app.services().as_ref().clone();
+    for (i, h) in handles.iter().enumerate() {
+        if kept[i] && old.services[i] != next.services[i] {
+            h.shared.retune(Arc::new(next.services[i].clone()));
+        }
+    }
     for &i in &fresh {
         let cfg = &next.services[i];
         let before = handles.get(i).map(|h| h.retire());

@@ -266,3 +266,20 @@ async fn clients_prices_and_budgets_change_without_losing_spend_holds_or_queued_
     assert_eq!(call(&w, "acme-key", "/v1/chat/completions", chat("llm")).await.0, 401);
     assert_eq!(call(&w, "bob-key", "/v1/chat/completions", chat("llm")).await.0, 200, "bob keeps his place");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_settings_and_keep_alives_apply_to_the_running_service_without_a_restart() {
+    let head = "[idle]\ncheck_interval = \"50ms\"\n";
+    let w = Warden::start(&format!("{head}{}idle_timeout = \"60m\"\n", service("a", "a-m", "")));
+    assert_eq!(content(&w, "a-m").await.0, 200);
+    let before = pid(&w, "a").await;
+    // A shorter idle timeout: the same run takes it, and sleeps by it.
+    w.rewrite_config(&format!("{head}{}idle_timeout = \"300ms\"\n", service("a", "a-m", "")), "");
+    let answer: Value = w.post("/admin/reload", json!({})).await.json().await.unwrap();
+    assert_eq!(answer["changes"]["services"]["retuned"], json!(["a"]), "{answer}");
+    assert_eq!(answer["changes"]["services"]["changed"], json!([]), "{answer}");
+    assert_eq!(pid(&w, "a").await, before, "not restarted");
+    assert!(w.wait_state("a", "stopped", Duration::from_secs(10)).await, "slept by the new idle timeout: {}", w.log());
+    assert!(!process_alive(before));
+    assert_eq!(w.log().matches("Starting service a").count(), 1);
+}

@@ -29,11 +29,15 @@ pub struct Diff {
     pub changed: Vec<String>,
     pub removed: Vec<String>,
     pub unchanged: Vec<String>,
+    /// Services whose new settings apply to the run as it is (idle settings, keep-alives,
+    /// bounds): not restarted.
+    pub retuned: Vec<String>,
 }
 
 impl Changes {
     pub fn nothing(&self) -> bool {
-        let quiet = |d: &Diff| d.added.is_empty() && d.changed.is_empty() && d.removed.is_empty();
+        let quiet =
+            |d: &Diff| d.added.is_empty() && d.changed.is_empty() && d.removed.is_empty() && d.retuned.is_empty();
         quiet(&self.services) && quiet(&self.clients) && quiet(&self.pools) && self.sections.is_empty()
     }
 }
@@ -63,6 +67,19 @@ macro_rules! slot {
 slot!(ServiceConfig);
 slot!(ClientConfig);
 slot!(PoolConfig);
+
+/// Whether `a` and `b` differ only in what applies to a running service without a restart:
+/// idle settings, keep-alives, queue and time bounds, offload priority.
+pub fn tuned_only(a: &ServiceConfig, b: &ServiceConfig) -> bool {
+    fn untuned(s: &ServiceConfig) -> ServiceConfig {
+        let mut s = s.clone();
+        s.models.iter_mut().for_each(|m| m.keep_alive = None);
+        (s.idle_timeout, s.idle_sleep, s.priority, s.reload, s.max_queue) = (None, true, 0, true, 0);
+        (s.response_timeout, s.start_timeout, s.stop_timeout) = Default::default();
+        s
+    }
+    untuned(a) == untuned(b)
+}
 
 /// `old`'s places first (each with its new version, or retired), then what is new. Returns the
 /// list and, for each entry of `new`, its place in the list.
@@ -110,6 +127,11 @@ fn keep_places<T: Slot>(old: &[T], new: Vec<T>, diff: &mut Diff) -> (Vec<T>, Vec
 pub fn merge(old: &Config, mut new: Config) -> (Config, Changes) {
     let mut ch = Changes::default();
     let (services, service_at) = keep_places(&old.services, std::mem::take(&mut new.services), &mut ch.services);
+    let (retuned, changed) = std::mem::take(&mut ch.services.changed).into_iter().partition(|name: &String| {
+        let at = |list: &[ServiceConfig]| list.iter().position(|s| &s.name == name);
+        matches!((at(&old.services), at(&services)), (Some(o), Some(n)) if tuned_only(&old.services[o], &services[n]))
+    });
+    (ch.services.retuned, ch.services.changed) = (retuned, changed);
     let (clients, client_at) = keep_places(&old.clients, std::mem::take(&mut new.clients), &mut ch.clients);
     let (mut pools, pool_at) = keep_places(&old.pools, std::mem::take(&mut new.pools), &mut ch.pools);
     for pool in &mut pools {
@@ -263,6 +285,7 @@ pools = ["o"]
         assert_eq!(ch.services.changed, ["c"]);
         assert_eq!(ch.services.removed, ["d"]);
         assert_eq!(ch.services.unchanged, ["b"]);
+        assert!(ch.services.retuned.is_empty());
         assert_eq!(cfg.models["ma"].service, 3, "a model routes to its service's kept place");
         assert_eq!(cfg.models["mc"].service, 1);
         assert!(!cfg.models.contains_key("md"), "a removed service's models route nowhere");
@@ -295,6 +318,27 @@ pools = ["o"]
         let (cfg2, ch) = merge(&cfg, moved);
         assert_eq!(ch.need_restart, ["server.listen"]);
         assert_eq!(cfg2.server.listen, cfg.server.listen);
+    }
+
+    #[test]
+    fn idle_settings_keep_alives_and_bounds_retune_a_service_anything_else_changes_it() {
+        let old = before();
+        let text = |c_extra: &str| {
+            format!(
+                "[services.b]\nkind = \"process\"\ncommand = [\"b\"]\nmodels = [\"mb\"]\n\
+                 [services.c]\nkind = \"process\"\ncommand = [\"c\"]\nmodels = [\"mc\"]\n{c_extra}\n\
+                 [services.d]\nkind = \"process\"\ncommand = [\"d\"]\nmodels = [\"md\"]\n\
+                 [clients.x]\nkey_sha256 = \"{KEY_A}\"\n[pools.p]\nunit = \"requests\"\ncapacity = 10\nrefill_per_sec = 1\n\
+                 [models.mb]\npools = [\"p\"]\n"
+            )
+        };
+        let (_, ch) = merge(&old, config(&text("idle_timeout = \"5m\"\nmax_queue = 7\nstart_timeout = \"9s\"")));
+        assert_eq!((ch.services.retuned.clone(), ch.services.changed.clone()), (vec!["c".to_string()], vec![]));
+        assert!(!ch.nothing());
+        let (_, ch) = merge(&old, config(&format!("{}\n[models.mc]\nkeep_alive = \"1m\"", text(""))));
+        assert_eq!(ch.services.retuned, ["c"], "a keep-alive is retuned");
+        let (_, ch) = merge(&old, config(&text("port = 9999")));
+        assert_eq!((ch.services.retuned.len(), ch.services.changed.clone()), (0, vec!["c".to_string()]));
     }
 
     #[test]

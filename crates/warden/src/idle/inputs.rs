@@ -8,7 +8,7 @@ use policy::idle::{sleep_allowed, IdleInputs, ModelInputs};
 /// The service's idle inputs under `settings` (the idle settings now in force).
 pub fn service(svc: &ServiceHandle, settings: &IdleConfig) -> IdleInputs {
     let live = svc.shared.live();
-    let cfg = &svc.shared.config;
+    let cfg = &svc.shared.config();
     IdleInputs {
         state: live.state,
         in_flight: live.in_flight,
@@ -25,7 +25,7 @@ pub fn service(svc: &ServiceHandle, settings: &IdleConfig) -> IdleInputs {
 
 /// The keep-alive inputs of each of the service's models, in its model order.
 pub fn models(svc: &ServiceHandle, settings: &IdleConfig) -> Vec<ModelInputs> {
-    let cfg = &svc.shared.config;
+    let cfg = &svc.shared.config();
     // Unloading a single model stops its service, so the service's own rules apply.
     let allowed = if cfg.api.multi_model() {
         settings.enabled && svc.shared.idle_sleep()

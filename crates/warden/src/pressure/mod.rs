@@ -260,7 +260,7 @@ impl Monitor {
             // Otherwise the managed services' footprints, measured now, count against it.
             _ => {
                 let mut sum = 0;
-                for svc in services.iter().filter(|s| s.shared.config.device == device) {
+                for svc in services.iter().filter(|s| s.shared.config().device == device) {
                     let meter = svc.shared.live().meter.clone();
                     if let Some(m) = meter {
                         sum += m.memory_bytes().await.unwrap_or(0);
@@ -345,7 +345,7 @@ impl Monitor {
     /// re-checks under the lease lock, so a request that slips in wins).
     fn stop_idle(&self, services: &[ServiceHandle]) {
         for svc in services {
-            let cfg = &svc.shared.config;
+            let cfg = &svc.shared.config();
             let idle = {
                 let live = svc.shared.live();
                 live.state == policy::lifecycle::State::Running && live.in_flight == 0 && live.queued == 0
@@ -399,7 +399,7 @@ fn cold_start_lead(config: &Config, services: &[ServiceHandle], device: Device) 
         .filter_map(|l| l.smaller.as_deref())
         .filter_map(|rung| config.models.get(rung))
         .filter_map(|r| services.get(r.service))
-        .filter(|s| s.shared.config.device == device)
+        .filter(|s| s.shared.config().device == device)
         .map(|s| s.shared.live().last_start_ms.unwrap_or(0))
         .max()
         .unwrap_or(0)

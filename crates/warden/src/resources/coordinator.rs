@@ -160,7 +160,7 @@ impl Coordinator {
 
     /// What service `i` needs: its last measured footprint, else its estimate, else 0.
     pub fn need(&self, i: usize) -> u64 {
-        let cfg = &self.services()[i].shared.config;
+        let cfg = &self.services()[i].shared.config();
         self.measured(i).or_else(|| estimate(cfg)).unwrap_or(0)
     }
 
@@ -184,7 +184,7 @@ impl Coordinator {
         let now = Instant::now();
         let mut out = Vec::new();
         for (i, svc) in self.services().iter().enumerate() {
-            let cfg = &svc.shared.config;
+            let cfg = &svc.shared.config();
             if i == except || cfg.device != device || !cfg.on_this_machine() {
                 continue;
             }
@@ -221,7 +221,7 @@ impl Coordinator {
 
     /// The plan for starting service `i` now; None when its device is not managed.
     pub async fn plan_for(&self, i: usize) -> Option<(Plan, Capacity, Vec<Resident>)> {
-        let cfg = &self.services()[i].shared.config;
+        let cfg = &self.services()[i].shared.config();
         if !cfg.on_this_machine() {
             return None;
         }
@@ -247,7 +247,7 @@ impl Coordinator {
     /// times its last measured cold start (5 s until it has one).
     fn growth_while_starting(&self, i: usize) -> u64 {
         let svc = &self.services()[i];
-        let slot = usize::from(svc.shared.config.device == Device::Gpu);
+        let slot = usize::from(svc.shared.config().device == Device::Gpu);
         let per_sec = self.growth.lock().unwrap_or_else(|p| p.into_inner())[slot];
         let start_ms = svc.shared.live().last_start_ms.unwrap_or(5000);
         (per_sec * start_ms as f64 / 1000.0) as u64
@@ -326,7 +326,7 @@ impl Coordinator {
     async fn offload(&self, v: usize, i: usize, deadline: Instant) -> Result<(), String> {
         let victim = &self.services()[v];
         let before = self.measure(v).await.unwrap_or_else(|| self.need(v));
-        if victim.shared.config.reload {
+        if victim.shared.config().reload {
             self.save(Saved {
                 service: victim.name().to_string(),
                 was_running: true,

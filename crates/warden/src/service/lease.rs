@@ -27,8 +27,8 @@ impl Lease {
         Lease { shared, upstream, model }
     }
 
-    pub fn config(&self) -> &crate::config::ServiceConfig {
-        &self.shared.config
+    pub fn config(&self) -> std::sync::Arc<crate::config::ServiceConfig> {
+        self.shared.config()
     }
 
     /// "host:port" of the service.
@@ -42,7 +42,7 @@ impl Lease {
     }
 
     pub fn service(&self) -> &str {
-        &self.shared.config.name
+        self.shared.name()
     }
 }
 

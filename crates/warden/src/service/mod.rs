@@ -111,8 +111,9 @@ impl Live {
 }
 
 pub struct Shared {
-    /// The service as configured; never changes while warden runs.
-    pub config: Arc<ServiceConfig>,
+    /// The service as configured: replaced in place only by a reload that retunes it (idle
+    /// settings, keep-alives, bounds; see `config::reload`), never in what a run depends on.
+    config: arc_swap::ArcSwap<ServiceConfig>,
     /// What everyone reads (state, leases, models), under one small mutex: leases and the
     /// owner's state changes meet here, which is what makes idle stops race-free.
     live: Mutex<Live>,
@@ -123,6 +124,8 @@ pub struct Shared {
     idle_sleep: AtomicBool,
     /// The service's log file and in-memory tail (for start failures' messages).
     pub log: ServiceLog,
+    /// `config`'s name, kept apart so it can be borrowed (a reload never renames a service).
+    name: Arc<str>,
     /// The last lease dropped: an owner retiring after a reload may stop now.
     lease_dropped: tokio::sync::Notify,
     /// A reload changed or removed it (this run is the old one): hidden from listings.
@@ -130,6 +133,31 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The service's config in force.
+    pub fn config(&self) -> Arc<ServiceConfig> {
+        self.config.load_full()
+    }
+
+    /// A reload changed only how the service is tuned (idle settings, keep-alives, bounds):
+    /// the new settings apply from now on, to the run as it is.
+    pub fn retune(&self, config: Arc<ServiceConfig>) {
+        self.set_idle_sleep(config.idle_sleep);
+        {
+            let mut live = self.live();
+            for (m, model) in config.models.iter().enumerate() {
+                if let Some(l) = live.models.get_mut(m) {
+                    l.keep_alive = model.keep_alive;
+                }
+            }
+        }
+        self.config.store(config);
+    }
+
+    /// Its name (the same for the life of this `Shared`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     pub fn live(&self) -> MutexGuard<'_, Live> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -233,7 +261,7 @@ pub struct ServiceHandle {
 
 impl ServiceHandle {
     pub fn name(&self) -> &str {
-        &self.shared.config.name
+        self.shared.name()
     }
 
     /// A lease on the running service (with `model` loaded, for a multi-model server),
@@ -273,7 +301,7 @@ impl ServiceHandle {
     /// A request's `keep_alive` (Ollama dialect) for one of its models; None = back to the
     /// configured one (as Ollama applies its default to a request that names none).
     pub fn set_keep_alive(&self, model: usize, keep: Option<Duration>) {
-        let configured = self.shared.config.models.get(model).and_then(|m| m.keep_alive);
+        let configured = self.shared.config().models.get(model).and_then(|m| m.keep_alive);
         if let Some(m) = self.shared.live().models.get_mut(model) {
             m.keep_alive = keep.or(configured);
         }
@@ -329,7 +357,8 @@ impl Shared {
                 multi_model: config.api.multi_model(),
             }),
             log,
-            config,
+            name: config.name.as_str().into(),
+            config: arc_swap::ArcSwap::new(config),
             lease_dropped: tokio::sync::Notify::new(),
             retired: AtomicBool::new(false),
         }

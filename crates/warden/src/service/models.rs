@@ -41,8 +41,8 @@ impl Owner {
 
     fn begin_load(&mut self, model: usize) {
         let Some(upstream) = self.shared.live().upstream.clone() else { return };
-        let (client, api, name) = (self.shared.client.clone(), self.shared.config.api, self.model_name(model));
-        let (tx, generation, within) = (self.results_tx.clone(), self.generation, self.shared.config.start_timeout);
+        let (client, api, name) = (self.shared.client.clone(), self.shared.config().api, self.model_name(model));
+        let (tx, generation, within) = (self.results_tx.clone(), self.generation, self.shared.config().start_timeout);
         info!("Loading model {name} into service {}", self.name());
         self.ctx.tasks.spawn(async move {
             let t0 = Instant::now();
@@ -58,7 +58,7 @@ impl Owner {
         done: oneshot::Sender<Result<(), String>>,
     ) {
         let idle = matches!(reason, StopReason::Idle { .. });
-        if !self.shared.config.api.multi_model() {
+        if !self.shared.config().api.multi_model() {
             // A single-model service unloads its model by stopping.
             let label = StopLabel::IdleModel(self.model_name(model));
             self.on_stop(reason, StopWaiter::Unload(done), label);
@@ -96,8 +96,8 @@ impl Owner {
         }
         self.unload_waiters[model].push(done);
         let (client, api, tx, generation) =
-            (self.shared.client.clone(), self.shared.config.api, self.results_tx.clone(), self.generation);
-        let within = self.shared.config.stop_timeout + Duration::from_secs(10);
+            (self.shared.client.clone(), self.shared.config().api, self.results_tx.clone(), self.generation);
+        let within = self.shared.config().stop_timeout + Duration::from_secs(10);
         self.ctx.tasks.spawn(async move {
             let result = models::unload(&client, api, &upstream, &name, within).await;
             let _ = tx.send(ModelResult::Unloaded { generation, model, result, idle });
@@ -106,12 +106,12 @@ impl Owner {
 
     /// Asks the server what it offers and has loaded (it may load or evict on its own).
     pub(super) fn reconcile(&mut self) {
-        if !self.shared.config.api.multi_model() {
+        if !self.shared.config().api.multi_model() {
             return;
         }
         let Some(upstream) = self.shared.live().upstream.clone() else { return };
         let (client, api, tx, generation) =
-            (self.shared.client.clone(), self.shared.config.api, self.results_tx.clone(), self.generation);
+            (self.shared.client.clone(), self.shared.config().api, self.results_tx.clone(), self.generation);
         self.ctx.tasks.spawn(async move {
             if let Ok(listing) = models::listing(&client, api, &upstream).await {
                 let _ = tx.send(ModelResult::Listed { generation, listing });

@@ -157,13 +157,13 @@ pub fn spawn_owner(
         retiring: None,
         predecessor,
     };
-    if matches!(owner.shared.config.kind, ServiceKind::Remote(_)) {
+    if matches!(owner.shared.config().kind, ServiceKind::Remote(_)) {
         // A hosted API is never started: it is up from the first instant, so no request
         // (and no status read) ever sees it "starting".
         owner.machine = Machine::always_running();
         owner.on_start_result(Ok(Running::Remote));
     }
-    let span = tracing::info_span!("service", name = %shared.config.name);
+    let span = tracing::info_span!("service", name = %shared.config().name);
     ctx.tasks.spawn(owner.run().instrument(span));
     ServiceHandle { shared, tx }
 }
@@ -184,11 +184,11 @@ async fn exited(running: &mut Option<Running>) -> Exit {
 
 impl Owner {
     pub(super) fn name(&self) -> &str {
-        &self.shared.config.name
+        self.shared.name()
     }
 
     async fn run(mut self) {
-        if self.shared.config.desired == Desired::On {
+        if self.shared.config().desired == Desired::On {
             self.apply(Event::Demand);
         }
         let mut prune = tokio::time::interval(PRUNE_EVERY);
@@ -285,9 +285,9 @@ impl Owner {
             let _ = reply.send(Err(Unavailable::Stopped { reason }));
             return;
         }
-        if self.held.count() >= self.shared.config.max_queue {
+        if self.held.count() >= self.shared.config().max_queue {
             self.prune_held();
-            if self.held.count() >= self.shared.config.max_queue {
+            if self.held.count() >= self.shared.config().max_queue {
                 let _ = reply.send(Err(Unavailable::QueueFull { retry_after: Duration::from_secs(1) }));
                 return;
             }

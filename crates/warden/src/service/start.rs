@@ -19,7 +19,7 @@ impl Owner {
         let took = began.map(|t| t.elapsed()).unwrap_or_default();
         match result {
             Ok(running) => {
-                let upstream = match (&self.shared.config.kind, &self.shared.config.upstream) {
+                let upstream = match (&self.shared.config().kind, &self.shared.config().upstream) {
                     (_, Some(up)) => up.clone(),
                     (ServiceKind::Process(_), None) => format!("http://127.0.0.1:{}", self.port_in_use()),
                     (ServiceKind::Container(_) | ServiceKind::Remote(_), None) => {
@@ -36,7 +36,7 @@ impl Owner {
                     let mut live = self.shared.live();
                     live.pid = running.pid();
                     live.upstream = Some(upstream.into());
-                    live.meter = running.meter(self.shared.config.device);
+                    live.meter = running.meter(self.shared.config().device);
                     live.idle_since = Some(now);
                     live.running_since = Some(now);
                     live.last_start_ms = Some(took.as_millis() as u64);
@@ -62,7 +62,7 @@ impl Owner {
                 }
                 self.last_failure = Some(failure.clone());
                 self.apply(Event::StartFailed);
-                if self.shared.config.desired == Desired::On && !self.shutting_down && self.retiring.is_none() {
+                if self.shared.config().desired == Desired::On && !self.shutting_down && self.retiring.is_none() {
                     self.restart_timer = Some(Box::pin(tokio::time::sleep(start_backoff(self.machine.failures()))));
                 }
             }
@@ -70,13 +70,13 @@ impl Owner {
     }
 
     pub(super) fn port_in_use(&self) -> u16 {
-        self.shared.live().port.unwrap_or(self.shared.config.port)
+        self.shared.live().port.unwrap_or(self.shared.config().port)
     }
 
     /// Asks the running service how many requests it serves at once (llama-server says), for
     /// admission to pace what it sends; only where no `max_concurrent` is configured.
     fn learn_slots(&self) {
-        let cfg = &self.shared.config;
+        let cfg = &self.shared.config();
         if cfg.max_concurrent.is_some() || matches!(cfg.kind, ServiceKind::Remote(_)) {
             return;
         }
@@ -90,7 +90,7 @@ impl Owner {
     }
 
     pub(super) fn begin_start(&mut self) {
-        let cfg = self.shared.config.clone();
+        let cfg = self.shared.config().clone();
         info!("Starting service {}", cfg.name);
         self.generation += 1;
         self.start_began = Some(Instant::now());

@@ -112,7 +112,7 @@ impl Owner {
         self.shared.live().last_error = Some(format!("{what} ({})", exit.reason));
         self.apply(if exit.failed { Event::Exited } else { Event::StoppedOutside });
         // A run a reload retired is not brought back.
-        if self.shared.config.desired == Desired::On && !self.shutting_down && self.retiring.is_none() {
+        if self.shared.config().desired == Desired::On && !self.shutting_down && self.retiring.is_none() {
             self.restart_timer = Some(Box::pin(tokio::time::sleep(PINNED_RESTART_DELAY)));
         }
     }
@@ -144,7 +144,7 @@ impl Owner {
         // Dropping a start in progress kills its process group (ProcessHandle's Drop).
         self.starting = None;
         self.start_began = None;
-        let timeout = self.shared.config.stop_timeout;
+        let timeout = self.shared.config().stop_timeout;
         let log = self.shared.log.clone();
         self.stopping = Some(match self.running.take() {
             Some(running) => Box::pin(async move { running.stop(timeout, &log).await }),

@@ -55,7 +55,7 @@ fn suggestions(app: &App) -> Vec<String> {
                 svc.name()
             ));
         }
-        let timeout = svc.shared.config.idle_timeout.unwrap_or(settings.timeout);
+        let timeout = svc.shared.config().idle_timeout.unwrap_or(settings.timeout);
         if timeout.as_secs() > 600 && svc.shared.idle_sleep() {
             out.push(format!(
                 "service {} sleeps only after {} min idle: a lower idle_timeout frees its memory sooner",

@@ -36,7 +36,7 @@ async fn resources(State(app): State<Arc<App>>) -> Json<Value> {
                 for (i, svc) in app.services().iter().enumerate().filter(|(_, s)| !s.shared.retired()) {
                     let live = svc.shared.live();
                     let holds = matches!(live.state.as_str(), "running" | "starting" | "stopping");
-                    if svc.shared.config.device == device && holds {
+                    if svc.shared.config().device == device && holds {
                         used += co.need(i);
                     }
                 }
@@ -54,7 +54,7 @@ async fn resources(State(app): State<Arc<App>>) -> Json<Value> {
     }
     let mut services = BTreeMap::new();
     for (i, svc) in app.services().iter().enumerate().filter(|(_, s)| !s.shared.retired()) {
-        let cfg = &svc.shared.config;
+        let cfg = &svc.shared.config();
         // Measured now (and remembered): it replaces the estimate from here on.
         let live_bytes = co.measure(i).await;
         services.insert(
@@ -79,7 +79,7 @@ async fn plan(State(app): State<Arc<App>>, Path(service): Path<String>) -> Resul
     crate::pipeline::route::service(&app, &service)?;
     let i = app.config().service_index(&service).expect("checked");
     let name = |ids: &[usize]| ids.iter().map(|&v| app.services()[v].name().to_string()).collect::<Vec<_>>();
-    let device = app.services()[i].shared.config.device;
+    let device = app.services()[i].shared.config().device;
     let body = match app.coordinator.plan_for(i).await {
         None => json!({"service": service, "device": device, "managed": false, "fits": true, "would_offload": false,
                        "victims": [], "need_bytes": app.coordinator.need(i), "free_bytes": null}),

@@ -42,7 +42,7 @@ pub async fn service_status(app: &App, svc: &ServiceHandle) -> Value {
         Some(m) => m.memory_bytes().await,
         None => None,
     };
-    let cfg = &svc.shared.config;
+    let cfg = &svc.shared.config();
     let live = svc.shared.live();
     let models: Vec<&str> = live.models.iter().map(|m| &*m.name).collect();
     let loaded: Vec<&str> =
@@ -96,7 +96,7 @@ async fn idle_status(State(app): State<Arc<App>>) -> Json<Value> {
                 "last_used": unix_secs(live.last_used),
                 "idle_for_minutes": idle_for.map(minutes),
                 "idle_sleep_enabled": svc.shared.idle_sleep(),
-                "desired": svc.shared.config.desired,
+                "desired": svc.shared.config().desired,
                 "actual": live.state.as_str(),
                 "will_sleep_in_minutes": sleeps_in.map(minutes),
             }),
@@ -114,7 +114,7 @@ fn models_status(app: &App, settings: &crate::config::IdleConfig, now: Instant) 
     let wall = SystemTime::now();
     let mut out = serde_json::Map::new();
     for svc in app.services().iter().filter(|s| !s.shared.retired()) {
-        let cfg = &svc.shared.config;
+        let cfg = &svc.shared.config();
         let inputs = crate::idle::inputs::models(svc, settings);
         let models: Vec<(Arc<str>, Option<SystemTime>, bool)> =
             svc.shared.live().models.iter().map(|m| (m.name.clone(), m.last_used, m.discovered)).collect();

@@ -217,7 +217,7 @@ async fn ps(State(app): State<Arc<App>>) -> Json<Value> {
     let mut models = Vec::new();
     for (name, at) in app.directory.all() {
         let svc = &app.services()[at.service];
-        let cfg = &svc.shared.config;
+        let cfg = &svc.shared.config();
         let (loaded, idle_since, keep) = {
             let live = svc.shared.live();
             let keep = live.models.get(at.index).and_then(|m| m.keep_alive);
