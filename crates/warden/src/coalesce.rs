@@ -54,13 +54,21 @@ struct Open {
 
 #[derive(Default)]
 pub struct Batches {
-    /// Open batches by key (model, parameters, kind of input).
-    open: Mutex<HashMap<String, Open>>,
+    state: Mutex<State>,
     next_id: std::sync::atomic::AtomicU64,
 }
 
-/// A request's place: it leads a batch, waits as a member, or goes alone (its items do not
-/// fit the open batch).
+#[derive(Default)]
+struct State {
+    /// Open batches by key (model, parameters, kind of input): one per key takes joiners.
+    open: HashMap<String, Open>,
+    /// Batches that filled up, by id, until their leaders take them: the next request with
+    /// the same key opens a new batch rather than waiting for a full one to go.
+    sealed: HashMap<u64, Open>,
+}
+
+/// A request's place: it leads a batch, waits as a member, or goes alone (its items alone
+/// fill a call).
 pub enum Role<'a> {
     Lead(Lead<'a>),
     Member(oneshot::Receiver<Outcome>),
@@ -84,29 +92,34 @@ pub struct Batch {
 }
 
 impl Batches {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Open>> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Joins the open batch under `key` with `items` (each with its weight), or opens one.
+    /// Joins the open batch under `key` with `items` (their weight together), or opens one.
     pub fn join(&self, key: &str, items: Vec<Value>, weight: u64, max: usize) -> Role<'_> {
-        let mut open = self.lock();
+        let mut st = self.lock();
         let count = items.len();
-        if let Some(batch) = open.get_mut(key) {
-            if batch.items.len() + count > batch.max {
-                return Role::Alone;
-            }
-            let (tx, rx) = oneshot::channel();
-            batch.parts.push(Part { offset: batch.items.len(), count, weight });
-            batch.items.extend(items);
-            batch.members.push(tx);
-            if batch.items.len() >= batch.max {
-                batch.full.notify_one();
-            }
-            return Role::Member(rx);
-        }
         if count >= max {
             return Role::Alone;
+        }
+        if let Some(batch) = st.open.get_mut(key) {
+            if batch.items.len() + count <= batch.max {
+                let (tx, rx) = oneshot::channel();
+                batch.parts.push(Part { offset: batch.items.len(), count, weight });
+                batch.items.extend(items);
+                batch.members.push(tx);
+                if batch.items.len() >= batch.max {
+                    let full = st.open.remove(key).expect("just joined");
+                    full.full.notify_one();
+                    st.sealed.insert(full.id, full);
+                }
+                return Role::Member(rx);
+            }
+            // It does not fit: that batch goes as it is, and this request opens the next.
+            let full = st.open.remove(key).expect("present");
+            full.full.notify_one();
+            st.sealed.insert(full.id, full);
         }
         let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let full = Arc::new(Notify::new());
@@ -118,7 +131,7 @@ impl Batches {
             max,
             full: full.clone(),
         };
-        open.insert(key.to_string(), batch);
+        st.open.insert(key.to_string(), batch);
         Role::Lead(Lead { batches: self, key: key.to_string(), id, full, closed: false })
     }
 }
@@ -131,11 +144,12 @@ impl Lead<'_> {
     }
 
     fn take(&self) -> Option<Batch> {
-        let mut open = self.batches.lock();
-        if open.get(&self.key).is_none_or(|b| b.id != self.id) {
-            return None;
-        }
-        let b = open.remove(&self.key)?;
+        let mut st = self.batches.lock();
+        let b = match st.sealed.remove(&self.id) {
+            Some(b) => b,
+            None if st.open.get(&self.key).is_some_and(|b| b.id == self.id) => st.open.remove(&self.key)?,
+            None => return None,
+        };
         Some(Batch { items: b.items, parts: b.parts, members: b.members })
     }
 }
@@ -163,14 +177,23 @@ mod tests {
         let b = Batches::default();
         let Role::Lead(lead) = b.join("k", vec![json!("a")], 1, 3) else { panic!("leads") };
         let Role::Member(_m1) = b.join("k", vec![json!("b")], 1, 3) else { panic!("joins") };
-        assert!(matches!(b.join("k", vec![json!("c"), json!("d")], 2, 3), Role::Alone), "would overflow");
         assert!(matches!(b.join("other", vec![json!("x")], 1, 3), Role::Lead(_)), "another key, another batch");
         let Role::Member(_m2) = b.join("k", vec![json!("c")], 1, 3) else { panic!("joins") };
+        // Full: the next request opens a new batch at once, while the full one waits for its leader.
+        let Role::Lead(next) = b.join("k", vec![json!("e")], 1, 3) else { panic!("leads the next batch") };
         let batch = lead.close();
         assert_eq!(batch.items, vec![json!("a"), json!("b"), json!("c")]);
         assert_eq!(batch.parts[2], Part { offset: 2, count: 1, weight: 1 });
         assert_eq!(batch.members.len(), 2);
-        assert!(matches!(b.join("k", vec![json!("e")], 1, 3), Role::Lead(_)), "a closed batch takes no one");
+        let Role::Member(_m3) = b.join("k", vec![json!("f")], 1, 3) else { panic!("joins") };
+        // Items that do not fit the open batch send it on and open another.
+        let Role::Lead(third) = b.join("k", vec![json!("g"), json!("h")], 2, 3) else { panic!("leads") };
+        assert_eq!(next.close().items, vec![json!("e"), json!("f")]);
+        assert_eq!(third.close().items.len(), 2);
+        assert!(
+            matches!(b.join("k", vec![json!("x"), json!("y"), json!("z")], 3, 3), Role::Alone),
+            "fills a call alone"
+        );
     }
 
     #[test]
