@@ -41,6 +41,12 @@ pub async fn analyze(
     Ok(Json(v))
 }
 
+/// The client a path names (if the caller may see it) by its usage name, and the month asked.
+fn client_month(app: &App, caller: &Caller, name: &str, q: &MonthQuery) -> Result<(String, u32), ApiError> {
+    let client = client_named(app, caller, name)?;
+    Ok((app.gate.client_name(client), month_of(q)?))
+}
+
 /// Answers shorter than this (completion tokens, on average) are likely served as well by a
 /// smaller rung.
 const SHORT_ANSWER: u64 = 256;
@@ -51,9 +57,7 @@ pub async fn recommendations(
     Path(name): Path<String>,
     Query(q): Query<MonthQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let client = client_named(&app, &caller, &name)?;
-    let month = month_of(&q)?;
-    let who = app.gate.client_name(client);
+    let (who, month) = client_month(&app, &caller, &name, &q)?;
     let (h, by_model) = query(&app, move |store| Ok((store.history(&who, month)?, store.totals(&who, month)?))).await?;
     let config = app.config();
     let mut recs = Vec::new();
@@ -114,9 +118,7 @@ pub async fn stats(
     Path(name): Path<String>,
     Query(q): Query<MonthQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let client = client_named(&app, &caller, &name)?;
-    let month = month_of(&q)?;
-    let who = app.gate.client_name(client);
+    let (who, month) = client_month(&app, &caller, &name, &q)?;
     let s = query(&app, move |store| store.savings(&who, month)).await?;
     Ok(Json(json!({
         "client": name,
