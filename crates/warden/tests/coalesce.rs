@@ -15,8 +15,9 @@ models = ["emb", "emb-alone"]
 
 [models.emb]
 service = "emb"
-# Wide enough that a burst of requests always meets within it, on any machine.
-coalesce = "500ms"
+# The widest allowed, so a burst meets within it however loaded the machine; a full batch
+# (32) goes at once without waiting it out.
+coalesce = "1s"
 coalesce_max = 32
 "#;
 

@@ -413,3 +413,80 @@ models = ["tiny-embed"]
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && said.contains("OK"), "{said}\n{}", w.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs llama-server: run scripts/test"]
+async fn llama_server_answers_are_cached_and_its_embeddings_coalesced() {
+    let llama = llama();
+    let models = tempfile::tempdir().unwrap();
+    let model = llama.make_model(models.path(), "tiny", 64);
+    let w = Warden::start(&format!(
+        r#"
+[cache]
+enabled = true
+
+[services.llama]
+kind = "process"
+command = ["{server}", "-m", "{model}", "--port", "${{PORT}}", "-c", "512", "-t", "1"]
+health = "/health"
+start_timeout = "60s"
+models = ["tiny"]
+
+[services.embed]
+kind = "process"
+command = ["{server}", "-m", "{model}", "--port", "${{PORT}}", "-c", "512", "-t", "1", "--embeddings", "--pooling", "mean"]
+health = "/health"
+start_timeout = "60s"
+models = ["tiny-embed", "tiny-embed-alone"]
+
+[models.tiny-embed]
+service = "embed"
+coalesce = "1s"
+"#,
+        server = llama.server,
+        model = model.display()
+    ));
+    // Cache: the same deterministic stream twice; the second never reaches llama-server.
+    let body = serde_json::json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 8, "temperature": 0, "stream": true});
+    let send = || reqwest::Client::new().post(w.url("/v1/chat/completions")).json(&body).send();
+    let first = send().await.unwrap();
+    assert_eq!(first.headers()["x-warden-cache"], "miss");
+    let first = first.text().await.unwrap();
+    assert!(first.ends_with("data: [DONE]\n\n"), "{first}");
+    let leases = || async {
+        let text = reqwest::get(w.url("/metrics")).await.unwrap().text().await.unwrap();
+        let line = text.lines().find(|l| l.starts_with("warden_service_requests_total{service=\"llama\"}"));
+        line.unwrap_or_else(|| panic!("{text}")).to_string()
+    };
+    let before = leases().await;
+    let again = send().await.unwrap();
+    assert_eq!(again.headers()["x-warden-cache"], "hit");
+    assert_eq!(again.text().await.unwrap(), first);
+    assert_eq!(leases().await, before, "the hit took no lease on llama-server");
+
+    // Coalescing: four requests at once are one call; each gets what it would alone.
+    let texts = ["the cat", "a dog runs", "hello there world", "x"];
+    let embed = |model: &'static str, input: &'static str| {
+        let req = reqwest::Client::new().post(w.url("/v1/embeddings"));
+        async move {
+            let resp = req.json(&serde_json::json!({"model": model, "input": input})).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let together = resp.headers().get("x-warden-coalesced").map(|v| v.to_str().unwrap().to_string());
+            (resp.json::<serde_json::Value>().await.unwrap(), together)
+        }
+    };
+    let together = futures_util::future::join_all(texts.map(|t| embed("tiny-embed", t))).await;
+    let mut tokens = 0;
+    for (text, (got, shared)) in texts.iter().zip(&together) {
+        assert_eq!(shared.as_deref(), Some("4"), "{text}");
+        let (alone, _) = embed("tiny-embed-alone", text).await;
+        let (a, b) =
+            (got["data"][0]["embedding"].as_array().unwrap(), alone["data"][0]["embedding"].as_array().unwrap());
+        assert_eq!((got["data"][0]["index"].as_u64(), a.len()), (Some(0), b.len()), "{text}");
+        let off = a.iter().zip(b).map(|(x, y)| (x.as_f64().unwrap() - y.as_f64().unwrap()).abs()).fold(0.0, f64::max);
+        assert!(off < 1e-3, "{text}: vectors differ by {off}");
+        tokens += got["usage"]["prompt_tokens"].as_u64().unwrap();
+    }
+    assert!(tokens > 0, "llama-server's count, shared out");
+}
