@@ -39,6 +39,11 @@ struct Raw(Arc<AtomicU64>);
 /// Outside the compression layer: counts what is sent, and once the body is done adds what
 /// compression saved to warden's total.
 pub async fn outer(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    // A client that accepts no encoding gets nothing compressed: nothing to count, and no
+    // wrapper on its answer (most API clients; the proxy path stays as it was).
+    if !req.headers().contains_key(header::ACCEPT_ENCODING) {
+        return next.run(req).await;
+    }
     let raw = Arc::new(AtomicU64::new(0));
     req.extensions_mut().insert(Raw(raw.clone()));
     let resp = next.run(req).await;
