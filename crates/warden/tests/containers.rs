@@ -160,8 +160,11 @@ async fn an_existing_container_wakes_sleeps_and_an_outside_stop_is_noticed() {
     assert!(!running(&name.0));
 
     let resp = reqwest::get(w.url("/svc/q/stats")).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    assert!(resp.headers().contains_key("x-warden-cold-start-ms"));
+    let status = resp.status();
+    let cold = resp.headers().contains_key("x-warden-cold-start-ms");
+    let text = resp.text().await.unwrap();
+    assert_eq!(status, 200, "{text}\n{}", w.log());
+    assert!(cold);
     assert!(running(&name.0));
     let svc = w.service("q").await;
     assert_eq!(svc["kind"], "container");
