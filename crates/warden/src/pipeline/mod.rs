@@ -181,20 +181,23 @@ pub struct Planned {
 pub async fn run(app: &Arc<App>, inbound: Inbound) -> Result<Response, ApiError> {
     let Inbound { caller, mut parts, body, target } = inbound;
     let request_id = crate::base::http::request_id(&parts.headers);
-    let mut planned = plan(app, &caller, &mut parts, body, target).await?;
+    let mut planned = Box::pin(plan(app, &caller, &mut parts, body, target)).await?;
     let cached = planned.cache.take();
     if let Some(plan) = &cached {
         if let Some(hit) = cache::answer(app, &caller, &parts.headers, &planned.route, plan, &request_id) {
             return Ok(hit);
         }
     }
+    // The stages are boxed: a request held in admission or through a cold start keeps only
+    // what it needs while it waits (thousands may be held at once), not the largest state any
+    // stage could reach (an unboxed future reserves room for every stage it awaits).
     let resp = match planned.again.take() {
         // A model with fallbacks: each attempt that fails before answering tries the next.
         Some(again) => {
             let fallbacks = fallback::list(app, &planned);
-            fallback::run(app, &caller, again, planned, &request_id, &fallbacks).await
+            Box::pin(fallback::run(app, &caller, again, planned, &request_id, &fallbacks)).await
         }
-        None => attempt(app, &caller, parts, planned, request_id).await,
+        None => Box::pin(attempt(app, &caller, parts, planned, request_id)).await,
     }?;
     Ok(cache::fill(app, cached, resp))
 }
@@ -242,14 +245,16 @@ async fn attempt(
         perf,
     };
     if let (Some((settings, bytes)), Some(model)) = (planned.coalesce, &planned.route.model) {
-        return coalesce::forward(app, settings, &model.name, parts, bytes, &planned.target, acquired, extras).await;
+        let sent = coalesce::forward(app, settings, &model.name, parts, bytes, &planned.target, acquired, extras);
+        return Box::pin(sent).await;
     }
     let mut parts = parts;
     if planned.gzipped {
         parts.headers.insert(axum::http::header::CONTENT_ENCODING, axum::http::HeaderValue::from_static("gzip"));
     }
     let req = Request::from_parts(parts, planned.body);
-    forward::forward(req, &planned.target, acquired, extras).await
+    // Boxed, as is the coalesced send above, for the reason given in `run`.
+    Box::pin(forward::forward(req, &planned.target, acquired, extras)).await
 }
 
 /// Stages 1–5: read, find, route (and ladder, task), allow, estimate.
