@@ -99,6 +99,9 @@ struct Args {
     /// Models this server offers (listed unloaded by `GET /models` and `GET /api/tags`).
     #[arg(long, value_delimiter = ',')]
     models: Vec<String>,
+    /// Wait this long before answering each completion (a model that takes its time).
+    #[arg(long, default_value_t = 0)]
+    answer_delay_ms: u64,
 }
 
 struct Fake {
@@ -111,6 +114,8 @@ struct Fake {
     /// Completions being answered now, and the most there ever were at once (for /stats).
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
+    /// Completions received in all (for /stats).
+    completions: AtomicU64,
     /// Models loaded through the multi-model endpoints, with the memory each holds.
     loaded: Mutex<BTreeMap<String, Vec<u8>>>,
     /// `--ratelimit-requests`: when the window began (Unix ms) and completions in it.
@@ -287,6 +292,7 @@ struct InFlight(Arc<Fake>);
 impl InFlight {
     fn new(fake: &Arc<Fake>) -> InFlight {
         let _ = fake.first_request_ns.compare_exchange(0, unix_ns() as u64, Ordering::SeqCst, Ordering::SeqCst);
+        fake.completions.fetch_add(1, Ordering::SeqCst);
         let now = fake.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         fake.max_in_flight.fetch_max(now, Ordering::SeqCst);
         InFlight(fake.clone())
@@ -359,6 +365,7 @@ async fn main() {
         requests: AtomicU64::new(0),
         in_flight: AtomicU64::new(0),
         max_in_flight: AtomicU64::new(0),
+        completions: AtomicU64::new(0),
         first_health_ns: AtomicU64::new(0),
         first_request_ns: AtomicU64::new(0),
         loaded: Mutex::default(),
@@ -457,6 +464,7 @@ async fn props(State(fake): State<Arc<Fake>>) -> Response {
 async fn stats(State(fake): State<Arc<Fake>>) -> Json<Value> {
     Json(json!({"pid": std::process::id(), "requests": fake.requests.load(Ordering::SeqCst),
         "max_in_flight": fake.max_in_flight.load(Ordering::SeqCst),
+        "completions": fake.completions.load(Ordering::SeqCst),
         "refused": fake.refused.load(Ordering::SeqCst),
         "gzipped": fake.gzipped.load(Ordering::SeqCst),
         "first_health_unix_ns": fake.first_health_ns.load(Ordering::SeqCst),
@@ -510,6 +518,9 @@ async fn completions(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
 }
 
 async fn answer(fake: &Fake, body: &Value, object: &'static str) -> Response {
+    if fake.args.answer_delay_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(fake.args.answer_delay_ms)).await;
+    }
     let model = body["model"].as_str().unwrap_or(&fake.args.model).to_string();
     let n = fake.completion_tokens(body);
     let usage =

@@ -8,12 +8,14 @@
 //! - `pressure`: memory level, trend and time to exhaustion, degrade at once / upgrade after a
 //!   stabilization.
 //! - `cache`: whether an answer may be cached, and the canonical text of its key.
+//! - `batch`: the Batch API's statuses, and checking an input file before any line runs.
 //! - `coalesce`: the items of an embeddings request, and a combined answer's usage shared back.
 //! - admission: `class` (the five classes, the off-peak window), `budget` (micro-dollars,
 //!   prices, the monthly ledger), `bucket` (token-bucket pools), `queue` (the priority
 //!   dispatcher), `estimate` (what a request may use, from its body), `calendar` (UTC months).
 #![forbid(unsafe_code)]
 
+pub mod batch;
 pub mod bucket;
 pub mod budget;
 pub mod cache;

@@ -56,6 +56,10 @@ pub struct App {
     pub compression_saved: Arc<std::sync::atomic::AtomicU64>,
     /// Async jobs from `/api/queue/enqueue`.
     pub jobs: Arc<Jobs>,
+    /// The Batch API's files, batches and lines (`server/batches` runs them).
+    pub batches: Arc<crate::batch::Store>,
+    /// The batches being run now, by id (their runners add and remove them).
+    pub batch_runs: Mutex<std::collections::HashMap<String, Arc<crate::batch::Run>>>,
     /// The pressure monitor: whether to serve smaller rungs now, pinned sessions.
     pub pressure: Arc<Monitor>,
     /// The event hub behind `/admin/events`.
@@ -83,6 +87,7 @@ pub struct Owners {
     pub gate: Arc<Gate>,
     pub cache: Option<Arc<crate::cache::Cache>>,
     pub jobs: Arc<Jobs>,
+    pub batches: Arc<crate::batch::Store>,
     pub pressure: Arc<Monitor>,
     pub events: Events,
     pub draining: tokio_util::sync::CancellationToken,
@@ -107,6 +112,8 @@ impl App {
             coalesced_calls_saved: Arc::default(),
             upstream_compression_saved: Arc::default(),
             jobs: o.jobs,
+            batches: o.batches,
+            batch_runs: Mutex::default(),
             pressure: o.pressure,
             events: o.events,
             performance: o.performance,

@@ -5,6 +5,7 @@ pub mod account;
 pub mod admission;
 pub mod app;
 pub mod base;
+pub mod batch;
 pub mod cache;
 pub mod cli;
 pub mod coalesce;

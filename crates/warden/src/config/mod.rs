@@ -69,6 +69,11 @@ pub struct OptimizerConfig {
     /// So are a client's requests once it has used (spent and reserved) this share of its
     /// monthly budget.
     pub downgrade_over_budget: Option<f64>,
+    /// Batch API lines run `deferred` (inside `[scheduler].off_peak` only) instead of `batch`.
+    pub batches_off_peak: bool,
+    /// Lines of one batch in flight at once (the priority queue orders them behind
+    /// interactive work; this bounds what one batch holds in it).
+    pub batch_concurrency: usize,
 }
 
 /// `[cache]`: answers kept and served again for identical requests.

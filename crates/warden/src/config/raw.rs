@@ -45,6 +45,8 @@ pub struct RawConfig {
 pub struct RawOptimizer {
     pub downgrade_classes: Option<Vec<String>>,
     pub downgrade_over_budget: Option<f64>,
+    pub batches_off_peak: Option<bool>,
+    pub batch_concurrency: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -163,6 +163,12 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     let tasks = adapt::tasks(raw.tasks)?;
     let cache = cache(raw.cache)?;
     let optimizer = optimizer(raw.optimizer)?;
+    if optimizer.batches_off_peak && scheduler.off_peak.is_none() {
+        return Err(err(
+            "optimizer.batches_off_peak",
+            "batch lines would run only inside [scheduler].off_peak, and no off_peak window is configured",
+        ));
+    }
     Ok(Config {
         server,
         idle,
@@ -199,7 +205,16 @@ fn optimizer(raw: super::raw::RawOptimizer) -> Result<super::OptimizerConfig, Co
     if share.is_some_and(|s| !(s > 0.0 && s <= 1.0)) {
         return Err(err("optimizer.downgrade_over_budget", "must be a share of the budget, above 0 and at most 1"));
     }
-    Ok(super::OptimizerConfig { downgrade_classes, downgrade_over_budget: share })
+    let batch_concurrency = raw.batch_concurrency.unwrap_or(4);
+    if !(1..=256).contains(&batch_concurrency) {
+        return Err(err("optimizer.batch_concurrency", "must be from 1 to 256"));
+    }
+    Ok(super::OptimizerConfig {
+        downgrade_classes,
+        downgrade_over_budget: share,
+        batches_off_peak: raw.batches_off_peak.unwrap_or(false),
+        batch_concurrency,
+    })
 }
 
 fn cache(raw: super::raw::RawCache) -> Result<CacheConfig, ConfigError> {

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+mod batches;
 mod compress;
 mod listen;
 mod metrics;
@@ -41,6 +42,7 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/svc/{service}", any(passthrough::root))
         .route("/svc/{service}/{*path}", any(passthrough::path))
         .merge(api::routes())
+        .merge(batches::routes())
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::client_auth));
     // Ollama's dialect: the same keys, and every error in Ollama's shape.
     let ollama = ollama::routes()
@@ -172,6 +174,7 @@ pub fn assemble(config: Arc<Config>, state_dir: std::path::PathBuf) -> Result<As
         gate: gate.clone(),
         cache,
         jobs,
+        batches: Arc::new(crate::batch::Store::open(&ctx_state_dir)?),
         pressure,
         events: events.clone(),
         draining: stop_accepting.clone(),
@@ -221,6 +224,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
     };
     let on_hangup = reload_on_hangup(app.clone(), hangup, shutdown.clone());
     tasks.spawn(on_hangup.instrument(tracing::info_span!("reload on SIGHUP")));
+    // Batches in progress when warden last stopped go on where they stopped.
+    batches::resume(&app);
     let serving = listen::serve(listener, routes(app.clone()), limits, stop_accepting.clone());
     let mut server = tokio::spawn(serving.instrument(tracing::info_span!("front door")));
     info!(

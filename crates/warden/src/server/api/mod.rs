@@ -20,6 +20,7 @@ use crate::base::caller::Caller;
 use crate::base::errors::ApiError;
 
 pub use queue::queue_status;
+pub(crate) use queue::{answer_json, call};
 pub use usage::client_usage;
 
 pub fn routes() -> Router<Arc<App>> {

@@ -71,18 +71,43 @@ impl Accepted {
 
     /// Runs it through the pipeline; an error becomes its JSON answer.
     async fn run(self, app: Arc<App>) -> Response {
-        let mut req = Request::builder()
-            .method(Method::POST)
-            .uri(self.endpoint.path())
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(REQUEST_ID_HEADER, &self.id);
-        if let Some(p) = self.priority.as_deref().and_then(|p| HeaderValue::from_str(p).ok()) {
-            req = req.header(policy::class::HEADER, p);
-        }
-        let req = req.body(Body::from(self.body)).expect("a valid request");
-        let inbound = Inbound::new(self.caller, req, Target::Model(self.endpoint));
-        pipeline::run(&app, inbound).await.unwrap_or_else(IntoResponse::into_response)
+        call(&app, self.caller, self.endpoint, self.body, self.priority.as_deref(), &self.id).await
     }
+}
+
+/// Runs an OpenAI request body through the pipeline as `caller`, under request id `id` and
+/// class `priority`, as a front-door request would; an error becomes its JSON answer. Jobs,
+/// `/api/execute` and batch lines all run through here.
+pub(crate) async fn call(
+    app: &Arc<App>,
+    caller: Caller,
+    endpoint: Endpoint,
+    body: Bytes,
+    priority: Option<&str>,
+    id: &str,
+) -> Response {
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri(endpoint.path())
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(REQUEST_ID_HEADER, id);
+    if let Some(p) = priority.and_then(|p| HeaderValue::from_str(p).ok()) {
+        req = req.header(policy::class::HEADER, p);
+    }
+    let req = req.body(Body::from(body)).expect("a valid request");
+    let inbound = Inbound::new(caller, req, Target::Model(endpoint));
+    pipeline::run(app, inbound).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// An answer's status and JSON body (a body that is not JSON becomes a string), read up to
+/// `limit` bytes.
+pub(crate) async fn answer_json(resp: Response, limit: usize) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    let body = match axum::body::to_bytes(resp.into_body(), limit).await {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&b).into())),
+        Err(e) => json!({"error": {"message": format!("the answer could not be read: {e}")}}),
+    };
+    (status, body)
 }
 
 pub async fn queue_status(State(app): State<Arc<App>>) -> Json<Value> {
@@ -141,17 +166,7 @@ pub async fn enqueue(
     let limit = app.config().server.max_body;
     let work = {
         let app = app.clone();
-        async move {
-            let resp = job.run(app).await;
-            let status = resp.status().as_u16();
-            let body = match axum::body::to_bytes(resp.into_body(), limit).await {
-                Ok(b) => {
-                    serde_json::from_slice(&b).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&b).into()))
-                }
-                Err(e) => json!({"error": {"message": format!("the answer could not be read: {e}")}}),
-            };
-            (status, body)
-        }
+        async move { answer_json(job.run(app).await, limit).await }
     };
     if !app.jobs.spawn(id.clone(), caller.client, work) {
         return Err(ApiError::Conflict(format!("a job with id {id} exists already")));
