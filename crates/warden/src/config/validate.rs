@@ -588,6 +588,17 @@ mod tests {
         parse(text, Path::new(".")).unwrap_err().to_string()
     }
 
+    #[test]
+    fn batches_off_peak_needs_an_off_peak_window_and_concurrency_is_bounded() {
+        let e = parse_err("[optimizer]\nbatches_off_peak = true\n");
+        assert!(e.contains("optimizer.batches_off_peak") && e.contains("off_peak window"), "{e}");
+        let ok =
+            parse("[scheduler]\noff_peak = \"22:00-06:00\"\n[optimizer]\nbatches_off_peak = true\n", Path::new("."));
+        assert!(ok.unwrap().optimizer.batches_off_peak);
+        assert!(parse_err("[optimizer]\nbatch_concurrency = 0\n").contains("optimizer.batch_concurrency"));
+        assert_eq!(parse("", Path::new(".")).unwrap().optimizer.batch_concurrency, 4);
+    }
+
     const GOOD: &str = r#"
 [server]
 listen = "127.0.0.1:0"
