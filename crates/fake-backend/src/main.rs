@@ -605,14 +605,20 @@ async fn embeddings(State(fake): State<Arc<Fake>>, body: Bytes) -> Response {
     if inputs.iter().any(|i| i == "FAIL") {
         return (StatusCode::BAD_REQUEST, Json(json!({"error": {"message": "an input says FAIL"}}))).into_response();
     }
-    // A deterministic 8-dimensional vector from the text's bytes.
+    // A deterministic bag of words in 16 dimensions (each word, lower-cased, counted in the
+    // bucket of its hash): texts with the same words point the same way, as a real model's
+    // embeddings of near-identical sentences do, and texts that share few words do not.
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()
         .map(|(i, text)| {
-            let mut v = [0f32; 8];
-            for (j, b) in text.bytes().enumerate() {
-                v[j % 8] += b as f32 / 255.0;
+            let mut v = [0f32; 16];
+            for word in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
+                let hash = word
+                    .to_lowercase()
+                    .bytes()
+                    .fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+                v[(hash % 16) as usize] += 1.0;
             }
             json!({"object": "embedding", "index": i, "embedding": v})
         })

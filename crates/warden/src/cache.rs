@@ -69,6 +69,12 @@ CREATE TABLE IF NOT EXISTS entries (
     body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS entries_used ON entries (used_ms);
+CREATE TABLE IF NOT EXISTS vectors (
+    key BLOB PRIMARY KEY,
+    context BLOB NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS vectors_context ON vectors (context);
 ";
 
 impl Cache {
@@ -126,6 +132,7 @@ impl Cache {
         if now.saturating_sub(created) >= self.ttl.as_millis() as u64 {
             if db.conn.execute("DELETE FROM entries WHERE key = ?1", [&key[..]]).is_ok() {
                 db.size = db.size.saturating_sub(size);
+                let _ = db.conn.execute("DELETE FROM vectors WHERE key = ?1", [&key[..]]);
             }
             return None;
         }
@@ -191,8 +198,48 @@ impl Cache {
             if db.conn.execute("DELETE FROM entries WHERE key = ?1", [&key]).is_err() {
                 break;
             }
+            let _ = db.conn.execute("DELETE FROM vectors WHERE key = ?1", [&key]);
             db.size = db.size.saturating_sub(size);
         }
+    }
+
+    /// Files the embedding of the answer stored under `key` (semantic cache), with the key of
+    /// its context (everything but the last user message).
+    pub fn put_vector(&self, key: &Key, context: &Key, vector: &[f32]) {
+        let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let db = self.lock();
+        if let Err(e) = db
+            .conn
+            .execute("INSERT OR REPLACE INTO vectors VALUES (?1, ?2, ?3)", params![&key[..], &context[..], bytes])
+        {
+            tracing::warn!("Cache vector store failed: {e}");
+        }
+    }
+
+    /// The live answer in `context` whose embedding is nearest `vector`, if its cosine
+    /// similarity is at least `threshold`: its key and the similarity.
+    pub fn nearest(&self, context: &Key, vector: &[f32], threshold: f64) -> Option<(Key, f64)> {
+        let oldest = clock::unix_ms().saturating_sub(self.ttl.as_millis() as u64);
+        let db = self.lock();
+        let mut q = db
+            .conn
+            .prepare_cached(
+                "SELECT v.key, v.vector FROM vectors v JOIN entries e ON e.key = v.key
+                 WHERE v.context = ?1 AND e.created_ms > ?2",
+            )
+            .ok()?;
+        let rows =
+            q.query_map(params![&context[..], oldest], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)));
+        let mut best: Option<(Key, f64)> = None;
+        for (key, bytes) in rows.ok()?.flatten() {
+            let stored: Vec<f32> =
+                bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+            let similarity = policy::cache::cosine(vector, &stored);
+            if similarity >= threshold && best.as_ref().is_none_or(|(_, b)| similarity > *b) {
+                best = Some((key.try_into().ok()?, similarity));
+            }
+        }
+        best
     }
 
     /// The largest answer kept.
@@ -218,6 +265,7 @@ mod tests {
             ttl,
             per_client: true,
             when: policy::cache::When::Always,
+            semantic: None,
         };
         Cache::open(&config, Path::new("/nonexistent")).unwrap().unwrap()
     }
@@ -272,5 +320,27 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         assert!(c.get(&key("a")).is_none());
         assert_eq!(c.size(), 0);
+    }
+
+    #[test]
+    fn the_nearest_vector_in_a_context_wins_above_the_threshold_and_goes_with_its_entry() {
+        let c = cache(1 << 20, Duration::from_secs(60));
+        let (ctx, other_ctx) = (key("context"), key("another"));
+        let (a, b) = (key("a"), key("b"));
+        c.put(&a, &entry(100, 1));
+        c.put(&b, &entry(100, 2));
+        c.put_vector(&a, &ctx, &[1.0, 0.0, 0.0]);
+        c.put_vector(&b, &ctx, &[1.0, 1.0, 0.0]);
+        let (found, similarity) = c.nearest(&ctx, &[1.0, 0.1, 0.0], 0.9).unwrap();
+        assert_eq!(found, a);
+        assert!(similarity > 0.99);
+        assert!(c.nearest(&ctx, &[0.0, 0.0, 1.0], 0.5).is_none(), "nothing near enough");
+        assert!(c.nearest(&other_ctx, &[1.0, 0.0, 0.0], 0.5).is_none(), "another context");
+        // An evicted entry's vector goes with it.
+        let small = cache(150, Duration::from_secs(60));
+        small.put(&a, &entry(100, 1));
+        small.put_vector(&a, &ctx, &[1.0, 0.0, 0.0]);
+        small.put(&b, &entry(100, 2));
+        assert!(small.nearest(&ctx, &[1.0, 0.0, 0.0], 0.5).is_none());
     }
 }

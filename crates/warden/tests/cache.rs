@@ -167,3 +167,39 @@ async fn a_client_never_gets_another_client_s_answer_and_entries_survive_a_resta
     assert_eq!(resp.headers()["x-warden-cache"], "hit", "kept in state_dir/cache.db across a restart");
     assert!(w.dir.path().join("state/cache.db").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_semantic_cache_serves_a_near_identical_question_and_nothing_else() {
+    let w = Warden::start(
+        r#"
+[cache]
+enabled = true
+semantic = { model = "embed", threshold = 0.95 }
+
+[services.llm]
+kind = "process"
+command = ["FAKE", "--port", "${PORT}", "--tokens", "4"]
+models = ["llm", "embed"]
+"#,
+    );
+    let question = |q: &str, extra: Value| {
+        let mut body = json!({"model": "llm", "temperature": 0,
+            "messages": [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": q}]});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+    let (mark, status, first) = send(&w, &question("What is the capital of France?", json!({})), &[]).await;
+    assert_eq!((mark.as_str(), status), ("miss", 200), "{first}");
+    let (mark, status, near) = send(&w, &question("what is the capital of france", json!({})), &[]).await;
+    assert_eq!((mark.as_str(), status), ("semantic", 200), "{near}\n{}", w.log());
+    assert_eq!(near, first, "the stored answer, as it was");
+    // Another question in the same context, and the same question with another parameter.
+    let (mark, _, _) = send(&w, &question("What is the capital of Spain?", json!({})), &[]).await;
+    assert_eq!(mark, "miss", "a different question is not the same one");
+    let (mark, _, _) = send(&w, &question("what is the capital of france", json!({"max_tokens": 2})), &[]).await;
+    assert_eq!(mark, "miss", "the rest of the request must be identical");
+    let stats = w.get("/svc/llm/stats").await;
+    assert_eq!(stats["completions"], 3, "the semantic hit never reached the model: {stats}");
+}

@@ -88,6 +88,18 @@ pub struct CacheConfig {
     /// A client never receives another client's answer (false: one cache for everyone).
     pub per_client: bool,
     pub when: policy::cache::When,
+    /// Near-identical prompts served the same answer (off unless set).
+    pub semantic: Option<SemanticCache>,
+}
+
+/// `[cache] semantic`: a chat request whose exact key misses is looked up by the embedding of
+/// its last user message among stored answers to requests that differ only in that message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SemanticCache {
+    /// The embeddings model (a configured model) that embeds the message.
+    pub model: String,
+    /// Cosine similarity at least this is the same question.
+    pub threshold: f64,
 }
 
 impl Config {

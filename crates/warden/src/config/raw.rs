@@ -58,6 +58,14 @@ pub struct RawCache {
     pub ttl: Option<HumanDuration>,
     pub scope: Option<String>,
     pub when: Option<String>,
+    pub semantic: Option<RawSemantic>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSemantic {
+    pub model: String,
+    pub threshold: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

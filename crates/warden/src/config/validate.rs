@@ -163,6 +163,9 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     let tasks = adapt::tasks(raw.tasks)?;
     let cache = cache(raw.cache)?;
     let optimizer = optimizer(raw.optimizer)?;
+    if let Some(s) = cache.semantic.as_ref().filter(|s| !models.contains_key(&s.model)) {
+        return Err(err("cache.semantic.model", format!("unknown model {:?} (it embeds the messages)", s.model)));
+    }
     if optimizer.batches_off_peak && scheduler.off_peak.is_none() {
         return Err(err(
             "optimizer.batches_off_peak",
@@ -241,7 +244,17 @@ fn cache(raw: super::raw::RawCache) -> Result<CacheConfig, ConfigError> {
     if ttl.is_zero() {
         return Err(err("cache.ttl", "must be more than 0"));
     }
-    Ok(CacheConfig { enabled: raw.enabled.unwrap_or(false), on_disk, max_size, ttl, per_client, when })
+    let semantic = match raw.semantic {
+        None => None,
+        Some(s) => {
+            let threshold = s.threshold.unwrap_or(0.95);
+            if !(threshold > 0.0 && threshold <= 1.0) {
+                return Err(err("cache.semantic.threshold", "must be a cosine similarity above 0 and at most 1"));
+            }
+            Some(super::SemanticCache { model: s.model, threshold })
+        }
+    };
+    Ok(CacheConfig { enabled: raw.enabled.unwrap_or(false), on_disk, max_size, ttl, per_client, when, semantic })
 }
 
 fn service(name: &str, raw: RawService, base: &Path) -> Result<ServiceConfig, ConfigError> {
@@ -597,6 +610,18 @@ mod tests {
         assert!(ok.unwrap().optimizer.batches_off_peak);
         assert!(parse_err("[optimizer]\nbatch_concurrency = 0\n").contains("optimizer.batch_concurrency"));
         assert_eq!(parse("", Path::new(".")).unwrap().optimizer.batch_concurrency, 4);
+    }
+
+    #[test]
+    fn the_semantic_cache_needs_a_known_model_and_a_sane_threshold() {
+        let svc = "[services.s]\nkind = \"remote\"\nurl = \"http://127.0.0.1:9\"\nmodels = [\"embed\"]\n";
+        let with = |semantic: &str| format!("[cache]\nenabled = true\nsemantic = {semantic}\n{svc}");
+        let cfg = parse(&with("{ model = \"embed\" }"), Path::new(".")).unwrap();
+        assert_eq!(cfg.cache.semantic.map(|s| s.threshold), Some(0.95));
+        let e = parse_err(&with("{ model = \"nope\" }"));
+        assert!(e.starts_with("cache.semantic.model: unknown model \"nope\""), "{e}");
+        let e = parse_err(&with("{ model = \"embed\", threshold = 1.5 }"));
+        assert!(e.starts_with("cache.semantic.threshold:"), "{e}");
     }
 
     const GOOD: &str = r#"

@@ -6,6 +6,12 @@
 //! What may be cached and the key's text are `policy::cache`'s. The key is the hash of that
 //! text plus how the answer is delivered (a stream is stored and replayed as its events, a
 //! JSON answer as itself).
+//!
+//! The semantic cache (`[cache] semantic`, off by default): a chat request whose exact key
+//! misses has its last user message embedded (by the configured embeddings model, through the
+//! pipeline as the same client), and is answered from a stored answer to a request identical
+//! but for that message whose embedding is near enough (`x-warden-cache: semantic`). On a miss
+//! the embedding is stored with the answer.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,7 +21,7 @@ use std::time::Instant;
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use hyper::body::{Frame, SizeHint};
-use policy::cache::{cacheable, key_text};
+use policy::cache::{cacheable, key_text, semantic_parts};
 
 use super::Route;
 use crate::account::usage::{Framing, Scanner};
@@ -31,8 +37,18 @@ pub enum Plan {
     /// The cache does not apply to it (not deterministic, `when = "never"`, …).
     Bypass,
     /// `lookup`: look for a stored answer (not after `Cache-Control: no-cache`); `store`: keep
-    /// this answer (not after `no-store`).
-    Use { key: Key, lookup: bool, store: bool },
+    /// this answer (not after `no-store`); `semantic`: look up by meaning too.
+    Use { key: Key, lookup: bool, store: bool, semantic: Option<Semantic> },
+}
+
+/// A request's part in the semantic cache.
+pub struct Semantic {
+    /// The key of everything but its last user message (and how it is delivered).
+    context: Key,
+    /// That message.
+    text: String,
+    /// Its embedding, once made: stored with the answer.
+    vector: Option<Vec<f32>>,
 }
 
 /// The plan for a model request with this (final) body; None when there is no cache.
@@ -51,7 +67,16 @@ pub fn plan(app: &App, caller: &Caller, headers: &HeaderMap, path: &str, route: 
     let delivery = if doc["stream"] == serde_json::json!(true) { "stream" } else { "json" };
     let key = crate::cache::key(&format!("{}\n{delivery}", key_text(path, scope, &doc)));
     let control = headers.get(header::CACHE_CONTROL).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
-    Some(Plan::Use { key, lookup: !control.contains("no-cache"), store: !control.contains("no-store") })
+    let lookup = !control.contains("no-cache");
+    let semantic = match (&config.cache.semantic, lookup) {
+        (Some(_), true) => semantic_parts(path, scope, &doc).map(|(context, text)| Semantic {
+            context: crate::cache::key(&format!("{context}\n{delivery}")),
+            text,
+            vector: None,
+        }),
+        _ => None,
+    };
+    Some(Plan::Use { key, lookup, store: !control.contains("no-store"), semantic })
 }
 
 /// The stored answer for a planned request, recorded as a cached request; None on a miss.
@@ -66,6 +91,77 @@ pub fn answer(
     let started = Instant::now();
     let (Plan::Use { key, lookup: true, .. }, Some(cache)) = (plan, app.cache.as_ref()) else { return None };
     let entry = cache.get(key)?;
+    Some(serve(app, caller, headers, route, entry, request_id, started, "hit"))
+}
+
+/// A stored answer to a request that differs only in a last user message near this one's
+/// (`[cache] semantic`); None on a miss, or when the message could not be embedded. The
+/// embedding is kept in the plan, to be stored with this request's answer.
+pub async fn semantic(
+    app: &Arc<App>,
+    caller: &Caller,
+    headers: &HeaderMap,
+    route: &Route,
+    plan: &mut Plan,
+    request_id: &str,
+) -> Option<Response<Body>> {
+    let started = Instant::now();
+    let Plan::Use { semantic: Some(s), .. } = plan else { return None };
+    let config = app.config().cache.semantic.clone()?;
+    let cache = app.cache.clone()?;
+    let vector = embed(app, caller, &config.model, &s.text).await?;
+    let found = cache.nearest(&s.context, &vector, config.threshold);
+    s.vector = Some(vector);
+    let entry = cache.get(&found?.0)?;
+    Some(serve(app, caller, headers, route, entry, request_id, started, "semantic"))
+}
+
+/// The embedding of `text` by `model`, asked through the pipeline as `caller` (it is real work,
+/// on the client's budget). A boxed `Send` future by its signature: the pipeline calls itself
+/// here, and a named type is what lets the compiler see the recursion is `Send`.
+fn embed<'a>(
+    app: &'a Arc<App>,
+    caller: &'a Caller,
+    model: &'a str,
+    text: &'a str,
+) -> Pin<Box<dyn std::future::Future<Output = Option<Vec<f32>>> + Send + 'a>> {
+    use super::{Endpoint, Inbound, Target};
+    Box::pin(async move {
+        let body = serde_json::json!({"model": model, "input": text}).to_string();
+        let req = axum::http::Request::post(Endpoint::Embeddings.path())
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .ok()?;
+        let inbound = Inbound::new(*caller, req, Target::Model(Endpoint::Embeddings));
+        let resp = match super::run(app, inbound).await {
+            Ok(resp) if resp.status().is_success() => resp,
+            Ok(resp) => {
+                tracing::warn!("the semantic cache's embedding by {model} failed: {}", resp.status());
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!("the semantic cache's embedding by {model} failed: {e:?}");
+                return None;
+            }
+        };
+        let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20).await.ok()?;
+        let answer: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        answer["data"][0]["embedding"].as_array()?.iter().map(|x| x.as_f64().map(|f| f as f32)).collect()
+    })
+}
+
+/// Answers with a stored entry, recorded as a cached request; `mark` is the cache header.
+#[allow(clippy::too_many_arguments)]
+fn serve(
+    app: &App,
+    caller: &Caller,
+    headers: &HeaderMap,
+    route: &Route,
+    entry: Entry,
+    request_id: &str,
+    started: Instant,
+    mark: &'static str,
+) -> Response<Body> {
     let model = route.model.as_ref().map_or("", |m| m.name.as_str());
     let class = super::admit::class_of(app, headers).unwrap_or(policy::class::Class::Normal);
     app.gate.record_cached(CachedAnswer {
@@ -91,11 +187,11 @@ pub fn answer(
     if let Ok(v) = HeaderValue::from_str(&entry.content_type) {
         headers.insert(header::CONTENT_TYPE, v);
     }
-    headers.insert(CACHE_HEADER, HeaderValue::from_static("hit"));
+    headers.insert(CACHE_HEADER, HeaderValue::from_static(mark));
     if let Ok(v) = HeaderValue::from_str(model) {
         headers.insert(super::forward::MODEL_HEADER, v);
     }
-    Some(resp)
+    resp
 }
 
 /// Server-sent events, each with its blank-line end.
@@ -124,13 +220,17 @@ pub fn fill(app: &App, plan: Option<Plan>, mut resp: Response<Body>) -> Response
     // An answer from a fallback model is not the asked model's answer.
     let fell_back = resp.headers().contains_key(super::fallback::FALLBACKS_HEADER);
     match (plan, app.cache.clone()) {
-        (Plan::Use { key, store: true, .. }, Some(cache)) if resp.status() == StatusCode::OK && !fell_back => {
+        (Plan::Use { key, store: true, semantic, .. }, Some(cache))
+            if resp.status() == StatusCode::OK && !fell_back =>
+        {
             let content_type =
                 resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
             let framing = Framing::of(&content_type);
+            let vector = semantic.and_then(|s| Some((s.context, s.vector?)));
             resp.map(|inner| {
                 let limit = cache.max_entry();
-                Body::new(Filling { inner, cache, key, content_type, framing, buf: Vec::new(), limit, broken: false })
+                let buf = Vec::new();
+                Body::new(Filling { inner, cache, key, vector, content_type, framing, buf, limit, broken: false })
             })
         }
         _ => resp,
@@ -142,6 +242,8 @@ struct Filling {
     inner: Body,
     cache: Arc<Cache>,
     key: Key,
+    /// The request's context key and embedding, for the semantic cache.
+    vector: Option<(Key, Vec<f32>)>,
     content_type: String,
     framing: Framing,
     buf: Vec<u8>,
@@ -182,6 +284,9 @@ impl Filling {
             completion_tokens: usage.completion_tokens,
         };
         self.cache.put(&self.key, &entry);
+        if let Some((context, vector)) = self.vector.take() {
+            self.cache.put_vector(&self.key, &context, &vector);
+        }
     }
 }
 

@@ -182,9 +182,13 @@ pub async fn run(app: &Arc<App>, inbound: Inbound) -> Result<Response, ApiError>
     let Inbound { caller, mut parts, body, target } = inbound;
     let request_id = crate::base::http::request_id(&parts.headers);
     let mut planned = Box::pin(plan(app, &caller, &mut parts, body, target)).await?;
-    let cached = planned.cache.take();
-    if let Some(plan) = &cached {
+    let mut cached = planned.cache.take();
+    if let Some(plan) = &mut cached {
         if let Some(hit) = cache::answer(app, &caller, &parts.headers, &planned.route, plan, &request_id) {
+            return Ok(hit);
+        }
+        let near = cache::semantic(app, &caller, &parts.headers, &planned.route, plan, &request_id);
+        if let Some(hit) = Box::pin(near).await {
             return Ok(hit);
         }
     }
