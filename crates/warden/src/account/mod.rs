@@ -3,5 +3,6 @@
 
 pub mod alerts;
 pub mod performance;
+pub mod recent;
 pub mod store;
 pub mod usage;

@@ -12,6 +12,7 @@ mod ollama;
 mod openai;
 mod passthrough;
 mod state_lock;
+mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +53,7 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .route("/metrics", get(metrics::metrics))
         .route("/status", get(metrics::status))
+        .route("/ui", get(ui::page))
         .merge(front)
         .merge(ollama)
         .merge(admin)

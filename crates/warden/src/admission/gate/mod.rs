@@ -107,6 +107,8 @@ pub struct Gate {
     /// Where usage records go (SQLite, written by its own thread).
     pub store: Arc<Store>,
     pub alerts: Alerts,
+    /// The latest finished requests, for the dashboard.
+    pub recent: crate::account::recent::Recent,
 }
 
 impl Gate {
@@ -139,6 +141,7 @@ impl Gate {
             changed: Notify::new(),
             epoch: Instant::now(),
             store,
+            recent: crate::account::recent::Recent::new(events.clone()),
             alerts: Alerts::new(events),
         })
     }

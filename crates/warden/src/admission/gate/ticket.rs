@@ -2,6 +2,7 @@
 //! when its answer ends, whatever the path: it settles the real cost against the reservation,
 //! corrects the pools, frees its slots and records the usage.
 
+use crate::account::recent::Finished;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -112,6 +113,19 @@ impl Drop for Ticket {
             gate.budget_alerts(self.client, &st.ledgers[self.client]);
             gate.dispatch(&mut st, now);
         }
+        gate.recent.record(Finished {
+            at_unix_ms: clock::unix_ms(),
+            request_id: self.request_id.clone(),
+            client: gate.slot_name(self.client),
+            model: self.model.clone(),
+            service: self.service.clone(),
+            class: self.class.as_str(),
+            status: self.status.unwrap_or(0),
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            queued_ms: self.queued.as_millis() as u64,
+            cost_micros: cost,
+            cached: false,
+        });
         if !self.accounted {
             return;
         }
@@ -121,7 +135,7 @@ impl Drop for Ticket {
         };
         gate.store.record(UsageRecord {
             request_id: std::mem::take(&mut self.request_id),
-            client: gate.slot_name(self.client).to_string(),
+            client: gate.slot_name(self.client),
             model: self.model.take(),
             service: std::mem::take(&mut self.service),
             class: self.class.as_str().to_string(),
@@ -161,6 +175,19 @@ impl Gate {
     pub fn record_cached(&self, hit: CachedAnswer) -> policy::budget::Micros {
         let saved = self.cost(Some(hit.model), hit.prompt_tokens, hit.completion_tokens);
         let (_, month) = self.now();
+        self.recent.record(Finished {
+            at_unix_ms: clock::unix_ms(),
+            request_id: hit.request_id.clone(),
+            client: self.client_name(hit.client),
+            model: Some(hit.model.to_string()),
+            service: hit.service.clone(),
+            class: hit.class.as_str(),
+            status: 200,
+            duration_ms: hit.duration.as_millis() as u64,
+            queued_ms: 0,
+            cost_micros: 0,
+            cached: true,
+        });
         self.store.record(UsageRecord {
             request_id: hit.request_id,
             client: self.client_name(hit.client),

@@ -1,8 +1,9 @@
 //! The admin API (`/admin/*`, behind the admin token): services and idle settings
 //! (`services.rs`), memory (`resources.rs`), the scheduler, alerts and usage (`scheduler.rs`),
-//! config reload (`reload.rs`).
+//! config reload (`reload.rs`), the dashboard's reads (`activity.rs`).
 //! Reads come from published state; changes go to the owners as commands, never around them.
 
+mod activity;
 mod events;
 mod pressure;
 mod reload;
@@ -24,4 +25,5 @@ pub fn routes() -> Router<Arc<App>> {
         .merge(pressure::routes())
         .merge(events::routes())
         .merge(reload::routes())
+        .merge(activity::routes())
 }

@@ -200,7 +200,7 @@ struct IdleSleepChange {
 }
 
 /// The service named in an admin path; 404 listing the known ones.
-fn service(app: &App, name: &str) -> Result<ServiceHandle, ApiError> {
+pub(super) fn service(app: &App, name: &str) -> Result<ServiceHandle, ApiError> {
     Ok(app.services()[route::service(app, name)?.service].clone())
 }
 
