@@ -15,8 +15,8 @@ WRAPPER="$CACHE/llama-server"
 JOBS="${WARDEN_BUILD_JOBS:-$(nproc)}"
 mkdir -p "$CACHE"
 if [ ! -x "$VENV/bin/python" ]; then python3 -m venv "$VENV" >&2; fi
-if ! "$VENV/bin/python" -c 'import gguf, numpy, ollama, openai, prometheus_client, selenium' 2>/dev/null; then
-  "$VENV/bin/pip" install --quiet gguf numpy ollama openai prometheus_client selenium >&2
+if ! "$VENV/bin/python" -c 'import gguf, numpy, ollama, openai, prometheus_client, schemathesis, selenium' 2>/dev/null; then
+  "$VENV/bin/pip" install --quiet gguf numpy ollama openai prometheus_client schemathesis selenium >&2
 fi
 if [ -x "$WRAPPER" ] && "$WRAPPER" --version >/dev/null 2>&1; then
   echo "$WRAPPER"; exit 0

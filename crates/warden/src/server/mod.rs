@@ -10,6 +10,7 @@ mod listen;
 mod metrics;
 mod ollama;
 mod openai;
+pub mod openapi;
 mod passthrough;
 mod state_lock;
 mod ui;
@@ -54,6 +55,7 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/status", get(metrics::status))
         .route("/ui", get(ui::page))
+        .route("/openapi.json", get(openapi::openapi_json))
         .merge(front)
         .merge(ollama)
         .merge(admin)

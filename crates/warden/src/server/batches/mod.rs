@@ -75,8 +75,9 @@ fn visible_batch(app: &App, caller: &Caller, id: &str) -> Result<Batch, ApiError
 async fn upload(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
-    mut form: Multipart,
+    form: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Json<FileObject>, ApiError> {
+    let mut form = form.map_err(|e| ApiError::BadRequest(format!("a multipart/form-data body is expected: {e}")))?;
     let bad =
         |e: axum::extract::multipart::MultipartError| ApiError::BadRequest(format!("invalid multipart body: {e}"));
     let (mut purpose, mut file) = (None, None);
