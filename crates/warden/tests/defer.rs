@@ -68,6 +68,11 @@ models = ["m"]
     let burner = Burner::start();
     let busy = fetch_until(Duration::from_secs(10), || w.get("/admin/pressure"), |p| p["cpu"]["busy"] == true).await;
     assert_eq!(busy["cpu"]["busy"], true, "{busy}");
+    // The dashboard's hour of memory: a point per 10 s, in Unix milliseconds.
+    let point = &busy["history"][0]["points"][0];
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    assert!(now.abs_diff(point[0].as_u64().unwrap()) < 60_000, "{}", busy["history"]);
+    assert!(point[1].as_u64().unwrap() > 0 && point[2].as_u64().unwrap() >= point[1].as_u64().unwrap());
 
     let send = |class: &'static str| {
         let url = w.url("/v1/chat/completions");

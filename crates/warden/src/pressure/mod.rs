@@ -70,7 +70,14 @@ struct State {
     cpu_share: Option<f64>,
     /// The latest switches, newest last.
     switches: VecDeque<Switch>,
+    /// Per device: the last hour, one point per `HISTORY_EVERY` (Unix ms, used, capacity),
+    /// for the dashboard's chart; decisions use only the window above.
+    history: [VecDeque<(u64, u64, u64)>; 2],
 }
+
+/// The dashboard's memory chart covers this much, one point per `HISTORY_EVERY`.
+const HISTORY_FOR_MS: u64 = 3_600_000;
+const HISTORY_EVERY_MS: u64 = 10_000;
 
 pub struct Monitor {
     /// Thresholds and pace: the config in force (a reload replaces it).
@@ -131,6 +138,7 @@ impl Monitor {
                 cpu_times: None,
                 cpu_share: None,
                 switches: VecDeque::new(),
+                history: [VecDeque::new(), VecDeque::new()],
             }),
             epoch: Instant::now(),
         }
@@ -295,6 +303,14 @@ impl Monitor {
             samples.pop_front();
         }
         let samples: Vec<Sample> = samples.iter().copied().collect();
+        let now_unix = crate::base::clock::unix_ms();
+        let history = &mut st.history[i];
+        if history.back().is_none_or(|&(at, _, _)| now_unix.saturating_sub(at) >= HISTORY_EVERY_MS) {
+            history.push_back((now_unix, sample.used, sample.capacity));
+        }
+        while history.front().is_some_and(|&(at, _, _)| now_unix.saturating_sub(at) > HISTORY_FOR_MS) {
+            history.pop_front();
+        }
         let mut hold = st.holds[i];
         let d = decide(&samples, &t, lead_ms, &mut hold, sample.at_ms);
         let trend = d.trend;
@@ -359,7 +375,8 @@ impl Monitor {
     }
 
     /// `/admin/pressure`: level, tier, thresholds, samples, slope, projected exhaustion, the
-    /// latest switches with their reasons.
+    /// latest switches with their reasons, and the last hour (`history`: `[unix_ms, used,
+    /// capacity]` every 10 s).
     pub fn view(&self, coordinator: &Coordinator) -> Value {
         let tier = self.tier(coordinator);
         let limits = self.config().pressure.limits(tier);
@@ -370,6 +387,11 @@ impl Monitor {
             .iter()
             .filter(|d| st.views[slot(**d)].is_some())
             .map(|d| json!({"device": d, "samples": st.samples[slot(*d)]}))
+            .collect();
+        let history: Vec<Value> = [Device::Cpu, Device::Gpu]
+            .iter()
+            .filter(|d| st.views[slot(**d)].is_some())
+            .map(|d| json!({"device": d, "points": st.history[slot(*d)]}))
             .collect();
         json!({
             "enabled": self.enabled(),
@@ -384,6 +406,7 @@ impl Monitor {
             "devices": devices,
             "cpu": {"share": st.cpu_share, "busy": self.cpu_busy.load(Ordering::Relaxed), "defer_at": limits.cpu_defer_at},
             "samples": samples,
+            "history": history,
             "decisions": st.switches,
             "degraded_requests": self.degraded_requests.load(Ordering::Relaxed),
         })
