@@ -45,7 +45,7 @@ async fn the_dashboards_reads_show_requests_clients_and_logs() {
         r#"
 [services.llm]
 kind = "process"
-command = ["FAKE", "--port", "${PORT}"]
+command = ["FAKE", "--port", "${PORT}", "--startup-delay-ms", "200"]
 models = ["llm"]
 "#,
         "admin_token = \"t\"",
@@ -72,6 +72,9 @@ models = ["llm"]
     assert_eq!(got["requests"][0]["model"], "llm");
     let older = w.get("/admin/requests?skip=2&limit=2").await;
     assert_eq!(older["requests"][0]["request_id"], "one");
+    // The first request waited through the cold start; the warm ones did not.
+    assert!(older["requests"][0]["service_wait_ms"].as_u64().unwrap() >= 200, "{older}");
+    assert!(got["requests"][0]["service_wait_ms"].as_u64().unwrap() < 200, "{got}");
     let clients = w.get("/admin/clients").await;
     assert_eq!(clients["clients"][0]["name"], "anonymous", "{clients}");
     assert!(clients["clients"][0]["budget"]["spent_usd"].is_number(), "{clients}");

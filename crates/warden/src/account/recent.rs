@@ -25,6 +25,8 @@ pub struct Finished {
     pub duration_ms: u64,
     /// Waiting for a turn in the queue.
     pub queued_ms: u64,
+    /// Waiting for the service to be ready after that (a cold start, a model load).
+    pub service_wait_ms: u64,
     pub cost_micros: i64,
     pub cached: bool,
 }
@@ -72,6 +74,7 @@ mod tests {
             status: 200,
             duration_ms: 1,
             queued_ms: 0,
+            service_wait_ms: 0,
             cost_micros: 0,
             cached: false,
         }

@@ -228,6 +228,7 @@ async fn attempt(
         task: task::of(&parts.headers).map(Into::into),
         sent: std::time::Instant::now(),
     });
+    let waited = std::time::Instant::now();
     let acquired = match acquire::acquire(app, &planned.route).await {
         Ok(a) => a,
         Err(e) => {
@@ -238,6 +239,7 @@ async fn attempt(
             return Err(e);
         }
     };
+    ticket.service_wait = waited.elapsed();
     let extras = forward::Extras {
         ticket,
         strip_client_auth: caller.warden_key,

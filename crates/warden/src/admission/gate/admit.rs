@@ -94,6 +94,7 @@ impl Gate {
             accounted,
             downgraded_from: None,
             body_hash: None,
+            service_wait: Duration::ZERO,
         })
     }
 }

@@ -52,6 +52,9 @@ pub struct Ticket {
     pub downgraded_from: Option<String>,
     /// A hash of the request's path and body, for the usage record (repeats show there).
     pub body_hash: Option<i64>,
+    /// How long the request waited for its service to be ready after its turn (a cold start,
+    /// a model load; about nothing when warm), for the dashboard.
+    pub service_wait: Duration,
 }
 
 impl Ticket {
@@ -123,6 +126,7 @@ impl Drop for Ticket {
             status: self.status.unwrap_or(0),
             duration_ms: self.started.elapsed().as_millis() as u64,
             queued_ms: self.queued.as_millis() as u64,
+            service_wait_ms: self.service_wait.as_millis() as u64,
             cost_micros: cost,
             cached: false,
         });
@@ -185,6 +189,7 @@ impl Gate {
             status: 200,
             duration_ms: hit.duration.as_millis() as u64,
             queued_ms: 0,
+            service_wait_ms: 0,
             cost_micros: 0,
             cached: true,
         });
