@@ -52,6 +52,8 @@ pub struct App {
     pub upstream_compression_saved: Arc<std::sync::atomic::AtomicU64>,
     /// Upstream calls coalescing saved (each request that shared another's call).
     pub coalesced_calls_saved: Arc<std::sync::atomic::AtomicU64>,
+    /// Per client: bytes compression saved and upstream calls coalescing saved.
+    pub client_savings: crate::account::savings::Savings,
     /// Bytes compression saved on answers to clients (written by the front door's layer).
     pub compression_saved: Arc<std::sync::atomic::AtomicU64>,
     /// Async jobs from `/api/queue/enqueue`.
@@ -108,6 +110,7 @@ impl App {
             gate: o.gate,
             cache: o.cache,
             compression_saved: Arc::default(),
+            client_savings: Default::default(),
             coalescing: Default::default(),
             coalesced_calls_saved: Arc::default(),
             upstream_compression_saved: Arc::default(),

@@ -49,6 +49,13 @@ async fn large_answers_are_compressed_streams_never() {
         .and_then(|v| v.parse().ok())
         .expect("the counter is exported");
     assert!(saved as usize >= text.len() - packed.len(), "saved {saved}");
+    // The client's own share: every answer here went to the anonymous client, except what
+    // compression saved on routes without a caller (none here: /health is too small).
+    // (An answer's saving is added when its body is dropped, just after its last bytes left.)
+    let same = |s: &Value| s["compression"]["bytes_saved"] == s["compression"]["bytes_saved_all_clients"];
+    let stats = fetch_until(std::time::Duration::from_secs(5), || w.get("/api/optimize/stats/anonymous"), same).await;
+    assert!(same(&stats), "{stats}");
+    assert!(stats["compression"]["bytes_saved"].as_u64().unwrap() >= saved, "{stats}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

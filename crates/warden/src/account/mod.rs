@@ -4,5 +4,6 @@
 pub mod alerts;
 pub mod performance;
 pub mod recent;
+pub mod savings;
 pub mod store;
 pub mod usage;

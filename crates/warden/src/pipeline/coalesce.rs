@@ -57,7 +57,11 @@ pub async fn forward(
     match app.coalescing.join(&key, items, weight, settings.max) {
         Role::Alone => alone(parts, acquired, extras).await,
         Role::Member(rx) => match rx.await {
-            Ok(Outcome::Done(answer)) => Ok(answered(answer, acquired, extras)),
+            Ok(Outcome::Done(answer)) => {
+                // It rode on another request's call: one upstream call saved, for its client.
+                app.client_savings.coalesced(&extras.ticket.client_name());
+                Ok(answered(answer, acquired, extras))
+            }
             _ => alone(parts, acquired, extras).await,
         },
         Role::Lead(lead) => {

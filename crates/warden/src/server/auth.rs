@@ -53,7 +53,10 @@ pub async fn client_auth(State(app): State<Arc<App>>, mut req: Request, next: Ne
         }
     };
     req.extensions_mut().insert(caller);
-    next.run(req).await
+    let mut resp = next.run(req).await;
+    // For the layers outside (compression counts what it saved per client).
+    resp.extensions_mut().insert(caller);
+    resp
 }
 
 /// Compares without an early exit, so response time does not reveal how much matched.

@@ -50,8 +50,9 @@ pub async fn outer(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
     if !resp.headers().contains_key(header::CONTENT_ENCODING) {
         return resp;
     }
-    let saved = app.compression_saved.clone();
-    resp.map(|inner| Body::new(Counted { inner, count: Arc::new(AtomicU64::new(0)), done: Some((raw, saved)) }))
+    let client = resp.extensions().get::<crate::base::caller::Caller>().map(|c| app.gate.client_name(c.client));
+    let done = Done { raw, app: app.clone(), client };
+    resp.map(|inner| Body::new(Counted { inner, count: Arc::new(AtomicU64::new(0)), done: Some(done) }))
 }
 
 /// Inside the compression layer: counts the answer's own bytes.
@@ -64,12 +65,21 @@ pub async fn inner(req: Request, next: Next) -> Response {
     }
 }
 
-/// A body whose data bytes are counted; with `done`, it adds `raw - sent` to the saved total
-/// when dropped (whole or cut short).
+/// A body whose data bytes are counted; with `done`, it adds `raw - sent` to the saved totals
+/// (warden's, and the client's when one is known) when dropped (whole or cut short).
 struct Counted {
     inner: Body,
     count: Arc<AtomicU64>,
-    done: Option<(Arc<AtomicU64>, Arc<AtomicU64>)>,
+    done: Option<Done>,
+}
+
+/// Where a compressed answer's saving goes.
+struct Done {
+    /// The answer's bytes before compression.
+    raw: Arc<AtomicU64>,
+    app: Arc<App>,
+    /// The client it was for (None: a route without a caller, as `/metrics`).
+    client: Option<String>,
 }
 
 impl hyper::body::Body for Counted {
@@ -97,9 +107,13 @@ impl hyper::body::Body for Counted {
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        if let Some((raw, saved)) = self.done.take() {
-            let (raw, sent) = (raw.load(Ordering::Relaxed), self.count.load(Ordering::Relaxed));
-            saved.fetch_add(raw.saturating_sub(sent), Ordering::Relaxed);
+        if let Some(done) = self.done.take() {
+            let (raw, sent) = (done.raw.load(Ordering::Relaxed), self.count.load(Ordering::Relaxed));
+            let saved = raw.saturating_sub(sent);
+            done.app.compression_saved.fetch_add(saved, Ordering::Relaxed);
+            if let Some(client) = &done.client {
+                done.app.client_savings.compressed(client, saved);
+            }
         }
     }
 }

@@ -83,6 +83,13 @@ impl Ticket {
     }
 }
 
+impl Ticket {
+    /// The client it runs for ("anonymous" for none).
+    pub fn client_name(&self) -> String {
+        self.gate.slot_name(self.client)
+    }
+}
+
 impl Drop for Ticket {
     fn drop(&mut self) {
         let Some(grant) = self.grant.take() else { return };

@@ -119,6 +119,7 @@ pub async fn stats(
     Query(q): Query<MonthQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let (who, month) = client_month(&app, &caller, &name, &q)?;
+    let mine = app.client_savings.of(&who);
     let s = query(&app, move |store| store.savings(&who, month)).await?;
     Ok(Json(json!({
         "client": name,
@@ -136,11 +137,19 @@ pub async fn stats(
             "saved_micros": s.downgrade_saved_micros,
         },
         "off_peak": {"requests": s.off_peak_requests},
-        // Counted for the whole warden, not per client: the compression layer runs before a
-        // request's client is known.
-        "compression": {"bytes_saved_all_clients": app.compression_saved.load(Ordering::Relaxed)},
-        // Also warden-wide: a coalesced call serves several clients at once.
-        "coalesce": {"upstream_calls_saved": app.coalesced_calls_saved.load(Ordering::Relaxed)},
+        // Counted in memory since warden started (an answer's compressed size is known only
+        // after its usage row is written): the client's own, and warden's for all clients.
+        "compression": {
+            "bytes_saved": mine.compression_bytes,
+            "bytes_saved_all_clients": app.compression_saved.load(Ordering::Relaxed),
+            "since": "start",
+        },
+        // Calls this client's requests saved by riding on another's coalesced call.
+        "coalesce": {
+            "upstream_calls_saved": mine.coalesced_calls,
+            "upstream_calls_saved_all_clients": app.coalesced_calls_saved.load(Ordering::Relaxed),
+            "since": "start",
+        },
         "total_saved_usd": micros_to_usd(s.total_saved_micros),
         "total_saved_micros": s.total_saved_micros,
     })))
