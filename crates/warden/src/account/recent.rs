@@ -42,8 +42,10 @@ impl Recent {
     }
 
     pub fn record(&self, f: Finished) {
-        if let Ok(data) = serde_json::to_value(&f) {
-            self.events.emit("request", data);
+        if self.events.listening() {
+            if let Ok(data) = serde_json::to_value(&f) {
+                self.events.emit("request", data);
+            }
         }
         let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         if ring.len() >= KEEP {

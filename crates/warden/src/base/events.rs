@@ -43,6 +43,11 @@ impl Events {
         }
     }
 
+    /// Someone listens (an event built for no one is work wasted on the request path).
+    pub fn listening(&self) -> bool {
+        self.tx.receiver_count() > 0
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.tx.subscribe()
     }

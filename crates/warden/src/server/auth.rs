@@ -53,9 +53,14 @@ pub async fn client_auth(State(app): State<Arc<App>>, mut req: Request, next: Ne
         }
     };
     req.extensions_mut().insert(caller);
+    // Compression (outside) counts what it saved per client: it needs the caller on the
+    // answer, but only for a client that accepts an encoding (an extension costs an
+    // allocation on every answer).
+    let compressible = req.headers().contains_key(axum::http::header::ACCEPT_ENCODING);
     let mut resp = next.run(req).await;
-    // For the layers outside (compression counts what it saved per client).
-    resp.extensions_mut().insert(caller);
+    if compressible {
+        resp.extensions_mut().insert(caller);
+    }
     resp
 }
 
