@@ -175,7 +175,7 @@ async fn an_existing_container_wakes_sleeps_and_an_outside_stop_is_noticed() {
     // Idle: the container is really stopped.
     assert!(w.wait_state("q", "stopped", Duration::from_secs(10)).await, "{}", w.log());
     assert!(!running(&name.0));
-    assert!(w.log().contains("Successfully stopped idle service q"));
+    assert!(w.wait_log("Successfully stopped idle service q", Duration::from_secs(5)), "{}", w.log());
 
     // Woken again, then stopped behind warden's back: noticed at once.
     assert_eq!(reqwest::get(w.url("/svc/q/health")).await.unwrap().status(), 200);

@@ -65,7 +65,11 @@ command = ["sh", "-c", "setsid FAKE --port ${PORT} & wait"]
 
     w.crash_and_restart();
     assert!(wait_until(Duration::from_secs(10), || !process_alive(wrapped)), "{wrapped} outlived warden");
-    assert!(w.log().contains("Stopped service wrapped's processes left running by a previous warden"), "{}", w.log());
+    assert!(
+        w.wait_log("Stopped service wrapped's processes left running by a previous warden", Duration::from_secs(5)),
+        "{}",
+        w.log()
+    );
     if running_as_root() {
         assert!(!w.log().contains("No writable cgroup"), "{}", w.log());
         assert!(wait_until(Duration::from_secs(10), || !process_alive(escaped)), "{escaped} outlived warden");

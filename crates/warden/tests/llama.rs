@@ -68,7 +68,7 @@ idle_timeout = "1500ms"
     // Idle sleep ends the process.
     assert!(w.wait_state("llama", "stopped", Duration::from_secs(10)).await, "{}", w.log());
     assert!(wait_until(Duration::from_secs(3), || !process_alive(pid)), "llama-server {pid} still running");
-    assert!(w.log().contains("Successfully stopped idle service llama"));
+    assert!(w.wait_log("Successfully stopped idle service llama", Duration::from_secs(5)), "{}", w.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +125,7 @@ keep_alive = "60m"
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert!(w.wait_log("Successfully unloaded idle model tiny-a", Duration::from_secs(10)), "{}", w.log());
-    assert!(w.log().contains("Model tiny-a keep-alive expired, unloading..."));
+    assert!(w.wait_log("Model tiny-a keep-alive expired, unloading...", Duration::from_secs(5)), "{}", w.log());
     assert!(wait_until(Duration::from_secs(5), || children_of(router_pid).len() == 1));
     let svc = w.service("router").await;
     assert_eq!(svc["loaded_models"], json!(["tiny-b"]));

@@ -64,7 +64,7 @@ async fn a_service_that_does_not_fit_offloads_the_idle_one_which_is_reloaded_aft
     assert_eq!(w.post("/v1/chat/completions", chat("b")).await.status(), 200);
     assert!(!process_alive(a_pid), "a's process must be gone");
     assert_eq!(w.service("a").await["state"], "stopped", "{}", w.log());
-    assert!(w.log().contains("Offloading service a"), "{}", w.log());
+    assert!(w.wait_log("Offloading service a", Duration::from_secs(5)), "{}", w.log());
     let saved = w.get("/admin/saved-state").await;
     assert_eq!(saved[0]["service"], "a");
     assert_eq!(saved[0]["was_running"], true);
@@ -77,7 +77,7 @@ async fn a_service_that_does_not_fit_offloads_the_idle_one_which_is_reloaded_aft
     assert_eq!(resp.json::<Value>().await.unwrap(), json!({"done": true, "pending": 0}));
     assert!(w.wait_state("a", "running", Duration::from_secs(5)).await, "{}", w.log());
     assert_eq!(w.service("b").await["state"], "stopped");
-    assert!(w.log().contains("Reloading service a (offloaded to make room for b)"));
+    assert!(w.wait_log("Reloading service a (offloaded to make room for b)", Duration::from_secs(5)), "{}", w.log());
     assert_eq!(w.get("/admin/saved-state").await, json!([]));
 
     // What was measured is shown, and remembered for the next run.

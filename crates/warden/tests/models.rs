@@ -83,7 +83,7 @@ async fn keep_alive_cycle(api: &str) {
     assert_eq!(model_status(&w, "m-b").await["loaded"], false);
     assert!(loaded_on_server(&w, api).await.is_empty());
     assert!(w.wait_state("mm", "stopped", Duration::from_secs(5)).await, "{}", w.log());
-    assert!(w.log().contains("Successfully stopped idle service mm"));
+    assert!(w.wait_log("Successfully stopped idle service mm", Duration::from_secs(5)), "{}", w.log());
 
     // And everything comes back on the next request.
     assert_eq!(w.post("/v1/chat/completions", chat("m-b")).await.status(), 200);
@@ -166,7 +166,8 @@ models = ["named"]
             "{api}: {}",
             w.log()
         );
-        assert!(w.log().contains("Discovered model found-a on service mm"));
+        // The log is read from warden's stderr by another thread: wait for the line, bounded.
+        assert!(w.wait_log("Discovered model found-a on service mm", Duration::from_secs(5)), "{}", w.log());
         // A discovered model is routed, loaded on demand and reported like a configured one.
         assert_eq!(w.post("/v1/chat/completions", chat("found-a")).await.status(), 200);
         assert_eq!(loaded_on_server(&w, api).await, vec!["found-a"]);

@@ -129,7 +129,7 @@ async fn pressure_serves_the_smaller_rung_then_comes_back_after_stabilization() 
     assert!(upgrade_ms - degrade_ms >= 2000, "upgraded {} ms after degrading", upgrade_ms - degrade_ms);
     let pinned = ask(&w, Some("conversation-1")).await;
     assert_eq!(header(&pinned, "x-warden-model").as_deref(), Some("small"), "the conversation keeps its rung");
-    assert!(w.log().contains("Memory pressure on RAM: serving smaller models"), "{}", w.log());
+    assert!(w.wait_log("Memory pressure on RAM: serving smaller models", Duration::from_secs(5)), "{}", w.log());
     let metrics = reqwest::get(w.url("/metrics")).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("warden_pressure_switches_total 2"), "{metrics}");
     assert!(!metrics.contains("warden_degraded_requests_total 0"), "{metrics}");

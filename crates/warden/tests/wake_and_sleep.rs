@@ -66,7 +66,7 @@ async fn idle_service_sleeps_after_its_timeout_and_its_process_is_gone() {
     assert!(w.wait_state("llm", "stopped", Duration::from_secs(5)).await, "{}", w.log());
     assert!(wait_until(Duration::from_secs(2), || !process_alive(pid)), "process {pid} still alive");
     assert!(w.wait_log("Service llm has been idle for 0 seconds, stopping...", Duration::from_secs(1)), "{}", w.log());
-    assert!(w.log().contains("Successfully stopped idle service llm"));
+    assert!(w.wait_log("Successfully stopped idle service llm", Duration::from_secs(5)), "{}", w.log());
     // It wakes again on the next request, as a new process.
     assert_eq!(w.post("/v1/chat/completions", chat("llm-model")).await.status(), 200);
     assert_ne!(w.service("llm").await["pid"].as_u64().unwrap() as u32, pid);
