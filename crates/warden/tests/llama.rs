@@ -490,3 +490,59 @@ coalesce = "1s"
     }
     assert!(tokens > 0, "llama-server's count, shared out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs llama-server: run scripts/test"]
+async fn a_batch_wakes_llama_server_and_every_line_gets_its_answer() {
+    let llama = llama();
+    let models = tempfile::tempdir().unwrap();
+    let model = llama.make_model(models.path(), "tiny", 64);
+    let w = Warden::start(&format!(
+        r#"
+[services.llama]
+kind = "process"
+command = ["{server}", "-m", "{model}", "--port", "${{PORT}}", "-c", "512", "-t", "1", "-np", "2"]
+health = "/health"
+start_timeout = "60s"
+models = ["tiny"]
+"#,
+        server = llama.server,
+        model = model.display()
+    ));
+    let lines: Vec<String> = (0..3)
+        .map(|i| {
+            json!({"custom_id": format!("q{i}"), "method": "POST", "url": "/v1/chat/completions",
+                   "body": {"model": "tiny", "messages": [{"role": "user", "content": format!("hello {i}")}],
+                            "max_tokens": 4, "ignore_eos": true}})
+            .to_string()
+        })
+        .collect();
+    let part = reqwest::multipart::Part::text(lines.join("\n")).file_name("in.jsonl");
+    let form = reqwest::multipart::Form::new().text("purpose", "batch").part("file", part);
+    let file: Value =
+        reqwest::Client::new().post(w.url("/v1/files")).multipart(form).send().await.unwrap().json().await.unwrap();
+    let create = json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"});
+    let batch: Value = w.post("/v1/batches", create).await.json().await.unwrap();
+    let path = format!("/v1/batches/{}", batch["id"].as_str().unwrap());
+    let done = fetch_until(
+        Duration::from_secs(60),
+        || w.get(&path),
+        |b| b["status"] == "completed" || b["status"] == "failed",
+    )
+    .await;
+    assert_eq!(done["status"], "completed", "{done}\n{}", w.log());
+    assert_eq!(done["request_counts"], json!({"total": 3, "completed": 3, "failed": 0}));
+    let out_id = done["output_file_id"].as_str().unwrap();
+    let text = reqwest::get(w.url(&format!("/v1/files/{out_id}/content"))).await.unwrap().text().await.unwrap();
+    let answers: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let ids: Vec<&str> = answers.iter().map(|a| a["custom_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["q0", "q1", "q2"]);
+    for a in &answers {
+        assert_eq!(a["response"]["status_code"], 200, "{a}");
+        // llama-server's own answer and count, as it gave them.
+        assert_eq!(a["response"]["body"]["usage"]["completion_tokens"], 4, "{a}");
+    }
+    // The lines ran in the batch class: the activity list says so.
+    let recent = w.get("/admin/requests?limit=3").await;
+    assert!(recent["requests"].as_array().unwrap().iter().all(|r| r["class"] == "batch"), "{recent}");
+}
