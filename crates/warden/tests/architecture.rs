@@ -2,8 +2,12 @@
 //! module may import which, who may touch processes, containers, sockets and SQL, who builds
 //! HTTP responses, and that the pure-decision crate has no IO dependency at all.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use common::rust_files;
 
 /// Module → the other modules of the warden crate it may import (`crate::X`). A module may
 /// always import itself and the `warden-policy` crate.
@@ -106,17 +110,6 @@ const ONLY_IN: &[(&str, &[&str], &str)] = &[
 
 fn src_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src")
-}
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
 }
 
 /// The file's code without comments (line comments and doc comments; warden has no block

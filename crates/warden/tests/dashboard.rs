@@ -7,19 +7,19 @@ mod common;
 
 use common::*;
 
+/// A process service that takes `startup_ms` to listen, behind the admin token `token`.
+fn start(startup_ms: u32, token: &str) -> Warden {
+    let service = format!(
+        "[services.llm]\nkind = \"process\"\ncommand = [\"FAKE\", \"--port\", \"${{PORT}}\", \"--startup-delay-ms\", \"{startup_ms}\"]\nmodels = [\"llm\"]\n"
+    );
+    Warden::start_with_server(&service, &format!("admin_token = \"{token}\""))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs WARDEN_TEST_PYTHON with selenium, and chromium with chromium-driver (scripts/test provides them)"]
 async fn the_dashboard_logs_in_wakes_a_service_and_shows_a_request_live() {
     let python = std::env::var("WARDEN_TEST_PYTHON").expect("WARDEN_TEST_PYTHON");
-    let w = Warden::start_with_server(
-        r#"
-[services.llm]
-kind = "process"
-command = ["FAKE", "--port", "${PORT}", "--startup-delay-ms", "300"]
-models = ["llm"]
-"#,
-        "admin_token = \"dash-token\"",
-    );
+    let w = start(300, "dash-token");
     let page = reqwest::get(w.url("/ui")).await.unwrap();
     assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
     assert!(page.text().await.unwrap().contains("<title>warden</title>"));
@@ -41,15 +41,7 @@ models = ["llm"]
 /// first, billed or not), every client's budget and load, and a service's log tail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboards_reads_show_requests_clients_and_logs() {
-    let w = Warden::start_with_server(
-        r#"
-[services.llm]
-kind = "process"
-command = ["FAKE", "--port", "${PORT}", "--startup-delay-ms", "200"]
-models = ["llm"]
-"#,
-        "admin_token = \"t\"",
-    );
+    let w = start(200, "t");
     for content in ["one", "two", "three"] {
         let body = serde_json::json!({"model": "llm", "messages": [{"role": "user", "content": content}]});
         let resp = reqwest::Client::new()

@@ -9,17 +9,6 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
-
 /// Every (method, path) the server's source routes: `.route("PATH", get(…).post(…))`.
 fn routed() -> BTreeSet<(String, String)> {
     let mut files = Vec::new();

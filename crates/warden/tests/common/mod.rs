@@ -443,3 +443,16 @@ impl Drop for MemoryCgroup {
         let _ = std::fs::remove_dir(&self.0);
     }
 }
+
+/// Every `.rs` file under `dir`, recursively (the source scans of `architecture.rs` and
+/// `openapi.rs`).
+pub fn rust_files(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
