@@ -19,3 +19,4 @@ pub mod reload;
 pub mod resources;
 pub mod server;
 pub mod service;
+pub mod shared;

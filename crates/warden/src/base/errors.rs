@@ -109,6 +109,11 @@ pub enum ApiError {
     },
     /// A config reload was refused; the running config stays.
     InvalidConfig(String),
+    /// Replicas: the shared state (Redis) cannot be reached, and `on_unavailable = "refuse"`.
+    SharedStateUnavailable {
+        url: String,
+        detail: String,
+    },
 }
 
 impl ApiError {
@@ -128,7 +133,9 @@ impl ApiError {
             ApiError::Unavailable { why: Unavailable::StartFailed { permanent: true, .. }, .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-            ApiError::Unavailable { .. } | ApiError::TooManyConnections { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable { .. }
+            | ApiError::TooManyConnections { .. }
+            | ApiError::SharedStateUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadGateway { .. } | ApiError::UpstreamTls { .. } => StatusCode::BAD_GATEWAY,
             ApiError::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -172,6 +179,7 @@ impl ApiError {
             ApiError::QueueFull { .. } => "priority_queue_full",
             ApiError::QueueTimeout { .. } => "queue_timeout",
             ApiError::PoolShort { .. } => "rate_limited",
+            ApiError::SharedStateUnavailable { .. } => "shared_state_unavailable",
         }
     }
 
@@ -261,6 +269,11 @@ impl ApiError {
                 "request ({class} priority) waited {:.1} s for its turn without getting one; retry later",
                 waited.as_secs_f64()
             ),
+            ApiError::SharedStateUnavailable { url, detail } => format!(
+                "warden's shared state (Redis at {url}) cannot be reached: {detail}; budgets, pools and limits \
+                 are counted there, so nothing is admitted without it ([state].on_unavailable = \"refuse\"); \
+                 retry shortly"
+            ),
         }
     }
 
@@ -271,7 +284,8 @@ impl ApiError {
             | ApiError::Unavailable { why: Unavailable::StartFailed { retry_after, .. }, .. } => Some(*retry_after),
             ApiError::Unavailable { why: Unavailable::Stopped { .. }, .. }
             | ApiError::QueueFull { .. }
-            | ApiError::TooManyConnections { .. } => Some(Duration::from_secs(1)),
+            | ApiError::TooManyConnections { .. }
+            | ApiError::SharedStateUnavailable { .. } => Some(Duration::from_secs(1)),
             ApiError::QueueTimeout { waited, .. } => Some((*waited / 10).max(Duration::from_secs(1))),
             ApiError::PoolShort { wait, .. } => Some(*wait),
             _ => None,

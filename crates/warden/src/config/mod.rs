@@ -51,6 +51,8 @@ pub struct Config {
     pub optimizer: OptimizerConfig,
     /// Models whose concurrent embeddings requests are coalesced (`[models.X] coalesce`).
     pub coalesce: BTreeMap<String, Coalesce>,
+    /// `[state]`: where budgets, pools and concurrency are counted (in process, or shared).
+    pub state: StateConfig,
 }
 
 /// `[models.X] coalesce`: embeddings requests for the model that arrive within `window` of
@@ -59,6 +61,30 @@ pub struct Config {
 pub struct Coalesce {
     pub window: Duration,
     pub max: usize,
+}
+
+/// `[state]`: several wardens (replicas) count budgets, pools, concurrency and the cache in
+/// one Redis, so N replicas never let a client spend N budgets.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StateConfig {
+    /// The Redis URL ("redis://host:port/db" or "unix:///path"); None: everything in process.
+    pub shared: Option<String>,
+    /// Every key warden writes starts with this, so wardens of different deployments can
+    /// share one Redis.
+    pub key_prefix: String,
+    /// Redis unreachable: refuse (503; nothing admitted on a guess) or admit by this
+    /// replica's own counts (an explicit opt-in, logged and alerted).
+    pub on_unavailable: OnUnavailable,
+    /// What a request holds in Redis expires this long after the replica last refreshed it,
+    /// so a replica that dies mid-request leaks nothing past it.
+    pub hold_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnUnavailable {
+    #[default]
+    Refuse,
+    Local,
 }
 
 /// `[optimizer]`.

@@ -38,6 +38,19 @@ pub struct RawConfig {
     pub cache: RawCache,
     #[serde(default)]
     pub optimizer: RawOptimizer,
+    #[serde(default)]
+    pub state: RawState,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    /// "redis://127.0.0.1:6379/0": replicas share budgets, pools, concurrency and the cache.
+    pub shared: Option<String>,
+    pub key_prefix: Option<String>,
+    /// "refuse" | "local"
+    pub on_unavailable: Option<String>,
+    pub hold_ttl: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -181,6 +181,11 @@ pub fn merge(old: &Config, mut new: Config) -> (Config, Changes) {
         ch.need_restart.push("cache");
         new.cache = old.cache.clone();
     }
+    if new.state != old.state {
+        // The Redis connection and its tasks are set up once, at start.
+        ch.need_restart.push("state");
+        new.state = old.state.clone();
+    }
     if new.pressure.enabled != old.pressure.enabled {
         ch.need_restart.push("pressure.enabled");
         new.pressure.enabled = old.pressure.enabled;

@@ -209,3 +209,30 @@ fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
     }
     Some(out)
 }
+
+/// `[state]`.
+pub fn state(raw: super::raw::RawState) -> Result<super::StateConfig, ConfigError> {
+    use super::OnUnavailable;
+    if let Some(url) = raw.shared.as_deref() {
+        if !(url.starts_with("redis://") || url.starts_with("unix://")) {
+            return Err(err(
+                "state.shared",
+                format!("{url:?} must be a Redis URL: redis://host:port/db or unix:///path"),
+            ));
+        }
+    }
+    let on_unavailable = match raw.on_unavailable.as_deref() {
+        None | Some("refuse") => OnUnavailable::Refuse,
+        Some("local") => OnUnavailable::Local,
+        Some(s) => return Err(err("state.on_unavailable", format!("{s:?} must be \"refuse\" or \"local\""))),
+    };
+    let hold_ttl = raw.hold_ttl.map_or(Duration::from_secs(30), |d| d.0);
+    if hold_ttl < Duration::from_secs(1) || hold_ttl > Duration::from_secs(3600) {
+        return Err(err("state.hold_ttl", "must be from 1s to 1h"));
+    }
+    let key_prefix = raw.key_prefix.unwrap_or_else(|| "warden:".into());
+    if key_prefix.is_empty() || key_prefix.chars().any(char::is_whitespace) {
+        return Err(err("state.key_prefix", "must be a non-empty string without spaces"));
+    }
+    Ok(super::StateConfig { shared: raw.shared, key_prefix, on_unavailable, hold_ttl })
+}

@@ -163,6 +163,15 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
     let tasks = adapt::tasks(raw.tasks)?;
     let cache = cache(raw.cache)?;
     let optimizer = optimizer(raw.optimizer)?;
+    let state = tenants::state(raw.state)?;
+    if let Some(p) =
+        pools.iter().find(|p| state.shared.is_some() && matches!(p.sharing, policy::bucket::Sharing::Reserved(_)))
+    {
+        return Err(err(
+            format!("pools.{}.sharing", p.name),
+            "reserved shares are counted in each replica only; with [state].shared use \"shared\" or \"dedicated\"",
+        ));
+    }
     if let Some(s) = cache.semantic.as_ref().filter(|s| !models.contains_key(&s.model)) {
         return Err(err("cache.semantic.model", format!("unknown model {:?} (it embeds the messages)", s.model)));
     }
@@ -191,6 +200,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         cache_by_model,
         optimizer,
         coalesce,
+        state,
     })
 }
 

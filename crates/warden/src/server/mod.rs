@@ -138,6 +138,9 @@ pub fn assemble(config: Arc<Config>, state_dir: std::path::PathBuf) -> Result<As
     };
     let gate = Arc::new(crate::admission::gate::Gate::new(config.clone(), events.clone())?);
     tasks.spawn(gate.clone().run_timer(shutdown.clone()).instrument(tracing::info_span!("scheduler timer")));
+    if let Some(shared) = &gate.shared {
+        shared.spawn(&tasks, shutdown.clone());
+    }
     // What services say of their own concurrency paces what admission sends them.
     let (pace_gate, pace_shutdown) = (gate.clone(), shutdown.clone());
     tasks.spawn(

@@ -139,6 +139,12 @@ impl Warden {
         (self.child, self.base, self.log) = (child, base, log);
     }
 
+    /// SIGKILLs this warden (no cleanup of any kind), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Runs a second `warden serve` on this warden's config and state dir; returns its exit
     /// status and output, or None if it was still running after `within` (then it is killed).
     pub fn serve_again(&self, within: Duration) -> Option<(ExitStatus, String)> {
@@ -453,6 +459,75 @@ pub fn rust_files(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
             rust_files(&path, out);
         } else if path.extension().is_some_and(|e| e == "rs") {
             out.push(path);
+        }
+    }
+}
+
+/// A real `redis-server` on a unix socket in a temp dir (no port to race for), killed on drop.
+/// `WARDEN_REDIS_SERVER` names the binary (default: `redis-server` on PATH, Debian's package).
+pub struct Redis {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    /// Append-only file on: what it holds survives a restart.
+    aof: bool,
+}
+
+impl Redis {
+    pub fn start(aof: bool) -> Redis {
+        let mut r = Redis { child: None, dir: tempfile::tempdir().unwrap(), aof };
+        r.spawn();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
+    }
+
+    fn spawn(&mut self) {
+        let bin = std::env::var("WARDEN_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let aof = if self.aof { "yes" } else { "no" };
+        let child = Command::new(&bin)
+            .args(["--port", "0", "--unixsocket"])
+            .arg(self.socket())
+            .args(["--save", "", "--appendonly", aof, "--appendfsync", "always", "--dir"])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {bin} (scripts/test installs Debian's redis-server): {e}"));
+        self.child = Some(child);
+        let socket = self.socket();
+        assert!(
+            wait_until(Duration::from_secs(10), || std::os::unix::net::UnixStream::connect(&socket).is_ok()),
+            "redis-server did not listen on {}",
+            socket.display()
+        );
+    }
+
+    /// Stops it (SIGTERM: with AOF on, what it holds is on disk) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(self.socket());
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

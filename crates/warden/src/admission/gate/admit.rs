@@ -19,6 +19,10 @@ impl Gate {
     pub async fn admit(self: &Arc<Self>, ask: Ask) -> Result<Ticket, ApiError> {
         let client = slot(ask.client);
         let reserved = self.cost(ask.model.as_deref(), ask.estimate.prompt_tokens, ask.estimate.completion_tokens);
+        let (_, month) = self.now();
+        // Replicas: the shared counts first (they bind; the local books below count only this
+        // replica's share and never refuse what they grant).
+        let shared = self.admit_shared(&ask, reserved, month).await?;
         let (now, month) = self.now();
         let waiting = Waiting {
             client,
@@ -33,11 +37,13 @@ impl Gate {
         let id = {
             let mut st = self.lock();
             if let Err(over) = st.ledgers[client].reserve(reserved, month) {
+                self.release_shared(shared);
                 return Err(ApiError::OverBudget { client: self.slot_name(client).to_string(), over });
             }
             self.budget_alerts(client, &st.ledgers[client]);
             if st.d.len() >= self.config().scheduler.max_queue {
                 st.ledgers[client].settle(reserved, 0, month);
+                self.release_shared(shared);
                 return Err(ApiError::QueueFull { limit: self.config().scheduler.max_queue });
             }
             let id = st.d.push(waiting);
@@ -56,6 +62,7 @@ impl Gate {
             reserved,
             month,
             done: false,
+            shared,
         };
         let wait = self.config().scheduler.queue_timeout;
         let rx = pending.rx.as_mut().expect("set above");
@@ -95,6 +102,7 @@ impl Gate {
             downgraded_from: None,
             body_hash: None,
             service_wait: Duration::ZERO,
+            shared: pending.shared.take(),
         })
     }
 }
@@ -124,6 +132,8 @@ struct Pending {
     month: u32,
     /// Granted: the ticket owns the reservation now.
     done: bool,
+    /// What it holds in the shared counts (replicas), given back if it never runs.
+    shared: Option<crate::shared::Held>,
 }
 
 impl Drop for Pending {
@@ -144,5 +154,17 @@ impl Drop for Pending {
         }
         st.ledgers[self.client].settle(self.reserved, 0, self.month);
         self.gate.dispatch(&mut st, now);
+        drop(st);
+        self.gate.release_shared(self.shared.take());
+    }
+}
+
+impl Gate {
+    /// Gives back what a request that never ran holds in the shared counts.
+    fn release_shared(&self, held: Option<crate::shared::Held>) {
+        if let (Some(sh), Some(held)) = (&self.shared, held) {
+            let back = held.pools.iter().map(|p| p.units).collect();
+            sh.settle(held, 0, back);
+        }
     }
 }

@@ -21,6 +21,7 @@ use tokio::sync::{oneshot, Notify};
 mod admit;
 mod alerting;
 mod holds;
+mod shared;
 mod ticket;
 mod timer;
 mod upstream;
@@ -109,12 +110,15 @@ pub struct Gate {
     pub alerts: Alerts,
     /// The latest finished requests, for the dashboard.
     pub recent: crate::account::recent::Recent,
+    /// The counts shared with other replicas (`[state].shared`); None: warden runs alone.
+    pub shared: Option<Arc<crate::shared::Shared>>,
 }
 
 impl Gate {
     /// Opens the usage database and picks up this month's spend from it.
     pub fn new(config: Arc<Config>, events: crate::base::events::Events) -> Result<Gate, String> {
         let store = Arc::new(Store::open(&config.server.state_dir.join("warden.db"))?);
+        let shared = crate::shared::Shared::open(&config.state, &config.server.state_dir, store.clone())?;
         let (month, _) = clock::month_and_minute();
         let spent: HashMap<String, i64> = store.spend_by_client(month)?.into_iter().collect();
         let clients = config.clients.len() + 1;
@@ -143,6 +147,7 @@ impl Gate {
             store,
             recent: crate::account::recent::Recent::new(events.clone()),
             alerts: Alerts::new(events),
+            shared,
         })
     }
 
@@ -304,7 +309,13 @@ impl Gate {
         let mut st = self.lock();
         // Reading rolls the month like a reservation would.
         let _ = st.ledgers[client].reserve(0, month);
-        st.ledgers[client].clone()
+        let mut ledger = st.ledgers[client].clone();
+        drop(st);
+        // Replicas: every replica's spend and holds, as Redis last said.
+        if let Some(seen) = self.shared.as_ref().and_then(|sh| sh.seen(&self.slot_name(client))) {
+            (ledger.spent, ledger.reserved) = seen;
+        }
+        ledger
     }
 
     pub fn paused(&self) -> bool {

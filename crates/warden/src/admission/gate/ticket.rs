@@ -55,6 +55,8 @@ pub struct Ticket {
     /// How long the request waited for its service to be ready after its turn (a cold start,
     /// a model load; about nothing when warm), for the dashboard.
     pub service_wait: Duration,
+    /// What it holds in the shared counts (replicas); settled there when it ends.
+    pub(super) shared: Option<crate::shared::Held>,
 }
 
 impl Ticket {
@@ -122,6 +124,18 @@ impl Drop for Ticket {
             st.running.remove(&self.request_id);
             gate.budget_alerts(self.client, &st.ledgers[self.client]);
             gate.dispatch(&mut st, now);
+        }
+        if let (Some(sh), Some(held)) = (&gate.shared, self.shared.take()) {
+            let back = held
+                .pools
+                .iter()
+                .map(|p| match gate.config().pools[p.pool].unit {
+                    PoolUnit::Tokens if ok => p.units.saturating_sub(prompt + completion),
+                    PoolUnit::Tokens => p.units,
+                    PoolUnit::Requests => 0,
+                })
+                .collect();
+            sh.settle(held, cost, back);
         }
         gate.recent.record(Finished {
             at_unix_ms: clock::unix_ms(),

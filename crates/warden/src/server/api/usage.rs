@@ -43,6 +43,7 @@ fn parse_month(text: &str) -> Result<u32, ApiError> {
 /// A client's usage in a month: totals, by model, and its latest requests.
 pub async fn client_usage(app: Arc<App>, client: Option<usize>, month: Option<u32>) -> Result<Value, ApiError> {
     let name = app.gate.client_name(client);
+    app.gate.refresh_standing(client).await;
     let budget = app.gate.budget_view(client);
     let month = month.unwrap_or_else(|| crate::base::clock::month_and_minute().0);
     let who = name.clone();
@@ -90,6 +91,7 @@ pub async fn current(
     Path(client): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let index = client_named(&app, &caller, &client)?;
+    app.gate.refresh_standing(index).await;
     let mut view = app.gate.budget_view(index);
     let (queued, running) = app.gate.client_load(index);
     view["client"] = json!(client);

@@ -1,0 +1,45 @@
+-- One admission, all or nothing: the client's budget (spend of every replica + holds in
+-- flight), then each concurrency counter, then each pool. Time is Redis's own clock.
+-- KEYS: 1 this replica's seeded marker, 2 spend hash (replica -> micros), 3 holds hash
+-- (request -> micros), 4 hold expiries (zset), then ARGV[5] concurrency zsets, then pools.
+-- ARGV: 1 request id, 2 micros to hold, 3 budget (-1: none), 4 ttl ms, 5 nc, nc limits,
+-- np, then (capacity, refill per second, units) per pool.
+-- Returns {"ok", spent, held} | {"budget", spent, held} | {"busy", i} | {"pool", j, wait ms}
+-- | {"reseed"}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'reseed'} end
+local rid, reserve, limit, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local nc = tonumber(ARGV[5])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)
+for _, r in ipairs(expired) do redis.call('HDEL', KEYS[3], r) end
+if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now) end
+local spent, held = 0, 0
+for _, v in ipairs(redis.call('HVALS', KEYS[2])) do spent = spent + tonumber(v) end
+for _, v in ipairs(redis.call('HVALS', KEYS[3])) do held = held + tonumber(v) end
+if limit >= 0 and spent + held + reserve > limit then return {'budget', spent, held} end
+for i = 1, nc do
+  local k = KEYS[4 + i]
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
+  if redis.call('ZCARD', k) >= tonumber(ARGV[5 + i]) then return {'busy', i} end
+end
+local np = tonumber(ARGV[6 + nc])
+local levels = {}
+for j = 1, np do
+  local a = 7 + nc + (j - 1) * 3
+  local cap, rate, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local s = redis.call('HMGET', KEYS[4 + nc + j], 'level', 'at')
+  local level = math.min(cap, (tonumber(s[1]) or cap) + (now - (tonumber(s[2]) or now)) * rate / 1000)
+  if level < n then
+    if rate <= 0 then return {'pool', j, 60000} end
+    return {'pool', j, math.ceil((n - level) * 1000 / rate)}
+  end
+  levels[j] = level - n
+end
+for j = 1, np do redis.call('HSET', KEYS[4 + nc + j], 'level', tostring(levels[j]), 'at', now) end
+for i = 1, nc do redis.call('ZADD', KEYS[4 + i], now + ttl, rid) end
+if reserve > 0 then
+  redis.call('HSET', KEYS[3], rid, reserve)
+  redis.call('ZADD', KEYS[4], now + ttl, rid)
+end
+return {'ok', spent, held + reserve}
