@@ -20,7 +20,7 @@ const MAY_IMPORT: &[(&str, &[&str], &str)] = &[
     ("batch", &["base"], "files, batches and lines as stored; running a batch's lines is the server's"),
     (
         "shared",
-        &["base", "config", "account"],
+        &["base", "config", "account", "cache"],
         "the counts replicas share (Redis); what to count is admission's, what to cache the pipeline's",
     ),
     ("admission", &["base", "config", "account", "shared"], "admission knows no HTTP, no services, no pipeline"),
@@ -54,7 +54,7 @@ const MAY_IMPORT: &[(&str, &[&str], &str)] = &[
     ("reload", &["base", "config", "service", "app"], "a reload puts a new config in force through App's handles"),
     (
         "pipeline",
-        &["base", "config", "account", "admission", "service", "app", "pressure", "cache", "coalesce"],
+        &["base", "config", "account", "admission", "service", "app", "pressure", "cache", "coalesce", "shared"],
         "the pipeline knows no routes",
     ),
     (

@@ -201,3 +201,29 @@ async fn redis_restarts_keep_spend_and_an_outage_refuses_until_it_is_back() {
     assert_eq!(chat(&ws[1], 8).await.0, 200);
     assert!(eventually(Duration::from_secs(5), || async { standing(&ws[0]).await == (32_000, 0) }).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs redis-server (scripts/test installs it)"]
+async fn an_answer_cached_by_one_replica_is_a_hit_on_another() {
+    let redis = Redis::start(false);
+    let up = Upstream::start();
+    let text = config(&redis.url(), up.1, 1000, "").replace("[state]", "[cache]\nenabled = true\n\n[state]");
+    let ws = replicas(2, &text);
+    let body = json!({"model": "gpt-4", "max_tokens": 8, "temperature": 0,
+        "messages": [{"role": "user", "content": "the same question"}]});
+    let send = |w: &Warden, who: &'static str| {
+        reqwest::Client::new().post(w.url("/v1/chat/completions")).bearer_auth(who).json(&body).send()
+    };
+    let first = send(&ws[0], "acme-key").await.unwrap();
+    assert_eq!(first.headers()["x-warden-cache"], "miss");
+    let answer: Value = first.json().await.unwrap();
+    // The answer reaches Redis after the client has it (the writer task sends it).
+    assert!(wait_until(Duration::from_secs(5), || redis.keys("warden:cache:*").len() == 1));
+    let second = send(&ws[1], "acme-key").await.unwrap();
+    assert_eq!(second.headers()["x-warden-cache"], "hit");
+    assert_eq!(second.json::<Value>().await.unwrap(), answer);
+    let stats: Value = reqwest::get(format!("http://127.0.0.1:{}/stats", up.1)).await.unwrap().json().await.unwrap();
+    assert_eq!(stats["completions"], 1, "{stats}");
+    // A hit costs nothing: the only spend is the first answer's.
+    assert!(eventually(Duration::from_secs(5), || async { standing(&ws[1]).await == (8_000, 0) }).await);
+}

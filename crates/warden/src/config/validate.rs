@@ -612,6 +612,25 @@ mod tests {
     }
 
     #[test]
+    fn shared_state_is_checked() {
+        let ok = parse("[state]\nshared = \"redis://127.0.0.1:6379/0\"\non_unavailable = \"local\"\n", Path::new("."));
+        let state = ok.unwrap().state;
+        assert_eq!(state.key_prefix, "warden:");
+        assert_eq!(state.on_unavailable, super::super::OnUnavailable::Local);
+        assert_eq!(state.hold_ttl, std::time::Duration::from_secs(30));
+        assert_eq!(parse("", Path::new(".")).unwrap().state.shared, None);
+        let e = parse_err("[state]\nshared = \"127.0.0.1:6379\"\n");
+        assert!(e.contains("state.shared") && e.contains("redis://"), "{e}");
+        let e = parse_err("[state]\nshared = \"redis://h\"\non_unavailable = \"guess\"\n");
+        assert!(e.contains("state.on_unavailable"), "{e}");
+        let e = parse_err("[state]\nshared = \"redis://h\"\nhold_ttl = \"10ms\"\n");
+        assert!(e.contains("state.hold_ttl"), "{e}");
+        let reserved = "[clients.a]\nkey_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n[pools.p]\nunit = \"requests\"\ncapacity = 10\nrefill_per_sec = 1\nsharing = \"reserved\"\nreserved = { a = 0.5 }\n";
+        let e = parse_err(&format!("[state]\nshared = \"redis://h\"\n{reserved}"));
+        assert!(e.contains("pools.p.sharing") && e.contains("replica"), "{e}");
+    }
+
+    #[test]
     fn batches_off_peak_needs_an_off_peak_window_and_concurrency_is_bounded() {
         let e = parse_err("[optimizer]\nbatches_off_peak = true\n");
         assert!(e.contains("optimizer.batches_off_peak") && e.contains("off_peak window"), "{e}");

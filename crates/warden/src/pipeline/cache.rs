@@ -80,7 +80,9 @@ pub fn plan(app: &App, caller: &Caller, headers: &HeaderMap, path: &str, route: 
 }
 
 /// The stored answer for a planned request, recorded as a cached request; None on a miss.
-pub fn answer(
+/// Replicas (`[state].shared`): a local miss looks in the shared cache, and a hit there is kept
+/// here too.
+pub async fn answer(
     app: &App,
     caller: &Caller,
     headers: &HeaderMap,
@@ -90,7 +92,14 @@ pub fn answer(
 ) -> Option<Response<Body>> {
     let started = Instant::now();
     let (Plan::Use { key, lookup: true, .. }, Some(cache)) = (plan, app.cache.as_ref()) else { return None };
-    let entry = cache.get(key)?;
+    let entry = match cache.get(key) {
+        Some(entry) => entry,
+        None => {
+            let entry = Box::pin(app.gate.shared.as_ref()?.answer(key, cache.max_entry())).await?;
+            cache.put(key, &entry);
+            entry
+        }
+    };
     Some(serve(app, caller, headers, route, entry, request_id, started, "hit"))
 }
 
@@ -227,10 +236,22 @@ pub fn fill(app: &App, plan: Option<Plan>, mut resp: Response<Body>) -> Response
                 resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
             let framing = Framing::of(&content_type);
             let vector = semantic.and_then(|s| Some((s.context, s.vector?)));
+            let shared = app.gate.shared.clone().map(|sh| (sh, app.config().cache.ttl));
             resp.map(|inner| {
                 let limit = cache.max_entry();
                 let buf = Vec::new();
-                Body::new(Filling { inner, cache, key, vector, content_type, framing, buf, limit, broken: false })
+                Body::new(Filling {
+                    inner,
+                    cache,
+                    shared,
+                    key,
+                    vector,
+                    content_type,
+                    framing,
+                    buf,
+                    limit,
+                    broken: false,
+                })
             })
         }
         _ => resp,
@@ -241,6 +262,8 @@ pub fn fill(app: &App, plan: Option<Plan>, mut resp: Response<Body>) -> Response
 struct Filling {
     inner: Body,
     cache: Arc<Cache>,
+    /// Replicas: the shared cache, and how long it keeps an answer.
+    shared: Option<(Arc<crate::shared::Shared>, std::time::Duration)>,
     key: Key,
     /// The request's context key and embedding, for the semantic cache.
     vector: Option<(Key, Vec<f32>)>,
@@ -284,6 +307,9 @@ impl Filling {
             completion_tokens: usage.completion_tokens,
         };
         self.cache.put(&self.key, &entry);
+        if let Some((shared, ttl)) = &self.shared {
+            shared.keep_answer(&self.key, &entry, *ttl);
+        }
         if let Some((context, vector)) = self.vector.take() {
             self.cache.put_vector(&self.key, &context, &vector);
         }

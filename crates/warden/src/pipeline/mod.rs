@@ -184,7 +184,7 @@ pub async fn run(app: &Arc<App>, inbound: Inbound) -> Result<Response, ApiError>
     let mut planned = Box::pin(plan(app, &caller, &mut parts, body, target)).await?;
     let mut cached = planned.cache.take();
     if let Some(plan) = &mut cached {
-        if let Some(hit) = cache::answer(app, &caller, &parts.headers, &planned.route, plan, &request_id) {
+        if let Some(hit) = cache::answer(app, &caller, &parts.headers, &planned.route, plan, &request_id).await {
             return Ok(hit);
         }
         let near = cache::semantic(app, &caller, &parts.headers, &planned.route, plan, &request_id);

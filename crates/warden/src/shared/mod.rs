@@ -28,6 +28,7 @@ use crate::account::store::Store;
 use crate::config::{OnUnavailable, StateConfig};
 use policy::budget::Micros;
 
+mod cache;
 mod tasks;
 
 /// A pool's part of an admission: which bucket and how much of it.
@@ -75,8 +76,19 @@ pub enum Refused {
     Unavailable(String),
 }
 
-/// A settle waiting to be sent (the settle task sends them in order, retrying while Redis is
-/// away: a settle is idempotent, so a retry never charges twice).
+/// What the writer task sends to Redis, in order.
+enum Write {
+    Settle(Settle),
+    /// A cached answer (encoded), kept for `ttl`; lost if Redis is away (a miss, never wrong).
+    Answer {
+        key: String,
+        value: Vec<u8>,
+        ttl: Duration,
+    },
+}
+
+/// A settle waiting to be sent (the writer sends them in order, retrying while Redis is away:
+/// a settle is idempotent, so a retry never charges twice).
 struct Settle {
     held: Held,
     cost: Micros,
@@ -100,9 +112,9 @@ pub struct Shared {
     /// Requests admitted here and not yet settled: request id → the zsets that hold it (for
     /// the refresh task).
     live: Mutex<HashMap<String, Vec<String>>>,
-    settles: mpsc::UnboundedSender<Settle>,
-    /// Taken by the settle task when it starts.
-    settle_rx: Mutex<Option<mpsc::UnboundedReceiver<Settle>>>,
+    writes: mpsc::UnboundedSender<Write>,
+    /// Taken by the writer task when it starts.
+    writes_rx: Mutex<Option<mpsc::UnboundedReceiver<Write>>>,
     /// This replica's usage ledger: its share of the spend, put back into Redis when Redis
     /// lost it.
     store: Arc<Store>,
@@ -146,7 +158,7 @@ impl Shared {
             .set_max_delay(Duration::from_millis(500));
         let con = ConnectionManager::new_lazy_with_config(client.clone(), manager)
             .map_err(|e| format!("state.shared: {e}"))?;
-        let (settles, settle_rx) = mpsc::unbounded_channel();
+        let (writes, writes_rx) = mpsc::unbounded_channel();
         Ok(Some(Arc::new(Shared {
             con,
             client,
@@ -157,8 +169,8 @@ impl Shared {
             ttl: config.hold_ttl,
             freed: Notify::new(),
             live: Mutex::new(HashMap::new()),
-            settles,
-            settle_rx: Mutex::new(Some(settle_rx)),
+            writes,
+            writes_rx: Mutex::new(Some(writes_rx)),
             store,
             seen: Mutex::new(HashMap::new()),
             down: std::sync::atomic::AtomicBool::new(false),
@@ -258,7 +270,7 @@ impl Shared {
     /// back to pool `i`. Sent by the settle task (in order, retried while Redis is away).
     pub fn settle(&self, held: Held, cost: Micros, back: Vec<u64>) {
         self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(&held.request_id);
-        let _ = self.settles.send(Settle { held, cost, back });
+        let _ = self.writes.send(Write::Settle(Settle { held, cost, back }));
     }
 
     async fn send_settle(&self, s: &Settle) -> Result<(), String> {
@@ -329,15 +341,21 @@ impl Shared {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(client.to_string(), (spent, held));
     }
 
-    /// Runs a script, bounded. A connection found dropped (Redis restarted since the last
+    /// Runs a script, bounded (see `call`).
+    async fn run<T: redis::FromRedisValue>(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<T, String> {
+        self.call(|mut con| async move { invocation.invoke_async(&mut con).await }).await
+    }
+
+    /// One Redis call, bounded. A connection found dropped (Redis restarted since the last
     /// call) is tried once more on the connection the manager makes anew. An error is logged
     /// once when Redis goes away and once when it is back.
-    async fn run<T: redis::FromRedisValue>(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<T, String> {
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, String>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
         use std::sync::atomic::Ordering;
-        let once = || async {
-            let mut con = self.con.clone();
-            tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async(&mut con)).await
-        };
+        let once = || tokio::time::timeout(CALL_TIMEOUT, f(self.con.clone()));
         let result = match once().await {
             Ok(Err(e)) if e.is_connection_dropped() || e.is_io_error() => once().await,
             first => first,

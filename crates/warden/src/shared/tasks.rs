@@ -1,6 +1,7 @@
 //! The shared state's background tasks, each named and stopped on shutdown:
-//! - `shared settle`: sends settles in order; while Redis is away it keeps them and retries
-//!   (a settle is idempotent by request id); on shutdown it drains what it can, bounded.
+//! - `shared writes`: sends settles and cached answers in order; while Redis is away it keeps
+//!   the settles and retries (a settle is idempotent by request id) and drops the answers (a
+//!   miss, never a wrong answer); on shutdown it drains what it can, bounded.
 //! - `shared releases`: listens on `{prefix}freed` and wakes this replica's waiters.
 //! - `shared refresh`: pushes back the expiry of what live requests hold, every third of the
 //!   TTL, so only a dead replica's holds expire.
@@ -9,11 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::{Settle, Shared};
+use super::{Shared, Write};
 
 /// How long shutdown waits for settles still to be sent.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -22,31 +24,38 @@ const RETRY: Duration = Duration::from_millis(500);
 impl Shared {
     /// Starts the tasks on warden's tracker, and puts this replica's spend in place.
     pub fn spawn(self: &Arc<Self>, tasks: &TaskTracker, shutdown: CancellationToken) {
-        let rx = self.settle_rx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let rx = self.writes_rx.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(rx) = rx {
-            tasks
-                .spawn(self.clone().settle_loop(rx, shutdown.clone()).instrument(tracing::info_span!("shared settle")));
+            let writes = self.clone().writes_loop(rx, shutdown.clone());
+            tasks.spawn(writes.instrument(tracing::info_span!("shared writes")));
         }
         tasks.spawn(self.clone().releases(shutdown.clone()).instrument(tracing::info_span!("shared releases")));
         tasks.spawn(self.clone().refresh(shutdown).instrument(tracing::info_span!("shared refresh")));
     }
 
-    async fn settle_loop(
-        self: Arc<Self>,
-        mut rx: tokio::sync::mpsc::UnboundedReceiver<Settle>,
-        shutdown: CancellationToken,
-    ) {
+    /// Sends one write; Err: a settle that must be tried again.
+    async fn write(&self, w: &Write) -> Result<(), String> {
+        match w {
+            Write::Settle(s) => self.send_settle(s).await,
+            Write::Answer { key, value, ttl } => {
+                let _ = self.keep(key, value, *ttl).await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn writes_loop(self: Arc<Self>, mut rx: UnboundedReceiver<Write>, shutdown: CancellationToken) {
         loop {
-            let s = tokio::select! {
-                s = rx.recv() => match s { Some(s) => s, None => return },
+            let w = tokio::select! {
+                w = rx.recv() => match w { Some(w) => w, None => return },
                 _ = shutdown.cancelled() => break,
             };
-            while let Err(e) = self.send_settle(&s).await {
-                tracing::debug!("settle of {} not sent yet: {e}", s.held.request_id);
+            while let Err(e) = self.write(&w).await {
+                tracing::debug!("a settle is not sent yet: {e}");
                 tokio::select! {
                     _ = tokio::time::sleep(RETRY) => {}
                     _ = shutdown.cancelled() => {
-                        self.drain(Some(s), &mut rx).await;
+                        self.drain(Some(w), &mut rx).await;
                         return;
                     }
                 }
@@ -55,26 +64,26 @@ impl Shared {
         self.drain(None, &mut rx).await;
     }
 
-    /// Sends what is left, for at most `DRAIN`. What cannot be sent is in this replica's
-    /// ledger: the next start puts it back into Redis (`reseed`).
-    async fn drain(&self, first: Option<Settle>, rx: &mut tokio::sync::mpsc::UnboundedReceiver<Settle>) {
+    /// Sends what is left, for at most `DRAIN`. A settle that cannot be sent is in this
+    /// replica's ledger: the next start puts it back into Redis (`reseed`).
+    async fn drain(&self, first: Option<Write>, rx: &mut UnboundedReceiver<Write>) {
         let deadline = tokio::time::Instant::now() + DRAIN;
         let mut left = first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())).collect::<Vec<_>>();
-        while let Some(s) = left.first() {
+        while let Some(w) = left.first() {
             if tokio::time::Instant::now() >= deadline {
                 break;
             }
-            match self.send_settle(s).await {
+            match self.write(w).await {
                 Ok(()) => {
                     left.remove(0);
                 }
                 Err(_) => tokio::time::sleep(RETRY).await,
             }
         }
-        if !left.is_empty() {
+        let settles = left.iter().filter(|w| matches!(w, Write::Settle(_))).count();
+        if settles > 0 {
             tracing::warn!(
-                "{} settles could not reach the shared state at {}; this replica's ledger has them and the next start puts them back",
-                left.len(),
+                "{settles} settles could not reach the shared state at {}; this replica's ledger has them and the next start puts them back",
                 self.url
             );
         }

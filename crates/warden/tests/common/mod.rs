@@ -508,6 +508,18 @@ impl Redis {
         );
     }
 
+    /// Keys matching `pattern`, asked over the socket (inline command, raw reply).
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(self.socket()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(format!("KEYS {pattern}\r\nQUIT\r\n").as_bytes()).unwrap();
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        // "*N", then "$len" and the key for each, then QUIT's "+OK".
+        reply.lines().skip(1).filter(|l| !l.starts_with('$') && !l.starts_with('+')).map(str::to_string).collect()
+    }
+
     /// Stops it (SIGTERM: with AOF on, what it holds is on disk) and waits for it to exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
