@@ -6,6 +6,7 @@ written with the command, load, duration, machine and date that produced it.
 """
 import argparse
 import atexit
+import hashlib
 import http.client
 import json
 import os
@@ -693,6 +694,66 @@ def p9(bins, a):
     return r
 
 
+# ---------------------------------------------------------------- P10: shared state (replicas)
+
+def start_redis():
+    d = tempfile.mkdtemp(prefix="warden-bench-redis-")
+    port = free_port()
+    proc = spawn(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                  "--dir", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port, d
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("redis-server did not listen")
+
+
+def p10(bins, a):
+    """Admission counted in process against the same through Redis: a priced model and a client
+    with a budget and a concurrency limit (so every request runs the admit and settle scripts)."""
+    if not shutil.which("redis-server"):
+        return {"error": "redis-server is not installed (scripts/test installs it)"}
+    up_port = free_port()
+    up = spawn([str(bins / "fake-backend"), "--port", str(up_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_http(f"http://127.0.0.1:{up_port}/health")
+    rd, rport, rdir = start_redis()
+    key_hash = hashlib.sha256(KEY.encode()).hexdigest()
+    tenants = (f'[clients.bench]\nkey_sha256 = "{key_hash}"\nmonthly_budget_usd = 1000000\nmodels = ["*"]\ntier = "t"\n'
+               '[tiers.t]\nmax_concurrent = 1000\n'
+               f'[services.up]\nkind = "remote"\nurl = "http://127.0.0.1:{up_port}"\nmodels = ["bench"]\n'
+               '[models.bench]\nservice = "up"\nprice = { input_per_1k = 0.001, output_per_1k = 0.002 }\n')
+    local = Warden(bins, tenants)
+    shared = Warden(bins, f'[state]\nshared = "redis://127.0.0.1:{rport}/0"\n' + tenants)
+    targets = {"direct": f"http://127.0.0.1:{up_port}/v1/chat/completions",
+               "in-process": local.base + "/v1/chat/completions", "shared": shared.base + "/v1/chat/completions"}
+    for url in targets.values():
+        post(url, CHAT)
+    rounds = {n: [] for n in targets}
+    for r in range(a.rounds):
+        names = list(targets)
+        for n in names[r % 3:] + names[:r % 3]:
+            if OHA:
+                res = oha(["-z", f"{a.seconds}s", "-q", str(a.rate), "-c", "32", "--latency-correction"], targets[n], CHAT)
+            else:
+                res = mini_load(targets[n], CHAT, a.seconds)
+            rounds[n].append(res)
+    spent = json.loads(urllib.request.urlopen(urllib.request.Request(
+        shared.base + "/api/usage/bench/current", headers={"authorization": f"Bearer {KEY}"}), timeout=30).read())
+    local.close()
+    shared.close()
+    kill(rd)
+    kill(up)
+    shutil.rmtree(rdir, ignore_errors=True)
+    out = {n: {k: statistics.median(x[k] for x in v) for k in ("p50", "p99", "rps")} | {"errors": sum(x["errors"] for x in v)}
+           for n, v in rounds.items()}
+    out["shared_spent_micros"] = spent.get("spent_micros")
+    out["tool"] = "oha" if OHA else "python closed loop (smoke)"
+    return out
+
+
 def p6(a):
     out = subprocess.run(["cargo", "bench", "-p", "warden", "--bench", "hot_paths", "--", "--warm-up-time", "1",
                           "--measurement-time", "3"], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -847,6 +908,25 @@ def report(r, a):
                   f"requests on screen, median {statistics.median(p['ready_ms']):.0f} ms (all: "
                   f"{', '.join(f'{x:.0f}' for x in p['ready_ms'])} ms; target under 1 s). The page itself: "
                   f"{p['navigation_ms']:.0f} ms."]
+    if "p10" in r:
+        p = r["p10"]
+        L.append("\n## P10 — shared state for replicas\n")
+        if "error" in p:
+            L.append(f"Not measured: {p['error']}")
+        else:
+            d, l, s = p["direct"], p["in-process"], p["shared"]
+            L += [f"A client with a budget and a concurrency limit calls a priced model on an instant upstream "
+                  f"(fake-backend) at a fixed {a.rate} requests/s for {a.seconds} s per target, {a.rounds} rounds "
+                  f"interleaved, with {p['tool']}: directly, through a warden counting in process, and through a "
+                  f"warden counting in a local `redis-server` (`[state].shared`: one admit script per request, one "
+                  f"settle script after it, sent by the writer task). Medians over rounds; added = target − direct.\n",
+                  "| target | p50 ms | p99 ms | added p50 ms | added p99 ms | rps | errors |", "|---|---|---|---|---|---|---|"]
+            for n in ("direct", "in-process", "shared"):
+                v = p[n]
+                L.append(f"| {n} | {v['p50']:.3f} | {v['p99']:.3f} | {v['p50'] - d['p50']:+.3f} | {v['p99'] - d['p99']:+.3f} | "
+                         f"{v['rps']:.0f} | {v['errors']} |")
+            L.append(f"\nThe shared path adds {s['p50'] - l['p50']:+.3f} ms at p50 and {s['p99'] - l['p99']:+.3f} ms at p99 "
+                     f"over counting in process (one Redis round trip on the request's way in; the settle is off its path).")
     notes = ROOT / "bench/NOTES.md"
     if notes.exists() and not a.smoke:
         L.append("\n" + notes.read_text())
@@ -866,7 +946,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bins", default=str(ROOT / "target/release"))
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, no external tools; checks the harness works")
-    ap.add_argument("--only", default="p1,p2,p3,p4,p5,p6,p7,p8,p9")
+    ap.add_argument("--only", default="p1,p2,p3,p4,p5,p6,p7,p8,p9,p10")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("--json", default=str(ROOT / "bench/results.json"))
     a = ap.parse_args()
@@ -881,7 +961,8 @@ def main():
     bins = Path(a.bins).resolve()
     r = {"machine": machine()}
     steps = {"p1": lambda: p1(bins, a), "p2": lambda: p2(bins, a), "p3": lambda: p3(bins, a),
-             "p4": lambda: p4(bins, a), "p5": lambda: p5(bins, a), "p6": lambda: p6(a), "p7": lambda: p7(bins, a), "p8": lambda: p8(bins, a), "p9": lambda: p9(bins, a)}
+             "p4": lambda: p4(bins, a), "p5": lambda: p5(bins, a), "p6": lambda: p6(a), "p7": lambda: p7(bins, a), "p8": lambda: p8(bins, a), "p9": lambda: p9(bins, a),
+             "p10": lambda: p10(bins, a)}
     for key in a.only.split(","):
         if key == "p6" and a.smoke:
             continue

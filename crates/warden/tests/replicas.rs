@@ -227,3 +227,23 @@ async fn an_answer_cached_by_one_replica_is_a_hit_on_another() {
     // A hit costs nothing: the only spend is the first answer's.
     assert!(eventually(Duration::from_secs(5), || async { standing(&ws[1]).await == (8_000, 0) }).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs redis-server (scripts/test installs it)"]
+async fn on_unavailable_local_admits_by_the_replicas_own_counts_and_says_so() {
+    let mut redis = Redis::start(false);
+    let up = Upstream::start();
+    let text = config(&redis.url(), up.1, 2, "").replace("hold_ttl = \"2s\"", "on_unavailable = \"local\"");
+    let ws = replicas(1, &text);
+    redis.stop();
+    // Redis away: this replica's own books decide (its budget of two still holds).
+    assert_eq!(chat(&ws[0], 8).await.0, 200);
+    assert_eq!(chat(&ws[0], 8).await.0, 200);
+    let (status, body) = chat(&ws[0], 8).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (402, Some("budget_exceeded")), "{body}");
+    let alerts = ws[0].get("/admin/alerts").await;
+    let alert = alerts["alerts"].as_array().unwrap().iter().find(|a| a["kind"] == "shared_state_unavailable").cloned();
+    let message = alert.map(|a| a["message"].as_str().unwrap_or_default().to_string()).unwrap_or_default();
+    assert!(message.contains("this replica's own counts"), "{alerts}");
+    assert!(ws[0].wait_log("is unreachable", Duration::from_secs(5)));
+}
