@@ -247,3 +247,44 @@ async fn on_unavailable_local_admits_by_the_replicas_own_counts_and_says_so() {
     assert!(message.contains("this replica's own counts"), "{alerts}");
     assert!(ws[0].wait_log("is unreachable", Duration::from_secs(5)));
 }
+
+/// The writer task retries a settle whose answer it did not get: the same settle twice must
+/// charge once and free once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server (scripts/test installs it)"]
+async fn a_settle_sent_twice_charges_once() {
+    use warden::shared::{Ask, PoolTake, Shared};
+    let redis = Redis::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(warden::account::store::Store::open(&dir.path().join("warden.db")).unwrap());
+    let state = warden::config::StateConfig {
+        shared: Some(redis.url()),
+        key_prefix: "t:".into(),
+        hold_ttl: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let shared = Shared::open(&state, dir.path(), store).unwrap().unwrap();
+    let pool = PoolTake { pool: 0, bucket: "p".into(), capacity: 100, refill_per_sec: 0.0, units: 40 };
+    let ask = |id: &'static str| Ask {
+        request_id: id,
+        client: "acme",
+        month: 1,
+        reserve: 500,
+        budget: Some(1_000),
+        concurrency: vec![("client:acme".into(), 1)],
+        pools: vec![pool.clone()],
+    };
+    let deadline = || std::time::Instant::now() + Duration::from_millis(100);
+    let held = shared.admit(&ask("r1"), deadline()).await.ok().unwrap();
+    // The one slot is taken: a second request waits out its deadline.
+    assert!(shared.admit(&ask("r2"), deadline()).await.is_err());
+    for _ in 0..2 {
+        shared.settle_now(&held, 300, &[10]).await.unwrap();
+    }
+    assert_eq!(shared.standing("acme", 1).await.unwrap(), (300, 0));
+    // The slot is free again, and the pool got its 10 units back once: 100 - 40 + 10 = 70
+    // left, so a take of 40 fits once more and then not again.
+    let again = shared.admit(&ask("r3"), deadline()).await.ok().unwrap();
+    shared.settle_now(&again, 0, &[0]).await.unwrap();
+    assert!(shared.admit(&ask("r4"), deadline()).await.is_err(), "only 30 units should be left");
+}

@@ -273,8 +273,9 @@ impl Shared {
         let _ = self.writes.send(Write::Settle(Settle { held, cost, back }));
     }
 
-    async fn send_settle(&self, s: &Settle) -> Result<(), String> {
-        let held = &s.held;
+    /// Settles now (the writer task's call; `settle` queues for it). Idempotent by request id:
+    /// a second call for the same request changes nothing, so the writer may retry freely.
+    pub async fn settle_now(&self, held: &Held, cost: Micros, back: &[u64]) -> Result<(), String> {
         let mut invocation = SETTLE.prepare_invoke();
         invocation
             .key(self.key(&format!("settled:{}", held.request_id)))
@@ -290,11 +291,11 @@ impl Shared {
         invocation
             .arg(&held.request_id)
             .arg(&self.replica)
-            .arg(s.cost)
+            .arg(cost)
             .arg(self.channel())
             .arg(held.counters.len())
             .arg(held.pools.len());
-        for (p, back) in held.pools.iter().zip(&s.back) {
+        for (p, back) in held.pools.iter().zip(back) {
             invocation.arg(p.capacity).arg(p.refill_per_sec).arg(*back);
         }
         let (_, spent, now_held): (i64, i64, i64) = self.run(&invocation).await?;

@@ -36,7 +36,7 @@ impl Shared {
     /// Sends one write; Err: a settle that must be tried again.
     async fn write(&self, w: &Write) -> Result<(), String> {
         match w {
-            Write::Settle(s) => self.send_settle(s).await,
+            Write::Settle(s) => self.settle_now(&s.held, s.cost, &s.back).await,
             Write::Answer { key, value, ttl } => {
                 let _ = self.keep(key, value, *ttl).await;
                 Ok(())
