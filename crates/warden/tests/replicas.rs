@@ -185,6 +185,8 @@ async fn redis_restarts_keep_spend_and_an_outage_refuses_until_it_is_back() {
     let (status, body) = chat(&ws[0], 8).await;
     assert_eq!((status, body["error"]["code"].as_str()), (503, Some("shared_state_unavailable")), "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("redis.sock"), "{body}");
+    let alerts = ws[0].get("/admin/alerts").await;
+    assert!(alerts["alerts"].as_array().unwrap().iter().any(|a| a["kind"] == "shared_state_unavailable"), "{alerts}");
 
     // Back, but empty (its files gone): each replica puts its share back from its ledger, and
     // admission resumes without a warden restart.

@@ -311,11 +311,16 @@ impl Gate {
         let _ = st.ledgers[client].reserve(0, month);
         let mut ledger = st.ledgers[client].clone();
         drop(st);
-        // Replicas: every replica's spend and holds, as Redis last said.
-        if let Some(seen) = self.shared.as_ref().and_then(|sh| sh.seen(&self.slot_name(client))) {
+        self.as_shared(client, &mut ledger);
+        ledger
+    }
+
+    /// Replicas: a ledger's spend and holds as Redis last said them (every replica's), in place
+    /// of this replica's own share.
+    fn as_shared(&self, slot: usize, ledger: &mut Ledger) {
+        if let Some(seen) = self.shared.as_ref().and_then(|sh| sh.seen(&self.slot_name(slot))) {
             (ledger.spent, ledger.reserved) = seen;
         }
-        ledger
     }
 
     pub fn paused(&self) -> bool {

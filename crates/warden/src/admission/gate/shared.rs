@@ -72,17 +72,19 @@ impl Gate {
                 over: OverBudget { limit: budget.unwrap_or(0), spent, reserved: held, asked: reserved },
             }),
             Err(Refused::Timeout) => Err(ApiError::QueueTimeout { waited: wait, class: ask.class.as_str() }),
-            Err(Refused::Unavailable(detail)) => match sh.on_unavailable {
-                OnUnavailable::Refuse => Err(ApiError::SharedStateUnavailable { url: sh.url.clone(), detail }),
-                OnUnavailable::Local => {
-                    let msg = format!(
-                        "shared state at {} is unreachable ({detail}); requests are admitted by this replica's own counts (on_unavailable = \"local\"), so replicas together may exceed shared limits",
-                        sh.url
-                    );
-                    self.alerts.raise("shared_state_unavailable", &sh.url, msg);
-                    Ok(None)
+            Err(Refused::Unavailable(detail)) => {
+                let refuse = sh.on_unavailable == OnUnavailable::Refuse;
+                let then = match refuse {
+                    true => "requests that count against shared limits are refused (on_unavailable = \"refuse\")",
+                    false => "requests are admitted by this replica's own counts (on_unavailable = \"local\"), so replicas together may exceed shared limits",
+                };
+                let msg = format!("shared state at {} is unreachable ({detail}); {then}", sh.url);
+                self.alerts.raise("shared_state_unavailable", &sh.url, msg);
+                match refuse {
+                    true => Err(ApiError::SharedStateUnavailable { url: sh.url.clone(), detail }),
+                    false => Ok(None),
                 }
-            },
+            }
         }
     }
 

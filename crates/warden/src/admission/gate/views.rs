@@ -160,6 +160,7 @@ impl Gate {
         let mut st = self.lock();
         let mut reasons = Vec::new();
         let mut ledger = st.ledgers[c].clone();
+        self.as_shared(c, &mut ledger);
         if ledger.reserve(cost, month).is_err() {
             reasons.push(format!(
                 "over budget: this request may cost ${:.6}, ${:.6} left",

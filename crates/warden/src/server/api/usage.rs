@@ -173,6 +173,7 @@ pub async fn check(
 ) -> Result<Json<Value>, ApiError> {
     let (route, e) = dry_run(&app, &caller, &q, body)?;
     let model = route.model.map(|m| m.name).unwrap_or_default();
+    app.gate.refresh_standing(caller.client).await;
     let mut v = app.gate.check(caller.client, route.service, Some(&model), &e);
     v["model"] = json!(model);
     Ok(Json(v))
