@@ -56,6 +56,8 @@ pub struct PerfRecord {
     pub tokens: Option<u32>,
     /// Unix milliseconds when it finished.
     pub finished_at_ms: u64,
+    /// The requests this row stands for (see `performance::STORED_PER_SEC`).
+    pub weight: u32,
 }
 
 enum Msg {
@@ -102,7 +104,8 @@ CREATE TABLE IF NOT EXISTS performance (
     ok INTEGER NOT NULL,
     total_ms INTEGER NOT NULL,
     first_byte_ms INTEGER,
-    tokens INTEGER
+    tokens INTEGER,
+    weight INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS performance_finished ON performance (finished_at_ms);
 ";
@@ -132,6 +135,13 @@ impl Store {
                 }
                 _ => {}
             }
+        }
+        // Rows written before timings were thinned stand for one request each.
+        match conn.execute_batch("ALTER TABLE performance ADD COLUMN weight INTEGER NOT NULL DEFAULT 1") {
+            Err(e) if !e.to_string().contains("duplicate column") => {
+                return Err(format!("cannot add a column to {}: {e}", path.display()))
+            }
+            _ => {}
         }
         let old = crate::base::clock::unix_ms().saturating_sub(PERF_KEEP_MS);
         conn.execute("DELETE FROM performance WHERE finished_at_ms < ?1", params![old])
@@ -163,7 +173,7 @@ impl Store {
     pub fn perf_since(&self, since_ms: u64) -> Result<Vec<PerfRecord>, String> {
         self.read(|c| {
             let mut q = c.prepare_cached(
-                "SELECT model, task, ok, total_ms, first_byte_ms, tokens, finished_at_ms FROM performance
+                "SELECT model, task, ok, total_ms, first_byte_ms, tokens, finished_at_ms, weight FROM performance
                  WHERE finished_at_ms >= ?1 ORDER BY finished_at_ms",
             )?;
             let rows = q.query_map(params![since_ms], |r| {
@@ -175,6 +185,7 @@ impl Store {
                     first_byte_ms: r.get(4)?,
                     tokens: r.get(5)?,
                     finished_at_ms: r.get(6)?,
+                    weight: r.get(7)?,
                 })
             })?;
             rows.collect()
@@ -407,7 +418,7 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>) {
                      cached, saved_micros, downgraded_from, body_hash)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
                 )?;
-                let mut perf = tx.prepare_cached("INSERT INTO performance VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
+                let mut perf = tx.prepare_cached("INSERT INTO performance VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")?;
                 for msg in batch {
                     match msg {
                         Msg::Record(r) => {
@@ -440,7 +451,8 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>) {
                                 p.ok,
                                 p.total_ms,
                                 p.first_byte_ms,
-                                p.tokens
+                                p.tokens,
+                                p.weight
                             ])?;
                         }
                         Msg::Flush(ack) => acks.push(ack),

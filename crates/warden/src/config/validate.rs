@@ -616,7 +616,7 @@ mod tests {
         let ok = parse("[state]\nshared = \"redis://127.0.0.1:6379/0\"\non_unavailable = \"local\"\n", Path::new("."));
         let state = ok.unwrap().state;
         assert_eq!(state.key_prefix, "warden:");
-        assert_eq!(state.on_unavailable, super::super::OnUnavailable::Local);
+        assert_eq!(state.on_unavailable, crate::config::OnUnavailable::Local);
         assert_eq!(state.hold_ttl, std::time::Duration::from_secs(30));
         assert_eq!(parse("", Path::new(".")).unwrap().state.shared, None);
         let e = parse_err("[state]\nshared = \"127.0.0.1:6379\"\n");

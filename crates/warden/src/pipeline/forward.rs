@@ -45,6 +45,7 @@ impl Probe {
             total_ms: ms,
             first_byte_ms: None,
             tokens: None,
+            weight: 1,
         };
         self.tracker.record(sample);
     }

@@ -91,6 +91,7 @@ impl LeaseBody {
             total_ms: ms(Instant::now()),
             first_byte_ms: first.map(ms),
             tokens: tokens.map(|t| t.min(u64::from(u32::MAX)) as u32),
+            weight: 1,
         });
     }
 
