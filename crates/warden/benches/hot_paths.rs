@@ -172,6 +172,7 @@ fn ladder_performance_check(c: &mut Criterion) {
             total_ms: 100 + i % 400,
             first_byte_ms: Some(20 + i % 40),
             tokens: Some(64),
+            weight: 1,
         };
         tracker.record(s);
     }
