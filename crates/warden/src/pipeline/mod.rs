@@ -269,6 +269,7 @@ async fn plan(app: &App, caller: &Caller, parts: &mut Parts, body: Body, target:
     match target {
         Target::Model(endpoint) => {
             let mut bytes = read::whole(&parts.headers, body, limit).await?;
+            read::own(parts);
             let asked = route_allowed(app, caller, &find::model_of(&bytes)?)?;
             let (mut route, mut degraded) = ladder::choose(app, asked.clone(), &parts.headers, &bytes).await;
             if allow::check(app, caller, &route).is_err() || !speaks(app, &route, endpoint) {
