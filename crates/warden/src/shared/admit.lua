@@ -6,17 +6,11 @@
 -- np, then (capacity, refill per second, units) per pool.
 -- Returns {"ok", spent, held} | {"budget", spent, held} | {"busy", i} | {"pool", j, wait ms}
 -- | {"reseed"}.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'reseed'} end
 local rid, reserve, limit, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local nc = tonumber(ARGV[5])
-local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)
-for _, r in ipairs(expired) do redis.call('HDEL', KEYS[3], r) end
-if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now) end
-local spent, held = 0, 0
-for _, v in ipairs(redis.call('HVALS', KEYS[2])) do spent = spent + tonumber(v) end
-for _, v in ipairs(redis.call('HVALS', KEYS[3])) do held = held + tonumber(v) end
+local spent, held = standing(KEYS[2], KEYS[3], KEYS[4], now)
 if limit >= 0 and spent + held + reserve > limit then return {'budget', spent, held} end
 for i = 1, nc do
   local k = KEYS[4 + i]

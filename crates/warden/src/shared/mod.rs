@@ -131,15 +131,15 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const FALLBACK_POLL: Duration = Duration::from_secs(1);
 
 static ADMIT: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(include_str!("admit.lua")));
+    std::sync::LazyLock::new(|| redis::Script::new(concat!(include_str!("prelude.lua"), include_str!("admit.lua"))));
 static SETTLE: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(include_str!("settle.lua")));
+    std::sync::LazyLock::new(|| redis::Script::new(concat!(include_str!("prelude.lua"), include_str!("settle.lua"))));
 static REFRESH: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(include_str!("refresh.lua")));
+    std::sync::LazyLock::new(|| redis::Script::new(concat!(include_str!("prelude.lua"), include_str!("refresh.lua"))));
 static STANDING: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(include_str!("standing.lua")));
+    std::sync::LazyLock::new(|| redis::Script::new(concat!(include_str!("prelude.lua"), include_str!("standing.lua"))));
 static RESEED: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(include_str!("reseed.lua")));
+    std::sync::LazyLock::new(|| redis::Script::new(concat!(include_str!("prelude.lua"), include_str!("reseed.lua"))));
 
 impl Shared {
     /// Sets up the connection (lazily: warden starts even while Redis is down, and answers by

@@ -7,18 +7,11 @@
 -- refill per second, units back) per pool.
 -- Returns {settled now (0/1), spent, held}.
 local rid = ARGV[1]
-local function standing()
-  local spent, held = 0, 0
-  for _, v in ipairs(redis.call('HVALS', KEYS[2])) do spent = spent + tonumber(v) end
-  for _, v in ipairs(redis.call('HVALS', KEYS[3])) do held = held + tonumber(v) end
-  return spent, held
-end
+local now = now_ms()
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', 86400) then
-  local spent, held = standing()
+  local spent, held = standing(KEYS[2], KEYS[3], KEYS[4], now)
   return {0, spent, held}
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HDEL', KEYS[3], rid)
 redis.call('ZREM', KEYS[4], rid)
 local cost = tonumber(ARGV[3])
@@ -36,5 +29,5 @@ for j = 1, np do
   end
 end
 redis.call('PUBLISH', ARGV[4], rid)
-local spent, held = standing()
+local spent, held = standing(KEYS[2], KEYS[3], KEYS[4], now)
 return {1, spent, held}
