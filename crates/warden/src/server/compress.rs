@@ -3,17 +3,20 @@
 //! it is made). The bytes this saves are counted (`/metrics`): the answer's size is counted
 //! inside the compression layer and what was sent outside it.
 
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
 use hyper::body::{Frame, SizeHint};
+use tower::util::BoxCloneSyncService;
+use tower::ServiceExt;
 use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
 use tower_http::compression::CompressionLayer;
 
@@ -36,23 +39,22 @@ pub fn layer() -> CompressionLayer<impl Predicate> {
 #[derive(Clone)]
 struct Raw(Arc<AtomicU64>);
 
-/// Outside the compression layer: counts what is sent, and once the body is done adds what
-/// compression saved to warden's total.
-pub async fn outer(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
-    // A client that accepts no encoding gets nothing compressed: nothing to count, and no
-    // wrapper on its answer (most API clients; the proxy path stays as it was).
-    if !req.headers().contains_key(header::ACCEPT_ENCODING) {
-        return next.run(req).await;
-    }
+/// Outside the compression layer (`compressed`): counts what is sent, and once the body is
+/// done adds what compression saved to warden's total and the client's.
+pub async fn counted(
+    mut req: Request,
+    compressed: BoxCloneSyncService<Request, Response, Infallible>,
+    app: Arc<App>,
+) -> Result<Response, Infallible> {
     let raw = Arc::new(AtomicU64::new(0));
     req.extensions_mut().insert(Raw(raw.clone()));
-    let resp = next.run(req).await;
+    let resp = compressed.oneshot(req).await?;
     if !resp.headers().contains_key(header::CONTENT_ENCODING) {
-        return resp;
+        return Ok(resp);
     }
     let client = resp.extensions().get::<crate::base::caller::Caller>().map(|c| app.gate.client_name(c.client));
     let done = Done { raw, app: app.clone(), client };
-    resp.map(|inner| Body::new(Counted { inner, count: Arc::new(AtomicU64::new(0)), done: Some(done) }))
+    Ok(resp.map(|inner| Body::new(Counted { inner, count: Arc::new(AtomicU64::new(0)), done: Some(done) })))
 }
 
 /// Inside the compression layer: counts the answer's own bytes.

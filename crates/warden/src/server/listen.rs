@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::IntoResponse;
-use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -23,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::base::errors::ApiError;
+use crate::server::front::Front;
 
 /// Bounds on client connections.
 #[derive(Debug, Clone, Copy)]
@@ -49,9 +49,9 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// A refused connection gets this long to read its 503.
 const REFUSAL_WITHIN: Duration = Duration::from_secs(5);
 
-/// Serves `router` on `listener` until `stop`, then lets open requests finish; connections
+/// Serves `front` on `listener` until `stop`, then lets open requests finish; connections
 /// still open are cut when this future is dropped (the caller bounds the drain).
-pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: CancellationToken) {
+pub async fn serve(listener: TcpListener, front: Front, limits: Limits, stop: CancellationToken) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     // Every connection's task: dropped with this future, so a cut drain leaves none behind.
@@ -77,7 +77,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stop: 
                 let _ = tcp.set_nodelay(true);
                 match permits.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        let service = TowerToHyperService::new(router.clone());
+                        let service = TowerToHyperService::new(front.clone());
                         let conn = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
                         conns.spawn(async move {
                             let _ = conn.await;

@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 mod batches;
 mod compress;
+mod front;
 mod listen;
 mod metrics;
 mod ollama;
@@ -63,31 +64,7 @@ pub fn routes(app: Arc<App>) -> Router {
         .method_not_allowed_fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
             ApiError::MethodNotAllowed { method: method.to_string(), path: uri.path().to_string() }
         })
-        .layer(axum::middleware::from_fn(compress::inner))
-        .layer(compress::layer())
-        .layer(axum::middleware::from_fn_with_state(app.clone(), compress::outer))
-        .layer(axum::middleware::from_fn(head_limits))
         .with_state(app)
-}
-
-/// A request target longer than this is refused (414).
-const MAX_URI: usize = 8 << 10;
-/// Request headers larger than this together are refused (431).
-const MAX_HEADERS: usize = 64 << 10;
-
-/// 414 and 431 in the JSON error shape (the HTTP layer's own refusals, for heads larger still,
-/// have no body).
-async fn head_limits(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
-    if target > MAX_URI {
-        return ApiError::UriTooLong { limit: MAX_URI }.into_response();
-    }
-    let size: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
-    if size > MAX_HEADERS {
-        return ApiError::HeadersTooLarge { limit: MAX_HEADERS }.into_response();
-    }
-    next.run(req).await
 }
 
 /// A JSON request body, with 400 naming what is wrong (`invalid_json` when it is not JSON at
@@ -233,7 +210,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
     tasks.spawn(on_hangup.instrument(tracing::info_span!("reload on SIGHUP")));
     // Batches in progress when warden last stopped go on where they stopped.
     batches::resume(&app);
-    let serving = listen::serve(listener, routes(app.clone()), limits, stop_accepting.clone());
+    let serving =
+        listen::serve(listener, front::Front::new(routes(app.clone()), app.clone()), limits, stop_accepting.clone());
     let mut server = tokio::spawn(serving.instrument(tracing::info_span!("front door")));
     info!(
         "warden listening on http://{addr} with {} services (up to {} connections)",
