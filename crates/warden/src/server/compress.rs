@@ -12,7 +12,6 @@ use std::task::{Context, Poll};
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::header;
-use axum::middleware::Next;
 use axum::response::Response;
 use hyper::body::{Frame, SizeHint};
 use tower::util::BoxCloneSyncService;
@@ -35,36 +34,34 @@ pub fn layer() -> CompressionLayer<impl Predicate> {
     CompressionLayer::new().compress_when(when)
 }
 
-/// The answer's bytes before compression, counted by `inner` for `outer`.
+/// The answer's bytes before compression, counted by `count_raw` for `counted`.
 #[derive(Clone)]
 struct Raw(Arc<AtomicU64>);
 
-/// Outside the compression layer (`compressed`): counts what is sent, and once the body is
-/// done adds what compression saved to warden's total and the client's.
+/// Outside the compression layer (`compressed`): once a compressed body is done, adds what
+/// compression saved to warden's total and the client's.
 pub async fn counted(
-    mut req: Request,
+    req: Request,
     compressed: BoxCloneSyncService<Request, Response, Infallible>,
     app: Arc<App>,
 ) -> Result<Response, Infallible> {
-    let raw = Arc::new(AtomicU64::new(0));
-    req.extensions_mut().insert(Raw(raw.clone()));
     let resp = compressed.oneshot(req).await?;
-    if !resp.headers().contains_key(header::CONTENT_ENCODING) {
-        return Ok(resp);
-    }
+    let raw = match resp.extensions().get::<Raw>() {
+        Some(Raw(raw)) if resp.headers().contains_key(header::CONTENT_ENCODING) => raw.clone(),
+        _ => return Ok(resp),
+    };
     let client = resp.extensions().get::<crate::base::caller::Caller>().map(|c| app.gate.client_name(c.client));
     let done = Done { raw, app: app.clone(), client };
     Ok(resp.map(|inner| Body::new(Counted { inner, count: Arc::new(AtomicU64::new(0)), done: Some(done) })))
 }
 
-/// Inside the compression layer: counts the answer's own bytes.
-pub async fn inner(req: Request, next: Next) -> Response {
-    let raw = req.extensions().get::<Raw>().cloned();
-    let resp = next.run(req).await;
-    match raw {
-        Some(Raw(count)) => resp.map(|inner| Body::new(Counted { inner, count, done: None })),
-        None => resp,
-    }
+/// Inside the compression layer: counts the answer's own bytes, and leaves the count on the
+/// answer for `counted` (the compression layer keeps a response's extensions).
+pub fn count_raw(resp: Response) -> Response {
+    let count = Arc::new(AtomicU64::new(0));
+    let (mut parts, inner) = resp.into_parts();
+    parts.extensions.insert(Raw(count.clone()));
+    Response::from_parts(parts, Body::new(Counted { inner, count, done: None }))
 }
 
 /// A body whose data bytes are counted; with `done`, it adds `raw - sent` to the saved totals

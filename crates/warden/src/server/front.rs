@@ -42,7 +42,7 @@ impl Front {
         let compressed = ServiceBuilder::new()
             .map_response(|r: Response<_>| r.map(Body::new))
             .layer(compress::layer())
-            .layer(axum::middleware::from_fn(compress::inner))
+            .map_response(compress::count_raw)
             .service(router.clone());
         Front { plain: router, compressed: BoxCloneSyncService::new(compressed), app }
     }
