@@ -1,11 +1,17 @@
 //! Who is asking: the admin token for /admin/*, and client API keys for the front door.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::future::{ready, Either, Ready};
+use tower::{Layer, Service};
 
 use crate::app::App;
 use crate::base::caller::Caller;
@@ -36,32 +42,88 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// With clients configured, every front-door request needs `Authorization: Bearer KEY` of one
 /// of them, or the admin token (401 otherwise); the caller is passed on to the handlers.
-pub async fn client_auth(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
-    let given = bearer(req.headers());
+///
+/// A layer of its own rather than a `from_fn` middleware: it runs on every model request, and
+/// `from_fn` boxes a future and clones the routes below it for each one.
+#[derive(Clone)]
+pub struct ClientAuth(pub Arc<App>);
+
+impl<S> Layer<S> for ClientAuth {
+    type Service = ClientAuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ClientAuthService { app: self.0.clone(), inner }
+    }
+}
+
+/// `ClientAuth` around one route.
+#[derive(Clone)]
+pub struct ClientAuthService<S> {
+    app: Arc<App>,
+    inner: S,
+}
+
+impl<S> Service<Request> for ClientAuthService<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Ready<Result<Response, Infallible>>, WithCaller<S::Future>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let Some(caller) = caller(&self.app, req.headers()) else {
+            return Either::Left(ready(Ok(ApiError::Unauthorized.into_response())));
+        };
+        req.extensions_mut().insert(caller);
+        // Compression (outside) counts what it saved per client: it needs the caller on the
+        // answer, but only for a client that accepts an encoding (an extension costs an
+        // allocation on every answer).
+        let compressible = req.headers().contains_key(header::ACCEPT_ENCODING);
+        Either::Right(WithCaller { inner: self.inner.call(req), caller: compressible.then_some(caller) })
+    }
+}
+
+/// Who a front-door request is from; None: not allowed in.
+fn caller(app: &App, headers: &HeaderMap) -> Option<Caller> {
     // Without an admin token, only open mode (no clients) makes everyone the admin.
     let is_admin = match &app.config().server.admin_token {
-        Some(_) => is_admin(&app, req.headers()),
+        Some(_) => is_admin(app, headers),
         None => app.config().clients.is_empty(),
     };
-    let caller = if app.config().clients.is_empty() || is_admin {
-        Caller { client: None, admin: is_admin, warden_key: is_admin && app.config().server.admin_token.is_some() }
-    } else {
-        let hash = given.map(|k| crate::config::sha256(k.as_bytes()));
-        match hash.and_then(|h| app.config().clients.iter().position(|c| !c.retired && c.key_sha256 == h)) {
-            Some(i) => Caller { client: Some(i), admin: false, warden_key: true },
-            None => return ApiError::Unauthorized.into_response(),
-        }
-    };
-    req.extensions_mut().insert(caller);
-    // Compression (outside) counts what it saved per client: it needs the caller on the
-    // answer, but only for a client that accepts an encoding (an extension costs an
-    // allocation on every answer).
-    let compressible = req.headers().contains_key(axum::http::header::ACCEPT_ENCODING);
-    let mut resp = next.run(req).await;
-    if compressible {
-        resp.extensions_mut().insert(caller);
+    if app.config().clients.is_empty() || is_admin {
+        let warden_key = is_admin && app.config().server.admin_token.is_some();
+        return Some(Caller { client: None, admin: is_admin, warden_key });
     }
-    resp
+    let hash = crate::config::sha256(bearer(headers)?.as_bytes());
+    let i = app.config().clients.iter().position(|c| !c.retired && c.key_sha256 == hash)?;
+    Some(Caller { client: Some(i), admin: false, warden_key: true })
+}
+
+pin_project_lite::pin_project! {
+    /// The route's answer, with the caller put on it when `caller` is set.
+    pub struct WithCaller<F> {
+        #[pin]
+        inner: F,
+        caller: Option<Caller>,
+    }
+}
+
+impl<F: Future<Output = Result<Response, Infallible>>> Future for WithCaller<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(mut resp) = std::task::ready!(this.inner.poll(cx));
+        if let Some(caller) = this.caller.take() {
+            resp.extensions_mut().insert(caller);
+        }
+        Poll::Ready(Ok(resp))
+    }
 }
 
 /// Compares without an early exit, so response time does not reveal how much matched.

@@ -46,11 +46,10 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/svc/{service}/{*path}", any(passthrough::path))
         .merge(api::routes())
         .merge(batches::routes())
-        .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::client_auth));
+        .route_layer(auth::ClientAuth(app.clone()));
     // Ollama's dialect: the same keys, and every error in Ollama's shape.
-    let ollama = ollama::routes()
-        .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth::client_auth))
-        .layer(axum::middleware::from_fn(ollama::errors));
+    let ollama =
+        ollama::routes().route_layer(auth::ClientAuth(app.clone())).layer(axum::middleware::from_fn(ollama::errors));
     Router::new()
         .route("/health", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .route("/metrics", get(metrics::metrics))
