@@ -4,18 +4,16 @@
 //! inside the compression layer and what was sent outside it.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
-use axum::extract::Request;
 use axum::http::header;
 use axum::response::Response;
 use hyper::body::{Frame, SizeHint};
-use tower::util::BoxCloneSyncService;
-use tower::ServiceExt;
 use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
 use tower_http::compression::CompressionLayer;
 
@@ -34,25 +32,45 @@ pub fn layer() -> CompressionLayer<impl Predicate> {
     CompressionLayer::new().compress_when(when)
 }
 
-/// The answer's bytes before compression, counted by `count_raw` for `counted`.
+/// The answer's bytes before compression, counted by `count_raw` for `Counting`.
 #[derive(Clone)]
 struct Raw(Arc<AtomicU64>);
 
-/// Outside the compression layer (`compressed`): once a compressed body is done, adds what
-/// compression saved to warden's total and the client's.
-pub async fn counted(
-    req: Request,
-    compressed: BoxCloneSyncService<Request, Response, Infallible>,
-    app: Arc<App>,
-) -> Result<Response, Infallible> {
-    let resp = compressed.oneshot(req).await?;
+pin_project_lite::pin_project! {
+    /// Outside the compression layer: the compressed stack's answer, whose saving (once its
+    /// body is done) is added to warden's total and the client's.
+    pub struct Counting<F> {
+        #[pin]
+        inner: F,
+        app: Arc<App>,
+    }
+}
+
+impl<F> Counting<F> {
+    pub fn new(inner: F, app: Arc<App>) -> Counting<F> {
+        Counting { inner, app }
+    }
+}
+
+impl<F: Future<Output = Result<Response, Infallible>>> Future for Counting<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(resp) = std::task::ready!(this.inner.poll(cx));
+        Poll::Ready(Ok(count_saved(resp, this.app)))
+    }
+}
+
+/// A compressed answer's body, counted to add what compression saved when it is done.
+fn count_saved(resp: Response, app: &Arc<App>) -> Response {
     let raw = match resp.extensions().get::<Raw>() {
         Some(Raw(raw)) if resp.headers().contains_key(header::CONTENT_ENCODING) => raw.clone(),
-        _ => return Ok(resp),
+        _ => return resp,
     };
     let client = resp.extensions().get::<crate::base::caller::Caller>().map(|c| app.gate.client_name(c.client));
     let done = Done { raw, app: app.clone(), client };
-    Ok(resp.map(|inner| Body::new(Counted { inner, count: Arc::new(AtomicU64::new(0)), done: Some(done) })))
+    resp.map(|inner| Body::new(Counted { inner, count: Arc::new(AtomicU64::new(0)), done: Some(done) }))
 }
 
 /// Inside the compression layer: counts the answer's own bytes, and leaves the count on the

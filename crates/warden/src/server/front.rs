@@ -9,7 +9,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -17,6 +16,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use futures_util::future::{BoxFuture, Either, Ready};
+use hyper::body::Incoming;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 
@@ -51,31 +51,25 @@ impl Front {
 /// A refusal of the head, or the router's own answer.
 type Plain = Either<Ready<Result<Response, Infallible>>, axum::routing::future::RouteFuture<Infallible>>;
 
-impl<B> Service<axum::http::Request<B>> for Front
-where
-    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
-    B::Error: Into<axum::BoxError>,
-{
+/// hyper's own service trait, taken by `&self`: hyper calls it once per request, and nothing is
+/// cloned for a request but the router's handle (an `Arc`), and the compression stack for a
+/// client that accepts an encoding.
+impl hyper::service::Service<hyper::Request<Incoming>> for Front {
     type Response = Response;
     type Error = Infallible;
-    type Future = Either<Plain, BoxFuture<'static, Result<Response, Infallible>>>;
+    type Future = Either<Plain, compress::Counting<BoxFuture<'static, Result<Response, Infallible>>>>;
 
-    /// Always ready: the router and the compression stack both are.
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+    fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
         let req = req.map(Body::new);
         if let Err(refused) = head_limits(&req) {
             return Either::Left(Either::Left(futures_util::future::ready(Ok(refused.into_response()))));
         }
-        // A client that accepts no encoding gets nothing compressed and nothing counted.
+        // The router and the compression stack are always ready, so they are called without
+        // asking. A client that accepts no encoding gets nothing compressed and nothing counted.
         if !req.headers().contains_key(header::ACCEPT_ENCODING) {
-            return Either::Left(Either::Right(self.plain.call(req)));
+            return Either::Left(Either::Right(self.plain.clone().call(req)));
         }
-        let counted = compress::counted(req, self.compressed.clone(), self.app.clone());
-        Either::Right(Box::pin(counted))
+        Either::Right(compress::Counting::new(self.compressed.clone().call(req), self.app.clone()))
     }
 }
 

@@ -14,7 +14,6 @@ use axum::response::IntoResponse;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -77,8 +76,7 @@ pub async fn serve(listener: TcpListener, front: Front, limits: Limits, stop: Ca
                 let _ = tcp.set_nodelay(true);
                 match permits.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        let service = TowerToHyperService::new(front.clone());
-                        let conn = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service));
+                        let conn = graceful.watch(builder.serve_connection(TokioIo::new(tcp), front.clone()));
                         conns.spawn(async move {
                             let _ = conn.await;
                             drop(permit);
