@@ -22,7 +22,12 @@ impl Gate {
         let (_, month) = self.now();
         // Replicas: the shared counts first (they bind; the local books below count only this
         // replica's share and never refuse what they grant).
-        let shared = self.admit_shared(&ask, reserved, month).await?;
+        // Boxed, and only with `[state].shared`: its Redis calls would otherwise add a kilobyte to
+        // every request held in admission, replicas or not.
+        let shared = match self.shared.is_some() {
+            true => Box::pin(self.admit_shared(&ask, reserved, month)).await?,
+            false => None,
+        };
         let (now, month) = self.now();
         let waiting = Waiting {
             client,
