@@ -48,15 +48,15 @@ pub async fn run(
     caller: &Caller,
     again: Again,
     first: Planned,
-    request_id: &str,
-    fallbacks: &[String],
+    request_id: String,
+    fallbacks: Vec<String>,
 ) -> Result<Response, ApiError> {
     let mut tried: Vec<String> = Vec::new();
     let mut planned = first;
     let mut rest = fallbacks.iter();
     loop {
         let model = planned.route.model.as_ref().map_or_else(String::new, |m| m.name.clone());
-        let outcome = attempt(app, caller, again.request(), planned, request_id.to_string()).await;
+        let outcome = attempt(app, caller, again.request(), planned, request_id.clone()).await;
         let why = match &outcome {
             Ok(resp) if resp.status().is_server_error() || resp.status().as_u16() == 429 => {
                 format!("answered {}", resp.status().as_u16())
