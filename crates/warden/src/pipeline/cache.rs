@@ -142,7 +142,7 @@ fn embed<'a>(
             .body(Body::from(body))
             .ok()?;
         let inbound = Inbound::new(*caller, req, Target::Model(Endpoint::Embeddings));
-        let resp = match super::run(app, inbound).await {
+        let resp = match super::run(app.clone(), inbound).await {
             Ok(resp) if resp.status().is_success() => resp,
             Ok(resp) => {
                 tracing::warn!("the semantic cache's embedding by {model} failed: {}", resp.status());

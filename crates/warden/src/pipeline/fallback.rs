@@ -44,8 +44,8 @@ fn retryable(e: &ApiError) -> bool {
 /// Runs `first`, then each fallback in turn while attempts fail in a way another model could
 /// mend.
 pub async fn run(
-    app: &Arc<App>,
-    caller: &Caller,
+    app: Arc<App>,
+    caller: Caller,
     again: Again,
     first: Planned,
     request_id: String,
@@ -56,7 +56,7 @@ pub async fn run(
     let mut rest = fallbacks.iter();
     loop {
         let model = planned.route.model.as_ref().map_or_else(String::new, |m| m.name.clone());
-        let outcome = attempt(app, caller, again.request(), planned, request_id.clone()).await;
+        let outcome = attempt(app.clone(), caller, again.request(), planned, request_id.clone()).await;
         let why = match &outcome {
             Ok(resp) if resp.status().is_server_error() || resp.status().as_u16() == 429 => {
                 format!("answered {}", resp.status().as_u16())
@@ -66,8 +66,8 @@ pub async fn run(
         };
         // The next model this client may use that is configured.
         let next = rest.by_ref().find_map(|m| {
-            let r = route::model(app, m).ok()?;
-            (allow::check(app, caller, &r).is_ok() && super::speaks(app, &r, again.endpoint)).then_some(r)
+            let r = route::model(&app, m).ok()?;
+            (allow::check(&app, &caller, &r).is_ok() && super::speaks(&app, &r, again.endpoint)).then_some(r)
         });
         let Some(next) = next else { return finish(outcome, tried) };
         tracing::info!(
@@ -78,7 +78,7 @@ pub async fn run(
         app.events.emit("fallback", serde_json::json!({"request_id": request_id, "from": model, "to": to, "why": why}));
         app.pressure.fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tried.push(format!("{model}: {why}"));
-        planned = again.plan(app, next);
+        planned = again.plan(&app, next);
     }
 }
 

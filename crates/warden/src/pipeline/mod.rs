@@ -178,48 +178,53 @@ pub struct Planned {
 
 /// Runs a request through every stage and answers with the service's response, whose body
 /// settles the request (stage 9) when it ends.
-pub async fn run(app: &Arc<App>, inbound: Inbound) -> Result<Response, ApiError> {
-    let caller = inbound.caller;
-    // The stages are boxed: a request held in admission or through a cold start keeps only
-    // what it needs while it waits (thousands may be held at once), not the largest state any
-    // stage could reach (a future reserves room for every stage it awaits, and a moved-out
-    // local keeps its room). Preparing is done and freed before the request is sent.
-    let (sent, cached) = match Box::pin(prepare(app, &caller, inbound)).await? {
-        Prepared::Answered(hit) => return Ok(hit),
-        Prepared::Send(sent, cached) => (sent, cached),
-    };
-    let resp = sent.await?;
-    Ok(cache::fill(app, cached, resp))
+///
+/// Not an `async fn`: what a request held in admission or through a cold start keeps alive
+/// (thousands may be held at once) is this future, so it keeps only two boxed futures in turn,
+/// not the largest state any stage could reach (a future reserves room for every stage it
+/// awaits, and an `async fn` keeps its arguments twice: rust-lang/rust#62958). Preparing (read,
+/// plan, cache lookups) is boxed here, done and freed before the request is sent.
+#[allow(clippy::manual_async_fn)]
+pub fn run(app: Arc<App>, inbound: Inbound) -> impl std::future::Future<Output = Result<Response, ApiError>> + Send {
+    let prepared = Box::pin(prepare(app.clone(), inbound));
+    async move {
+        let (sent, cached) = match prepared.await? {
+            Prepared::Answered(hit) => return Ok(hit),
+            Prepared::Send(sent, cached) => (sent, cached),
+        };
+        let resp = sent.await?;
+        Ok(cache::fill(&app, cached, resp))
+    }
 }
 
 /// What preparing a request came to.
-enum Prepared<'a> {
+enum Prepared {
     /// Answered from the cache.
     Answered(Response),
     /// To send (admission and on: `attempt`, or `fallback::run` for a model with fallbacks),
     /// and what the cache does with the answer.
-    Send(futures_util::future::BoxFuture<'a, Result<Response, ApiError>>, Option<cache::Plan>),
+    Send(futures_util::future::BoxFuture<'static, Result<Response, ApiError>>, Option<cache::Plan>),
 }
 
 /// Stages 1–5 and the cache lookups.
-async fn prepare<'a>(app: &'a Arc<App>, caller: &'a Caller, inbound: Inbound) -> Result<Prepared<'a>, ApiError> {
-    let Inbound { mut parts, body, target, .. } = inbound;
+async fn prepare(app: Arc<App>, inbound: Inbound) -> Result<Prepared, ApiError> {
+    let Inbound { caller, mut parts, body, target } = inbound;
     let request_id = crate::base::http::request_id(&parts.headers);
-    let mut planned = plan(app, caller, &mut parts, body, target).await?;
+    let mut planned = plan(&app, &caller, &mut parts, body, target).await?;
     let mut cached = planned.cache.take();
     if let Some(plan) = &mut cached {
-        if let Some(hit) = cache::answer(app, caller, &parts.headers, &planned.route, plan, &request_id).await {
+        if let Some(hit) = cache::answer(&app, &caller, &parts.headers, &planned.route, plan, &request_id).await {
             return Ok(Prepared::Answered(hit));
         }
-        let near = cache::semantic(app, caller, &parts.headers, &planned.route, plan, &request_id);
+        let near = cache::semantic(&app, &caller, &parts.headers, &planned.route, plan, &request_id);
         if let Some(hit) = Box::pin(near).await {
             return Ok(Prepared::Answered(hit));
         }
     }
-    let sent: futures_util::future::BoxFuture<'a, _> = match planned.again.take() {
+    let sent: futures_util::future::BoxFuture<'static, _> = match planned.again.take() {
         // A model with fallbacks: each attempt that fails before answering tries the next.
         Some(again) => {
-            let fallbacks = fallback::list(app, &planned);
+            let fallbacks = fallback::list(&app, &planned);
             Box::pin(fallback::run(app, caller, again, planned, request_id, fallbacks))
         }
         None => Box::pin(attempt(app, caller, parts, planned, request_id)),
@@ -234,16 +239,19 @@ async fn prepare<'a>(app: &'a Arc<App>, caller: &'a Caller, inbound: Inbound) ->
 /// future is what a request held in admission or through a cold start keeps alive (~0.9 KB of
 /// the request and its plan, thousands of times over).
 #[allow(clippy::manual_async_fn)]
-fn attempt<'a>(
-    app: &'a Arc<App>,
-    caller: &'a Caller,
+fn attempt(
+    app: Arc<App>,
+    caller: Caller,
     mut parts: Parts,
     planned: Planned,
     request_id: String,
-) -> impl std::future::Future<Output = Result<Response, ApiError>> + Send + 'a {
+) -> impl std::future::Future<Output = Result<Response, ApiError>> + Send {
     async move {
-        let mut ticket =
-            admit::admit(app, caller, &parts.headers, &planned.route, planned.estimate, &request_id).await?;
+        let (app, caller) = (&app, &caller);
+        // Boxed: admission's state is larger than any later stage's, and would otherwise be
+        // reserved in this future through the wait for the service too.
+        let admitted = admit::admit(app, caller, &parts.headers, &planned.route, planned.estimate, &request_id);
+        let mut ticket = Box::pin(admitted).await?;
         ticket.downgraded_from = planned.downgraded.as_ref().map(|d| d.from.clone());
         ticket.body_hash = planned.body_hash;
         let perf = planned.route.model.as_ref().map(|m| forward::Probe {

@@ -32,18 +32,31 @@ pub async fn whole(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
 }
 
 /// Makes the request's head its own: header values and the target no longer share hyper's
-/// read buffer (see the module's note).
+/// read buffer (see the module's note). They share one allocation of their own instead of one
+/// each: a held request keeps its head for as long as it waits.
 pub fn own(parts: &mut Parts) {
-    let mut headers = HeaderMap::with_capacity(parts.headers.len());
-    for (name, value) in &parts.headers {
-        let mut copy = HeaderValue::from_bytes(value.as_bytes()).expect("a header value stays valid");
-        copy.set_sensitive(value.is_sensitive());
-        headers.append(name.clone(), copy);
+    use bytes::BytesMut;
+    let target = parts.uri.to_string();
+    let size = target.len() + parts.headers.values().map(|v| v.len()).sum::<usize>();
+    let mut copy = BytesMut::with_capacity(size);
+    copy.extend_from_slice(target.as_bytes());
+    for value in parts.headers.values() {
+        copy.extend_from_slice(value.as_bytes());
     }
-    parts.headers = headers;
-    if let Ok(uri) = parts.uri.to_string().parse::<Uri>() {
+    let copy = copy.freeze();
+    if let Ok(uri) = Uri::from_maybe_shared(copy.slice(..target.len())) {
         parts.uri = uri;
     }
+    let mut headers = HeaderMap::with_capacity(parts.headers.len());
+    let mut at = target.len();
+    for (name, value) in &parts.headers {
+        let bytes = copy.slice(at..at + value.len());
+        at += value.len();
+        let mut value_copy = HeaderValue::from_maybe_shared(bytes).expect("a header value stays valid");
+        value_copy.set_sensitive(value.is_sensitive());
+        headers.append(name.clone(), value_copy);
+    }
+    parts.headers = headers;
 }
 
 /// Leaves the body streaming (passthrough), cut off past `limit`; a declared length over the
@@ -53,4 +66,29 @@ pub fn streamed(headers: &HeaderMap, body: Body, limit: usize) -> Result<Body, A
         return Err(ApiError::BodyTooLarge { limit });
     }
     Ok(Body::new(http_body_util::Limited::new(body, limit)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_owned_head_keeps_every_header_and_the_target() {
+        let req = axum::http::Request::post("/v1/chat/completions?x=1")
+            .header("content-type", "application/json")
+            .header("x-multi", "a")
+            .header("x-multi", "b")
+            .header("authorization", "Bearer k")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = req.into_parts();
+        parts.headers.get_mut("authorization").unwrap().set_sensitive(true);
+        let before = parts.headers.clone();
+        own(&mut parts);
+        assert_eq!(parts.uri, "/v1/chat/completions?x=1");
+        assert_eq!(parts.headers, before);
+        let multi: Vec<_> = parts.headers.get_all("x-multi").iter().collect();
+        assert_eq!(multi, ["a", "b"]);
+        assert!(parts.headers["authorization"].is_sensitive());
+    }
 }

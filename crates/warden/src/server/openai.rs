@@ -18,14 +18,16 @@ use crate::base::errors::ApiError;
 use crate::config::ModelRef;
 use crate::pipeline::{self, Endpoint, Inbound, Target};
 
-pub async fn by_model(
+/// A model request at an OpenAI endpoint. The pipeline's own future, not an `async fn`
+/// around it: a request held through a cold start or in the queue keeps only that.
+pub fn by_model(
     State(app): State<Arc<App>>,
     Extension(caller): Extension<Caller>,
     req: Request<Body>,
-) -> Result<Response, ApiError> {
+) -> impl std::future::Future<Output = Result<Response, ApiError>> + Send {
     // The router sends only the endpoints' own paths here.
     let endpoint = Endpoint::from_path(req.uri().path()).unwrap_or(Endpoint::Chat);
-    pipeline::run(&app, Inbound::new(caller, req, Target::Model(endpoint))).await
+    pipeline::run(app, Inbound::new(caller, req, Target::Model(endpoint)))
 }
 
 /// A model as OpenAI's API shows one, plus where it runs and whether it is up now.

@@ -21,7 +21,7 @@ pub async fn root(
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
     let target = Target::Service { name: service, path: String::new() };
-    pipeline::run(&app, Inbound::new(caller, req, target)).await
+    pipeline::run(app.clone(), Inbound::new(caller, req, target)).await
 }
 
 pub async fn path(
@@ -31,5 +31,5 @@ pub async fn path(
     req: Request<Body>,
 ) -> Result<Response, ApiError> {
     let target = Target::Service { name: service, path };
-    pipeline::run(&app, Inbound::new(caller, req, target)).await
+    pipeline::run(app.clone(), Inbound::new(caller, req, target)).await
 }

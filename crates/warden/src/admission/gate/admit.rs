@@ -16,99 +16,108 @@ use policy::queue::{Grant, Id, Waiting};
 
 impl Gate {
     /// Reserves the request's cost, queues it, and waits (bounded) for its turn.
-    pub async fn admit(self: &Arc<Self>, ask: Ask) -> Result<Ticket, ApiError> {
-        let client = slot(ask.client);
-        let reserved = self.cost(ask.model.as_deref(), ask.estimate.prompt_tokens, ask.estimate.completion_tokens);
-        let (_, month) = self.now();
-        // Replicas: the shared counts first (they bind; the local books below count only this
-        // replica's share and never refuse what they grant).
-        // Boxed, and only with `[state].shared`: its Redis calls would otherwise add a kilobyte to
-        // every request held in admission, replicas or not.
-        let shared = match self.shared.is_some() {
-            true => Box::pin(self.admit_shared(&ask, reserved, month)).await?,
-            false => None,
-        };
-        let (now, month) = self.now();
-        let waiting = Waiting {
-            client,
-            tier: ask.client.and_then(|c| self.config().clients.get(c).map(|c| c.priority)).unwrap_or(20),
-            class: ask.class,
-            service: ask.service,
-            route: route_key(ask.service, ask.model.as_deref()),
-            pools: self.pool_units(ask.model.as_deref(), &ask.estimate),
-            enqueued_ms: now.ms,
-        };
-        let (tx, rx) = oneshot::channel();
-        let id = {
-            let mut st = self.lock();
-            if let Err(over) = st.ledgers[client].reserve(reserved, month) {
-                self.release_shared(shared);
-                return Err(ApiError::OverBudget { client: self.slot_name(client).to_string(), over });
-            }
-            self.budget_alerts(client, &st.ledgers[client]);
-            if st.d.len() >= self.config().scheduler.max_queue {
-                st.ledgers[client].settle(reserved, 0, month);
-                self.release_shared(shared);
-                return Err(ApiError::QueueFull { limit: self.config().scheduler.max_queue });
-            }
-            let id = st.d.push(waiting);
-            st.waiters.insert(id, Waiter { request_id: ask.request_id.clone(), tx });
-            st.by_request.insert(ask.request_id.clone(), id);
-            self.queue_alerts(st.d.len());
-            self.dispatch(&mut st, now);
-            id
-        };
-        let mut pending = Pending {
-            gate: self.clone(),
-            id,
-            request_id: ask.request_id.clone(),
-            rx: Some(rx),
-            client,
-            reserved,
-            month,
-            done: false,
-            shared,
-        };
-        let wait = self.config().scheduler.queue_timeout;
-        let rx = pending.rx.as_mut().expect("set above");
-        // Usually the turn was granted at once, under the same lock: no timer to set up.
-        let granted = match rx.try_recv() {
-            Ok(grant) => Ok(Ok(grant)),
-            Err(_) => tokio::time::timeout(wait, rx).await,
-        };
-        let grant = match granted {
-            Ok(Ok(grant)) => grant,
-            Ok(Err(_)) => {
-                return Err(ApiError::Conflict(format!("request {} was cancelled while queued", ask.request_id)))
-            }
-            Err(_) => return Err(ApiError::QueueTimeout { waited: wait, class: ask.class.as_str() }),
-        };
-        // Dispatch recorded it as running when it granted the turn: no second lock here.
-        pending.done = true;
-        let queued = Duration::from_millis(self.now().0.ms.saturating_sub(grant.waiting.enqueued_ms));
-        let accounted = !self.config().clients.is_empty()
-            || ask.model.as_deref().is_some_and(|m| self.config().model_terms.contains_key(m));
-        Ok(Ticket {
-            gate: self.clone(),
-            grant: Some(grant),
-            client,
-            reserved,
-            estimate: ask.estimate,
-            model: ask.model,
-            service: self.config().services[ask.service].name.clone(),
-            class: ask.class,
-            request_id: ask.request_id,
-            queued,
-            started: Instant::now(),
-            status: None,
-            usage: None,
-            cut_after: None,
-            accounted,
-            downgraded_from: None,
-            body_hash: None,
-            service_wait: Duration::ZERO,
-            shared: pending.shared.take(),
-        })
+    ///
+    /// An `async move` block, not an `async fn`: an async fn keeps its arguments twice
+    /// (rust-lang/rust#62958), and this future is what a request queued here keeps alive.
+    #[allow(clippy::manual_async_fn)]
+    pub fn admit(
+        self: &Arc<Self>,
+        ask: Ask,
+    ) -> impl std::future::Future<Output = Result<Ticket, ApiError>> + Send + '_ {
+        async move {
+            let client = slot(ask.client);
+            let reserved = self.cost(ask.model.as_deref(), ask.estimate.prompt_tokens, ask.estimate.completion_tokens);
+            let (_, month) = self.now();
+            // Replicas: the shared counts first (they bind; the local books below count only this
+            // replica's share and never refuse what they grant).
+            // Boxed, and only with `[state].shared`: its Redis calls would otherwise add a kilobyte to
+            // every request held in admission, replicas or not.
+            let shared = match self.shared.is_some() {
+                true => Box::pin(self.admit_shared(&ask, reserved, month)).await?,
+                false => None,
+            };
+            let (now, month) = self.now();
+            let waiting = Waiting {
+                client,
+                tier: ask.client.and_then(|c| self.config().clients.get(c).map(|c| c.priority)).unwrap_or(20),
+                class: ask.class,
+                service: ask.service,
+                route: route_key(ask.service, ask.model.as_deref()),
+                pools: self.pool_units(ask.model.as_deref(), &ask.estimate),
+                enqueued_ms: now.ms,
+            };
+            let (tx, rx) = oneshot::channel();
+            let id = {
+                let mut st = self.lock();
+                if let Err(over) = st.ledgers[client].reserve(reserved, month) {
+                    self.release_shared(shared);
+                    return Err(ApiError::OverBudget { client: self.slot_name(client).to_string(), over });
+                }
+                self.budget_alerts(client, &st.ledgers[client]);
+                if st.d.len() >= self.config().scheduler.max_queue {
+                    st.ledgers[client].settle(reserved, 0, month);
+                    self.release_shared(shared);
+                    return Err(ApiError::QueueFull { limit: self.config().scheduler.max_queue });
+                }
+                let id = st.d.push(waiting);
+                st.waiters.insert(id, Waiter { request_id: ask.request_id.clone(), tx });
+                st.by_request.insert(ask.request_id.clone(), id);
+                self.queue_alerts(st.d.len());
+                self.dispatch(&mut st, now);
+                id
+            };
+            let mut pending = Pending {
+                gate: self.clone(),
+                id,
+                request_id: ask.request_id.clone(),
+                rx: Some(rx),
+                client,
+                reserved,
+                month,
+                done: false,
+                shared,
+            };
+            let wait = self.config().scheduler.queue_timeout;
+            let rx = pending.rx.as_mut().expect("set above");
+            // Usually the turn was granted at once, under the same lock: no timer to set up.
+            let granted = match rx.try_recv() {
+                Ok(grant) => Ok(Ok(grant)),
+                Err(_) => tokio::time::timeout(wait, rx).await,
+            };
+            let grant = match granted {
+                Ok(Ok(grant)) => grant,
+                Ok(Err(_)) => {
+                    return Err(ApiError::Conflict(format!("request {} was cancelled while queued", ask.request_id)))
+                }
+                Err(_) => return Err(ApiError::QueueTimeout { waited: wait, class: ask.class.as_str() }),
+            };
+            // Dispatch recorded it as running when it granted the turn: no second lock here.
+            pending.done = true;
+            let queued = Duration::from_millis(self.now().0.ms.saturating_sub(grant.waiting.enqueued_ms));
+            let accounted = !self.config().clients.is_empty()
+                || ask.model.as_deref().is_some_and(|m| self.config().model_terms.contains_key(m));
+            Ok(Ticket {
+                gate: self.clone(),
+                grant: Some(grant),
+                client,
+                reserved,
+                estimate: ask.estimate,
+                model: ask.model,
+                service: self.config().services[ask.service].name.clone(),
+                class: ask.class,
+                request_id: ask.request_id,
+                queued,
+                started: Instant::now(),
+                status: None,
+                usage: None,
+                cut_after: None,
+                accounted,
+                downgraded_from: None,
+                body_hash: None,
+                service_wait: Duration::ZERO,
+                shared: pending.shared.take(),
+            })
+        }
     }
 }
 

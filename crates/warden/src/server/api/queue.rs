@@ -96,7 +96,7 @@ pub(crate) async fn call(
     }
     let req = req.body(Body::from(body)).expect("a valid request");
     let inbound = Inbound::new(caller, req, Target::Model(endpoint));
-    pipeline::run(app, inbound).await.unwrap_or_else(IntoResponse::into_response)
+    pipeline::run(app.clone(), inbound).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// An answer's status and JSON body (a body that is not JSON becomes a string), read up to

@@ -120,7 +120,7 @@ async fn call(
             // An Ollama server: the request as it is, and its answer as it is.
             parts.headers.remove(header::CONTENT_LENGTH);
             let req = Request::from_parts(parts, Body::from(bytes));
-            let answer = pipeline::run(&app, Inbound::new(caller, req, Target::Model(native))).await;
+            let answer = pipeline::run(app.clone(), Inbound::new(caller, req, Target::Model(native))).await;
             set_keep_alive(&app, &model, keep);
             return answer.unwrap_or_else(|e| error(e.status_code(), e.message()));
         }
@@ -131,7 +131,7 @@ async fn call(
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let req = Request::from_parts(parts, Body::from(openai.to_string()));
-    let answer = match pipeline::run(&app, Inbound::new(caller, req, Target::Model(endpoint))).await {
+    let answer = match pipeline::run(app.clone(), Inbound::new(caller, req, Target::Model(endpoint))).await {
         Ok(r) => r,
         Err(e) => return error(e.status_code(), e.message()),
     };
