@@ -16,8 +16,9 @@ pub const COLD_START_HEADER: &str = "x-warden-cold-start-ms";
 
 /// What a request carries besides its lease.
 pub struct Extras {
-    /// Its admission: capacity held (like the lease) until the body ends, then settled.
-    pub ticket: Ticket,
+    /// Its admission: capacity held (like the lease) until the body ends, then settled. Boxed:
+    /// it is large, and a future that waits for the service before it is used keeps its room.
+    pub ticket: Box<Ticket>,
     /// The client's Authorization is its warden key: never forwarded.
     pub strip_client_auth: bool,
     pub request_id: String,

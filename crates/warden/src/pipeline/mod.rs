@@ -251,7 +251,7 @@ fn attempt(
         // Boxed: admission's state is larger than any later stage's, and would otherwise be
         // reserved in this future through the wait for the service too.
         let admitted = admit::admit(app, caller, &parts.headers, &planned.route, planned.estimate, &request_id);
-        let mut ticket = Box::pin(admitted).await?;
+        let mut ticket = Box::new(Box::pin(admitted).await?);
         ticket.downgraded_from = planned.downgraded.as_ref().map(|d| d.from.clone());
         ticket.body_hash = planned.body_hash;
         let perf = planned.route.model.as_ref().map(|m| forward::Probe {

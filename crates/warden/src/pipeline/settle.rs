@@ -21,14 +21,14 @@ use crate::service::lease::Lease;
 
 /// The request's admission ticket, and what reads the answer's usage for it.
 pub struct Meter {
-    ticket: Ticket,
+    ticket: Box<Ticket>,
     /// Reads `usage` from a successful model answer (JSON or server-sent events).
     scanner: Option<Scanner>,
 }
 
 impl Meter {
     /// For an answer with these headers; `usage`: read what it reports using (model requests).
-    pub fn new(mut ticket: Ticket, answer: &http::response::Parts, usage: bool) -> Meter {
+    pub fn new(mut ticket: Box<Ticket>, answer: &http::response::Parts, usage: bool) -> Meter {
         ticket.status = Some(answer.status.as_u16());
         // The usage is read only where it is accounted (a price, pools, or clients).
         let scanner = (usage && ticket.accounted && answer.status.is_success()).then(|| Scanner::new(framing(answer)));
