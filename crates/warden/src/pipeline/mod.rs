@@ -248,8 +248,9 @@ fn attempt(
 ) -> impl std::future::Future<Output = Result<Response, ApiError>> + Send {
     async move {
         let (app, caller) = (&app, &caller);
-        // Boxed: admission's state is larger than any later stage's, and would otherwise be
-        // reserved in this future through the wait for the service too.
+        // Boxed, as is the ticket it returns: both are large, and a future reserves room for its
+        // largest state for as long as it lives (a request queued here, or waiting for the
+        // service, would keep room for both).
         let admitted = admit::admit(app, caller, &parts.headers, &planned.route, planned.estimate, &request_id);
         let mut ticket = Box::new(Box::pin(admitted).await?);
         ticket.downgraded_from = planned.downgraded.as_ref().map(|d| d.from.clone());

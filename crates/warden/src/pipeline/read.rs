@@ -1,9 +1,10 @@
 //! Stage 1: the body, bounded by `max_body`. A body larger than declared or allowed is 413.
 //!
-//! A model request's head and body are copied out of hyper's read buffers (`own`): hyper hands
-//! them out as slices of its 8 KiB buffer, and a slice kept alive keeps the whole buffer, so a
-//! request held through a cold start or in the queue pinned one or two of them, and hyper
-//! reserved another to watch for the client hanging up. Copying costs a few small allocations.
+//! A model request's head and body are copied out of hyper's read buffer (`own`): hyper hands
+//! them out as slices of its 8 KiB buffer, and a slice kept alive keeps the whole buffer. The
+//! patched hyper (`vendor/README.md`) frees that buffer while the request waits for its answer,
+//! which only helps if nothing of ours still points into it. Copying costs two small
+//! allocations.
 
 use axum::body::{Body, Bytes};
 use axum::http::request::Parts;
