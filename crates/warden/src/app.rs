@@ -9,7 +9,6 @@ use tokio::sync::Notify;
 
 use crate::admission::gate::Gate;
 use crate::base::events::Events;
-use crate::base::http::HttpClient;
 use crate::config::{Config, IdleConfig};
 use crate::jobs::Jobs;
 use crate::pressure::Monitor;
@@ -32,8 +31,6 @@ pub struct App {
     pub directory: Arc<Directory>,
     /// Memory: footprints, the saved state of offloaded services, room-making plans.
     pub coordinator: Arc<Coordinator>,
-    /// The pooled client every forwarded request uses.
-    pub client: HttpClient,
     /// Idle settings as now in force (changeable through `POST /admin/settings`).
     idle: Mutex<IdleConfig>,
     /// Wakes the idle monitor when the settings change, so a new interval applies at once.
@@ -85,7 +82,6 @@ pub struct Owners {
     pub owner_ctx: OwnerContext,
     pub directory: Arc<Directory>,
     pub coordinator: Arc<Coordinator>,
-    pub client: HttpClient,
     pub gate: Arc<Gate>,
     pub cache: Option<Arc<crate::cache::Cache>>,
     pub jobs: Arc<Jobs>,
@@ -106,7 +102,6 @@ impl App {
             reloading: tokio::sync::Mutex::new(()),
             directory: o.directory,
             coordinator: o.coordinator,
-            client: o.client,
             gate: o.gate,
             cache: o.cache,
             compression_saved: Arc::default(),

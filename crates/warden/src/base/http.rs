@@ -1,7 +1,8 @@
 //! The pooled HTTP client warden uses to reach services (proxying, health probes, model
 //! APIs), and request ids.
 
-use std::sync::Arc;
+use std::cell::Cell;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -22,6 +23,48 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// it by ALPN, so concurrent requests share one connection.
 pub type HttpClient = Client<Bounded, Body>;
 
+thread_local! {
+    /// Which serving thread this is (`server/workers.rs`); None on the main runtime's threads.
+    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Marks this thread as serving thread `i`: its requests use its own pools ([`Clients::here`]).
+pub fn serve_here(i: usize) {
+    WORKER.with(|w| w.set(Some(i)));
+}
+
+/// Serving threads with pools of their own; more share them round.
+const WORKER_POOLS: usize = 64;
+
+/// The pools to services with one trust setting: one for the main runtime's tasks (probes,
+/// model loads) and one per serving thread, built there on first use, so that a request, its
+/// upstream connection and that connection's task run on one thread and hand work to each
+/// other without waking another (`server/workers.rs` says why that matters).
+pub struct Clients {
+    main: HttpClient,
+    /// Whom the pools trust, as [`client_trusting`] takes it.
+    cas: Option<Arc<Vec<CertificateDer<'static>>>>,
+    verify: bool,
+    workers: Box<[OnceLock<HttpClient>]>,
+}
+
+impl Clients {
+    /// Pools trusting only `cas` (None: Mozilla's roots), or with `verify = false` anyone.
+    pub fn new(cas: Option<Arc<Vec<CertificateDer<'static>>>>, verify: bool) -> Arc<Clients> {
+        let workers = (0..WORKER_POOLS).map(|_| OnceLock::new()).collect();
+        Arc::new(Clients { main: client_trusting(cas.as_deref().map(Vec::as_slice), verify), cas, verify, workers })
+    }
+
+    /// The pool for the thread this runs on.
+    pub fn here(&self) -> &HttpClient {
+        match WORKER.with(Cell::get) {
+            None => &self.main,
+            Some(i) => self.workers[i % WORKER_POOLS]
+                .get_or_init(|| client_trusting(self.cas.as_deref().map(Vec::as_slice), self.verify)),
+        }
+    }
+}
+
 /// The client for services trusted the public way: Mozilla's roots (compiled in, so a fresh
 /// machine needs no CA bundle).
 pub fn client() -> HttpClient {
@@ -30,7 +73,7 @@ pub fn client() -> HttpClient {
 
 /// A client that trusts only `cas` (a private CA; None = Mozilla's roots), or with
 /// `verify = false` no one at all (`tls_insecure`).
-pub fn client_trusting(cas: Option<&[CertificateDer<'static>]>, verify: bool) -> HttpClient {
+fn client_trusting(cas: Option<&[CertificateDer<'static>]>, verify: bool) -> HttpClient {
     let mut tcp = HttpConnector::new();
     tcp.set_nodelay(true);
     tcp.enforce_http(false);

@@ -324,6 +324,8 @@ pub struct ServerConfig {
     /// Client connections at once (None: as many as the open-file limit allows, less a
     /// reserve for services, logs and the database).
     pub max_connections: Option<usize>,
+    /// Threads serving client connections, each with its own event loop (None: half the CPUs).
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -193,6 +193,8 @@ pub struct RawServer {
     pub header_timeout: Option<HumanDuration>,
     /// Client connections open at once; past it new ones get 503.
     pub max_connections: Option<usize>,
+    /// Threads that serve client connections (default: half the CPUs, at least one).
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

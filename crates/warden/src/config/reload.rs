@@ -167,6 +167,9 @@ pub fn merge(old: &Config, mut new: Config) -> (Config, Changes) {
     if server.max_connections != old.server.max_connections {
         ch.need_restart.push("server.max_connections");
     }
+    if server.workers != old.server.workers {
+        ch.need_restart.push("server.workers");
+    }
     if server != old.server {
         ch.sections.push("server");
     }

@@ -67,6 +67,10 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             Some(0) => return Err(err("server.max_connections", "must be at least 1")),
             n => n,
         },
+        workers: match raw.server.workers {
+            Some(0) => return Err(err("server.workers", "must be at least 1")),
+            n => n,
+        },
     };
 
     let idle = IdleConfig {
@@ -741,6 +745,8 @@ max_tokens = 500
         assert!(parse_err("[server]\nheader_timeout = \"0s\"\n").contains("server.header_timeout"));
         let cfg = with("header_timeout = \"5s\"\nmax_connections = 10").unwrap();
         assert_eq!((cfg.server.header_timeout.as_secs(), cfg.server.max_connections), (5, Some(10)));
+        assert!(parse_err("[server]\nworkers = 0\n").contains("server.workers: must be at least 1"));
+        assert_eq!((cfg.server.workers, with("workers = 3").unwrap().server.workers), (None, Some(3)));
     }
 
     #[test]

@@ -71,19 +71,22 @@ pub use super::downgrade::OPTIMIZED_HEADER;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) are for one connection and never forwarded.
 fn strip_hop_headers(headers: &mut HeaderMap) {
-    const HOP: [HeaderName; 6] = [
+    const HOP: [HeaderName; 7] = [
         header::CONNECTION,
         header::PROXY_AUTHENTICATE,
         header::PROXY_AUTHORIZATION,
         header::TE,
         header::TRAILER,
         header::UPGRADE,
+        header::TRANSFER_ENCODING,
     ];
-    for h in HOP {
+    // One pass over the names, then removals only for what is there: most messages carry
+    // none of these, and each removal hashes its name.
+    let found: Vec<HeaderName> =
+        headers.keys().filter(|h| HOP.contains(h) || h.as_str() == "keep-alive").cloned().collect();
+    for h in found {
         headers.remove(h);
     }
-    headers.remove("keep-alive");
-    headers.remove(header::TRANSFER_ENCODING);
 }
 
 /// Sends `req` (with `path_and_query` as its target) to the leased service.
@@ -206,4 +209,34 @@ fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
         source = s.source();
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped_and_the_rest_kept() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic eA=="),
+            ("content-type", "application/json"),
+            ("x-request-id", "r1"),
+        ] {
+            h.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        strip_hop_headers(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort();
+        assert_eq!(left, ["content-type", "x-request-id"]);
+        // Nothing to strip: nothing changes.
+        let before = h.clone();
+        strip_hop_headers(&mut h);
+        assert_eq!(h, before);
+    }
 }

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use axum::http::header::RETRY_AFTER;
 use axum::http::{HeaderMap, StatusCode};
 
 use crate::admission::gate::UpstreamLimits;
@@ -14,6 +15,12 @@ const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
 
 /// The limits an answer announces; empty when it announces none.
 pub fn read(status: StatusCode, headers: &HeaderMap) -> UpstreamLimits {
+    // Most answers (every local server's) announce nothing: one pass over the names says so,
+    // where the lookups below hash each of six names.
+    let announces = |name: &axum::http::HeaderName| name.as_str().starts_with("x-ratelimit-") || name == RETRY_AFTER;
+    if status != StatusCode::TOO_MANY_REQUESTS && !headers.keys().any(announces) {
+        return UpstreamLimits::default();
+    }
     let requests = announced(
         headers,
         ["x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"],
@@ -42,7 +49,7 @@ fn announced(headers: &HeaderMap, [limit, remaining, reset]: [&'static str; 3]) 
 
 /// `retry-after`: seconds, or an HTTP date.
 fn retry_after_ms(headers: &HeaderMap) -> Option<u64> {
-    let text = headers.get("retry-after")?.to_str().ok()?.trim();
+    let text = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(secs) = text.parse::<f64>() {
         return (secs.is_finite() && secs >= 0.0).then(|| (secs * 1000.0).ceil() as u64);
     }

@@ -23,6 +23,7 @@ use tracing::warn;
 
 use crate::base::errors::ApiError;
 use crate::server::front::Front;
+use crate::server::workers::Spread;
 
 /// Bounds on client connections.
 #[derive(Debug, Clone, Copy)]
@@ -51,7 +52,7 @@ const REFUSAL_WITHIN: Duration = Duration::from_secs(5);
 
 /// Serves `front` on `listener` until `stop`, then lets open requests finish; connections
 /// still open are cut when this future is dropped (the caller bounds the drain).
-pub async fn serve(listener: TcpListener, front: Front, limits: Limits, stop: CancellationToken) {
+pub async fn serve(listener: TcpListener, front: Front, limits: Limits, workers: Arc<Spread>, stop: CancellationToken) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     // Every connection's task: dropped with this future, so a cut drain leaves none behind.
@@ -77,11 +78,29 @@ pub async fn serve(listener: TcpListener, front: Front, limits: Limits, stop: Ca
                 let _ = tcp.set_nodelay(true);
                 match permits.clone().try_acquire_owned() {
                     Ok(permit) => {
+                        // The connection moves to a worker's runtime: registered with its
+                        // reactor, served by its thread (workers.rs says why).
+                        let placed = workers.place();
+                        let tcp = match tcp.into_std() {
+                            Ok(std) => {
+                                let _on = placed.handle.enter();
+                                TcpStream::from_std(std)
+                            }
+                            Err(e) => Err(e),
+                        };
+                        let tcp = match tcp {
+                            Ok(tcp) => tcp,
+                            Err(e) => {
+                                warn!("handing a connection to a worker failed: {e}");
+                                continue;
+                            }
+                        };
                         let conn = graceful.watch(builder.serve_connection(TokioIo::new(tcp), front.clone()));
+                        let handle = placed.handle.clone();
                         // A map, not an async block: `async move { conn.await }` keeps the
                         // connection twice (captured, and as the awaited future), 0.8 KB more
                         // for every open connection.
-                        conns.spawn(conn.map(move |_| drop(permit)));
+                        conns.spawn_on(conn.map(move |_| drop((permit, placed))), &handle);
                     }
                     Err(_) => {
                         conns.spawn(refuse(tcp, limits.max_connections));

@@ -15,6 +15,7 @@ pub mod openapi;
 mod passthrough;
 mod state_lock;
 mod ui;
+mod workers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,7 +96,7 @@ pub struct Assembled {
 pub fn assemble(config: Arc<Config>, state_dir: std::path::PathBuf) -> Result<Assembled, String> {
     let tasks = TaskTracker::new();
     let shutdown = CancellationToken::new();
-    let client = crate::base::http::client();
+    let client = crate::base::http::Clients::new(None, true);
     let directory = Arc::new(Directory::new(config.models.clone()));
     let (room, room_requests) = tokio::sync::mpsc::unbounded_channel();
     let (learned, mut learned_rx) = tokio::sync::mpsc::unbounded_channel::<crate::service::Learned>();
@@ -153,7 +154,6 @@ pub fn assemble(config: Arc<Config>, state_dir: std::path::PathBuf) -> Result<As
         owner_ctx: ctx,
         directory,
         coordinator,
-        client,
         gate: gate.clone(),
         cache,
         jobs,
@@ -209,8 +209,10 @@ pub async fn serve(config: Config) -> Result<(), String> {
     tasks.spawn(on_hangup.instrument(tracing::info_span!("reload on SIGHUP")));
     // Batches in progress when warden last stopped go on where they stopped.
     batches::resume(&app);
-    let serving =
-        listen::serve(listener, front::Front::new(routes(app.clone()), app.clone()), limits, stop_accepting.clone());
+    let threads = config.server.workers.unwrap_or_else(workers::default_count);
+    let workers = workers::Workers::start(threads).map_err(|e| format!("cannot start serving threads: {e}"))?;
+    let front = front::Front::new(routes(app.clone()), app.clone());
+    let serving = listen::serve(listener, front, limits, workers.spread(), stop_accepting.clone());
     let mut server = tokio::spawn(serving.instrument(tracing::info_span!("front door")));
     info!(
         "warden listening on http://{addr} with {} services (up to {} connections)",
@@ -241,6 +243,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
     }
     // Last: requests cut at the drain timeout settle as their bodies drop, above.
     app.gate.store.close();
+    // Last of all: tasks a request started ran on its worker.
+    let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
     info!("warden stopped");
     Ok(())
 }

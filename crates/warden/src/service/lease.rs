@@ -36,9 +36,9 @@ impl Lease {
         &self.upstream
     }
 
-    /// The pool that reaches this service (its own where it trusts its own CA).
+    /// The pool that reaches this service from this thread (its own where it trusts its own CA).
     pub fn client(&self) -> &crate::base::http::HttpClient {
-        &self.shared.client
+        self.shared.client.here()
     }
 
     pub fn service(&self) -> &str {

@@ -119,7 +119,7 @@ pub struct Shared {
     live: Mutex<Live>,
     /// How requests reach it: the shared pool, or for an https upstream with its own CA (or
     /// none, `tls_insecure`) a pool that trusts that.
-    pub client: crate::base::http::HttpClient,
+    pub client: Arc<crate::base::http::Clients>,
     /// The service's `idle_sleep`, changeable at run time through the admin API.
     idle_sleep: AtomicBool,
     /// The service's log file and in-memory tail (for start failures' messages).
@@ -333,7 +333,7 @@ impl ServiceHandle {
 }
 
 impl Shared {
-    fn new(config: Arc<ServiceConfig>, log: ServiceLog, client: crate::base::http::HttpClient) -> Self {
+    fn new(config: Arc<ServiceConfig>, log: ServiceLog, client: Arc<crate::base::http::Clients>) -> Self {
         Shared {
             client,
             idle_sleep: AtomicBool::new(config.idle_sleep),

@@ -41,7 +41,7 @@ impl Owner {
 
     fn begin_load(&mut self, model: usize) {
         let Some(upstream) = self.shared.live().upstream.clone() else { return };
-        let (client, api, name) = (self.shared.client.clone(), self.shared.config().api, self.model_name(model));
+        let (client, api, name) = (self.shared.client.here().clone(), self.shared.config().api, self.model_name(model));
         let (tx, generation, within) = (self.results_tx.clone(), self.generation, self.shared.config().start_timeout);
         info!("Loading model {name} into service {}", self.name());
         self.ctx.tasks.spawn(async move {
@@ -96,7 +96,7 @@ impl Owner {
         }
         self.unload_waiters[model].push(done);
         let (client, api, tx, generation) =
-            (self.shared.client.clone(), self.shared.config().api, self.results_tx.clone(), self.generation);
+            (self.shared.client.here().clone(), self.shared.config().api, self.results_tx.clone(), self.generation);
         let within = self.shared.config().stop_timeout + Duration::from_secs(10);
         self.ctx.tasks.spawn(async move {
             let result = models::unload(&client, api, &upstream, &name, within).await;
@@ -111,7 +111,7 @@ impl Owner {
         }
         let Some(upstream) = self.shared.live().upstream.clone() else { return };
         let (client, api, tx, generation) =
-            (self.shared.client.clone(), self.shared.config().api, self.results_tx.clone(), self.generation);
+            (self.shared.client.here().clone(), self.shared.config().api, self.results_tx.clone(), self.generation);
         self.ctx.tasks.spawn(async move {
             if let Ok(listing) = models::listing(&client, api, &upstream).await {
                 let _ = tx.send(ModelResult::Listed { generation, listing });

@@ -23,7 +23,7 @@ use super::models::ModelResult;
 use super::room::RoomTx;
 use super::stop::{StopLabel, StopWaiter};
 use super::{Command, ServiceHandle, Shared, Unavailable};
-use crate::base::http::{self, HttpClient};
+use crate::base::http::{self, Clients};
 use crate::config::{Desired, RemoteSpec, ServiceConfig, ServiceKind, Trust};
 use crate::driver::logs::ServiceLog;
 use crate::driver::{Exit, Running, StartFailure};
@@ -42,7 +42,7 @@ pub struct OwnerContext {
     /// reported; the server passes it to admission.
     pub learned: mpsc::UnboundedSender<Learned>,
     /// Health probes and model APIs.
-    pub client: HttpClient,
+    pub client: Arc<Clients>,
     /// State changes and model loads go to `/admin/events`.
     pub events: crate::base::events::Events,
     /// Owners and the tasks they spawn (model loads, log pumps) are tracked for shutdown.
@@ -123,10 +123,10 @@ pub fn spawn_owner(
     let log = ServiceLog::new(ctx.state_dir.join("logs").join(format!("{}.log", config.name)));
     let models = config.models.len();
     let client = match &config.kind {
-        ServiceKind::Remote(RemoteSpec { trust: Trust::Only(cas), .. }) => http::client_trusting(Some(cas), true),
+        ServiceKind::Remote(RemoteSpec { trust: Trust::Only(cas), .. }) => http::Clients::new(Some(cas.clone()), true),
         ServiceKind::Remote(RemoteSpec { trust: Trust::Insecure, .. }) => {
             warn!("Service {}: tls_insecure = true, its certificate is not verified", config.name);
-            http::client_trusting(None, false)
+            http::Clients::new(None, false)
         }
         _ => ctx.client.clone(),
     };

@@ -81,7 +81,7 @@ impl Owner {
             return;
         }
         let Some(upstream) = self.shared.live().upstream.clone() else { return };
-        let (client, learned, service) = (self.shared.client.clone(), self.ctx.learned.clone(), self.index);
+        let (client, learned, service) = (self.shared.client.here().clone(), self.ctx.learned.clone(), self.index);
         self.ctx.tasks.spawn(async move {
             if let Some(slots) = driver::health::slots(&client, &upstream).await {
                 let _ = learned.send(super::owner::Learned { service, slots });
@@ -119,7 +119,7 @@ impl Owner {
                     port,
                     state_dir: &ctx.state_dir,
                     log: &log,
-                    client: &ctx.client,
+                    client: ctx.client.here(),
                     tasks: &ctx.tasks,
                 })
                 .await

@@ -94,8 +94,7 @@ impl Gate {
             // Dispatch recorded it as running when it granted the turn: no second lock here.
             pending.done = true;
             let queued = Duration::from_millis(self.now().0.ms.saturating_sub(grant.waiting.enqueued_ms));
-            let accounted = !self.config().clients.is_empty()
-                || ask.model.as_deref().is_some_and(|m| self.config().model_terms.contains_key(m));
+            let accounted = self.accounts(ask.model.as_deref());
             Ok(Ticket {
                 gate: self.clone(),
                 grant: Some(grant),

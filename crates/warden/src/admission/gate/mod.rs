@@ -222,6 +222,14 @@ impl Gate {
             .collect()
     }
 
+    /// Whether a request for `model` is worth a durable usage row (and reading its usage): the
+    /// model has a price or pools, or clients are configured (each client's history). An
+    /// anonymous request to a free model pays for neither; `/metrics` still counts it.
+    pub fn accounts(&self, model: Option<&str>) -> bool {
+        let config = self.config();
+        !config.clients.is_empty() || model.is_some_and(|m| config.model_terms.contains_key(m))
+    }
+
     pub fn cost(&self, model: Option<&str>, prompt: u64, completion: u64) -> Micros {
         let config = self.config();
         model.and_then(|m| config.model_terms.get(m)).and_then(|t| t.price).map_or(0, |p| p.cost(prompt, completion))

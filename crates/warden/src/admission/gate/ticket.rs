@@ -43,9 +43,7 @@ pub struct Ticket {
     pub usage: Option<Usage>,
     /// The service died mid-answer after about this many completion tokens reached the client.
     pub cut_after: Option<u64>,
-    /// Its usage is worth reading and a durable row: the model has a price or pools, or clients
-    /// are configured (each client's history). An anonymous request to a free model pays for
-    /// neither; `/metrics` still counts it.
+    /// Its usage is worth reading and a durable row ([`Gate::accounts`]).
     pub accounted: bool,
     /// The optimizer served it one rung down from this model: what it saved is what it would
     /// have cost there.
