@@ -89,7 +89,7 @@ where
 }
 
 /// Who a front-door request is from; None: not allowed in.
-fn caller(app: &App, headers: &HeaderMap) -> Option<Caller> {
+pub(crate) fn caller(app: &App, headers: &HeaderMap) -> Option<Caller> {
     // Without an admin token, only open mode (no clients) makes everyone the admin.
     let is_admin = match &app.config().server.admin_token {
         Some(_) => is_admin(app, headers),

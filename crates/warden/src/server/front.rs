@@ -6,50 +6,77 @@
 //! every request, and a held request kept each of those futures alive while it waited. Most API
 //! traffic (and every request of a client that sends no `Accept-Encoding`) now goes straight to
 //! the router with nothing boxed on the way.
+//!
+//! The model endpoints (`POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`) skip
+//! the router: the caller is checked as `ClientAuth` does and the pipeline runs at once (behind
+//! compression for a client that accepts an encoding). axum's route boxed two futures and kept
+//! the path's parameters for each such request, about 1 KB for every request held through a
+//! cold start; every other request goes through the router.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::header;
+use axum::http::{header, Method};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use futures_util::future::{BoxFuture, Either, Ready};
+use futures_util::FutureExt;
 use hyper::body::Incoming;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 
 use crate::app::App;
+use crate::base::caller::Caller;
 use crate::base::errors::ApiError;
-use crate::server::compress;
+use crate::pipeline::{self, Endpoint, Inbound, Target};
+use crate::server::{auth, compress};
 
 /// A request target longer than this is refused (414).
 const MAX_URI: usize = 8 << 10;
 /// Request headers larger than this together are refused (431).
 const MAX_HEADERS: usize = 64 << 10;
 
-/// The router, and the same router behind compression.
+/// The router and the model endpoints, each also behind compression.
 #[derive(Clone)]
 pub struct Front {
     plain: Router,
     compressed: BoxCloneSyncService<Request, Response, Infallible>,
+    models_compressed: BoxCloneSyncService<Request, Response, Infallible>,
     app: Arc<App>,
 }
 
 impl Front {
     pub fn new(router: Router, app: Arc<App>) -> Front {
-        let compressed = ServiceBuilder::new()
-            .map_response(|r: Response<_>| r.map(Body::new))
-            .layer(compress::layer())
-            .map_response(compress::count_raw)
-            .service(router.clone());
-        Front { plain: router, compressed: BoxCloneSyncService::new(compressed), app }
+        Front {
+            compressed: behind_compression(router.clone()),
+            models_compressed: behind_compression(Models(app.clone())),
+            plain: router,
+            app,
+        }
     }
 }
 
-/// A refusal of the head, or the router's own answer.
-type Plain = Either<Ready<Result<Response, Infallible>>, axum::routing::future::RouteFuture<Infallible>>;
+/// `inner` behind the compression layer, with the bytes it saves counted.
+fn behind_compression<S>(inner: S) -> BoxCloneSyncService<Request, Response, Infallible>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    let stack = ServiceBuilder::new()
+        .map_response(|r: Response<_>| r.map(Body::new))
+        .layer(compress::layer())
+        .map_response(compress::count_raw)
+        .service(inner);
+    BoxCloneSyncService::new(stack)
+}
+
+/// A refusal, the router's answer, or a model request run straight through the pipeline.
+type Plain = Either<
+    Either<Ready<Result<Response, Infallible>>, axum::routing::future::RouteFuture<Infallible>>,
+    BoxFuture<'static, Result<Response, Infallible>>,
+>;
 
 /// hyper's own service trait, taken by `&self`: hyper calls it once per request, and nothing is
 /// cloned for a request but the router's handle (an `Arc`), and the compression stack for a
@@ -60,16 +87,71 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Front {
     type Future = Either<Plain, compress::Counting<BoxFuture<'static, Result<Response, Infallible>>>>;
 
     fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
-        let req = req.map(Body::new);
+        let mut req = req.map(Body::new);
+        let refuse =
+            |e: ApiError| Either::Left(Either::Left(Either::Left(futures_util::future::ready(Ok(e.into_response())))));
         if let Err(refused) = head_limits(&req) {
-            return Either::Left(Either::Left(futures_util::future::ready(Ok(refused.into_response()))));
+            return refuse(refused);
         }
-        // The router and the compression stack are always ready, so they are called without
+        // The router and the compression stacks are always ready, so they are called without
         // asking. A client that accepts no encoding gets nothing compressed and nothing counted.
-        if !req.headers().contains_key(header::ACCEPT_ENCODING) {
-            return Either::Left(Either::Right(self.plain.clone().call(req)));
+        let compressing = req.headers().contains_key(header::ACCEPT_ENCODING);
+        let model_request = req.method() == Method::POST && Endpoint::from_path(req.uri().path()).is_some();
+        if model_request {
+            // As `ClientAuth` does on the router's routes.
+            let Some(caller) = auth::caller(&self.app, req.headers()) else {
+                return refuse(ApiError::Unauthorized);
+            };
+            req.extensions_mut().insert(caller);
+            if !compressing {
+                return Either::Left(Either::Right(Models::run(self.app.clone(), req, false)));
+            }
+            let answer = self.models_compressed.clone().call(req);
+            return Either::Right(compress::Counting::new(answer, self.app.clone()));
+        }
+        if !compressing {
+            return Either::Left(Either::Left(Either::Right(self.plain.clone().call(req))));
         }
         Either::Right(compress::Counting::new(self.compressed.clone().call(req), self.app.clone()))
+    }
+}
+
+/// The model endpoints as a service, for the compression layer to wrap; the caller comes in the
+/// request's extensions (`Front` checked it).
+#[derive(Clone)]
+struct Models(Arc<App>);
+
+impl Models {
+    /// The pipeline's answer to a model request; with `tag`, the caller goes on the answer (the
+    /// compression layer counts what it saved each client).
+    fn run(app: Arc<App>, mut req: Request, tag: bool) -> BoxFuture<'static, Result<Response, Infallible>> {
+        let Some(caller) = req.extensions_mut().remove::<Caller>() else {
+            return Box::pin(futures_util::future::ready(Ok(ApiError::Unauthorized.into_response())));
+        };
+        // Only the endpoints' own paths come here.
+        let endpoint = Endpoint::from_path(req.uri().path()).unwrap_or(Endpoint::Chat);
+        let run = pipeline::run(app, Inbound::new(caller, req, Target::Model(endpoint)));
+        Box::pin(run.map(move |answer| {
+            let mut resp = answer.into_response();
+            if tag {
+                resp.extensions_mut().insert(caller);
+            }
+            Ok(resp)
+        }))
+    }
+}
+
+impl Service<Request> for Models {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        Models::run(self.0.clone(), req, true)
     }
 }
 
