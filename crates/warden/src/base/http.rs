@@ -159,7 +159,11 @@ pub fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
 /// The URI of `path_and_query` at a service's base URL ("http://127.0.0.1:8080",
 /// "https://api.example.com/openai").
 pub fn at(base: &str, path_and_query: &str) -> Option<Uri> {
-    format!("{base}{path_and_query}").parse().ok()
+    // Not `format!`: its machinery was about 1 % of a warm request's instructions.
+    let mut s = String::with_capacity(base.len() + path_and_query.len());
+    s.push_str(base);
+    s.push_str(path_and_query);
+    Uri::try_from(s).ok()
 }
 
 mod insecure {
@@ -222,7 +226,32 @@ pub fn request_id(headers: &HeaderMap) -> String {
 /// A process-unique request id: the process start time and a counter, in hex.
 pub fn new_request_id() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    static EPOCH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let epoch = EPOCH.get_or_init(|| super::clock::unix_now().as_micros() as u64);
-    format!("{epoch:x}-{:x}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| format!("{:x}-", super::clock::unix_now().as_micros() as u64));
+    let mut id = String::with_capacity(prefix.len() + 16);
+    id.push_str(prefix);
+    push_hex(&mut id, NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    id
+}
+
+/// `n` in lower-case hex, as `{:x}` writes it. By hand: `format!` was about 1 % of a warm
+/// request's instructions (callgrind, P1's request).
+fn push_hex(s: &mut String, n: u64) {
+    let digits = (64 - n.leading_zeros() as usize).div_ceil(4).max(1);
+    s.extend((0..digits).rev().map(|i| char::from(b"0123456789abcdef"[(n >> (4 * i)) as usize & 15])));
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_is_written_as_format_writes_it() {
+        for n in [0, 1, 9, 10, 15, 16, 255, 256, 0xabc_def, u64::MAX >> 4, u64::MAX] {
+            let mut s = String::new();
+            super::push_hex(&mut s, n);
+            assert_eq!(s, format!("{n:x}"));
+        }
+        let (a, b) = (super::new_request_id(), super::new_request_id());
+        assert_ne!(a, b);
+        assert_eq!(a.split_once('-').map(|(p, _)| p), b.split_once('-').map(|(p, _)| p));
+    }
 }

@@ -38,15 +38,15 @@ pub fn parse_class(app: &App, name: &str, field: &str) -> Result<Class, ApiError
     Ok(class)
 }
 
+/// Reserves and queues a request of `class` (`class_of` its headers) and waits for its turn.
 pub async fn admit(
     app: &Arc<App>,
     caller: &Caller,
-    headers: &HeaderMap,
+    class: Class,
     route: &Route,
     estimate: Estimate,
     request_id: &str,
 ) -> Result<Ticket, ApiError> {
-    let class = class_of(app, headers)?;
     if matches!(class, Class::Batch | Class::Deferred) && app.pressure.cpu_busy() {
         app.pressure.deferred.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }

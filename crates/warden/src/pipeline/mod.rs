@@ -216,6 +216,8 @@ async fn prepare(app: Arc<App>, inbound: Inbound) -> Result<Prepared, ApiError> 
         if let Some(hit) = cache::answer(&app, &caller, &parts.headers, &planned.route, plan, &request_id).await {
             return Ok(Prepared::Answered(hit));
         }
+        // The semantic lookup may wait on an embedding model: it waits with its head copied.
+        read::own(&mut parts);
         let near = cache::semantic(&app, &caller, &parts.headers, &planned.route, plan, &request_id);
         if let Some(hit) = Box::pin(near).await {
             return Ok(Prepared::Answered(hit));
@@ -248,11 +250,14 @@ fn attempt(
 ) -> impl std::future::Future<Output = Result<Response, ApiError>> + Send {
     async move {
         let (app, caller) = (&app, &caller);
+        let class = admit::class_of(app, &parts.headers)?;
         // Boxed, as is the ticket it returns: both are large, and a future reserves room for its
         // largest state for as long as it lives (a request queued here, or waiting for the
         // service, would keep room for both).
-        let admitted = admit::admit(app, caller, &parts.headers, &planned.route, planned.estimate, &request_id);
-        let mut ticket = Box::new(Box::pin(admitted).await?);
+        let admitted = Box::pin(admit::admit(app, caller, class, &planned.route, planned.estimate, &request_id));
+        // A request that waits (here, or for its service below) copies its head first.
+        let mut owned = false;
+        let mut ticket = Box::new(read::owned_if_waiting(&mut parts, &mut owned, admitted).await?);
         ticket.downgraded_from = planned.downgraded.as_ref().map(|d| d.from.clone());
         ticket.body_hash = planned.body_hash;
         let perf = planned.route.model.as_ref().map(|m| forward::Probe {
@@ -267,7 +272,8 @@ fn attempt(
             sent: std::time::Instant::now(),
         });
         let waited = std::time::Instant::now();
-        let acquired = match acquire::acquire(app, &planned.route).await {
+        let acquiring = std::pin::pin!(acquire::acquire(app, &planned.route));
+        let acquired = match read::owned_if_waiting(&mut parts, &mut owned, acquiring).await {
             Ok(a) => a,
             Err(e) => {
                 // A model that could not be reached counts as a failure in its figures.
@@ -289,6 +295,10 @@ fn attempt(
             perf,
         };
         if let (Some((settings, bytes)), Some(model)) = (planned.coalesce, &planned.route.model) {
+            // It waits for others to coalesce with.
+            if !owned {
+                read::own(&mut parts);
+            }
             let sent = coalesce::forward(app, settings, &model.name, parts, bytes, &planned.target, acquired, extras);
             return Box::pin(sent).await;
         }
@@ -307,7 +317,6 @@ async fn plan(app: &App, caller: &Caller, parts: &mut Parts, body: Body, target:
     match target {
         Target::Model(endpoint) => {
             let mut bytes = read::whole(&parts.headers, body, limit).await?;
-            read::own(parts);
             let asked = route_allowed(app, caller, &find::model_of(&bytes)?)?;
             let (mut route, mut degraded) = ladder::choose(app, asked.clone(), &parts.headers, &bytes).await;
             if allow::check(app, caller, &route).is_err() || !speaks(app, &route, endpoint) {
@@ -341,8 +350,13 @@ async fn plan(app: &App, caller: &Caller, parts: &mut Parts, body: Body, target:
             // Only for a request that gets a usage row: SHA-256 is 6 % of a warm request's work.
             let model = planned.route.model.as_ref().map(|m| m.name.as_str());
             planned.body_hash = app.gate.accounts(model).then(|| body_hash(endpoint.path(), &bytes));
-            // Kept only for a model with fallbacks (the head is copied for each attempt).
-            planned.again = (!fallback::list(app, &planned).is_empty()).then(|| fallback::Again {
+            // Kept only for a model with fallbacks (the head is copied for each attempt), and kept
+            // for the whole request: its own copy, not slices of hyper's read buffer.
+            let fallbacks = !fallback::list(app, &planned).is_empty();
+            if fallbacks {
+                read::own(parts);
+            }
+            planned.again = fallbacks.then(|| fallback::Again {
                 method: parts.method.clone(),
                 uri: parts.uri.clone(),
                 version: parts.version,
