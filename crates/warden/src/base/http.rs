@@ -213,11 +213,13 @@ mod insecure {
     }
 }
 
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// A `HeaderName` made once: inserting by a `&str` name copies a custom name into a new
+/// allocation every time.
+pub static REQUEST_ID_HEADER: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
 
 /// The caller's `x-request-id` (kept for correlation), or a new one.
 pub fn request_id(headers: &HeaderMap) -> String {
-    match headers.get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()) {
+    match headers.get(&REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()) {
         Some(given) if !given.is_empty() && given.len() <= 128 => given.to_string(),
         _ => new_request_id(),
     }

@@ -198,7 +198,7 @@ fn serve(
     }
     headers.insert(CACHE_HEADER, HeaderValue::from_static(mark));
     if let Ok(v) = HeaderValue::from_str(model) {
-        headers.insert(super::forward::MODEL_HEADER, v);
+        headers.insert(super::forward::MODEL_HEADER.clone(), v);
     }
     resp
 }

@@ -159,10 +159,10 @@ fn answered(answer: Answer, acquired: Acquired, mut extras: Extras) -> Response<
     let headers = resp.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(v) = extras.model.as_deref().and_then(|m| HeaderValue::from_str(m).ok()) {
-        headers.insert(MODEL_HEADER, v);
+        headers.insert(MODEL_HEADER.clone(), v);
     }
     if let Ok(v) = HeaderValue::from_str(&extras.request_id) {
-        headers.insert(REQUEST_ID_HEADER, v);
+        headers.insert(REQUEST_ID_HEADER.clone(), v);
     }
     headers.insert(COALESCED_HEADER, HeaderValue::from(answer.together));
     resp

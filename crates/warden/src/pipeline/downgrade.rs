@@ -11,7 +11,9 @@ use super::route::{self, Route};
 use crate::app::App;
 use crate::base::caller::Caller;
 
-pub const OPTIMIZED_HEADER: &str = "x-warden-optimized";
+/// A `HeaderName` made once: inserting by a `&str` name copies a custom name into a new
+/// allocation every time.
+pub static OPTIMIZED_HEADER: axum::http::HeaderName = axum::http::HeaderName::from_static("x-warden-optimized");
 
 /// A request the optimizer sent one rung down.
 #[derive(Debug, Clone)]

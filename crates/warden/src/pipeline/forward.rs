@@ -12,7 +12,9 @@ use crate::base::http::REQUEST_ID_HEADER;
 use crate::config::{RemoteSpec, ServiceKind};
 use crate::service::Acquired;
 
-pub const COLD_START_HEADER: &str = "x-warden-cold-start-ms";
+/// A `HeaderName` made once: inserting by a `&str` name copies a custom name into a new
+/// allocation every time.
+pub static COLD_START_HEADER: HeaderName = HeaderName::from_static("x-warden-cold-start-ms");
 
 /// What a request carries besides its lease.
 pub struct Extras {
@@ -65,8 +67,8 @@ pub struct Probe {
     pub sent: std::time::Instant,
 }
 
-pub const MODEL_HEADER: &str = "x-warden-model";
-pub const DEGRADED_HEADER: &str = "x-warden-degraded";
+pub static MODEL_HEADER: HeaderName = HeaderName::from_static("x-warden-model");
+pub static DEGRADED_HEADER: HeaderName = HeaderName::from_static("x-warden-degraded");
 pub use super::downgrade::OPTIMIZED_HEADER;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) are for one connection and never forwarded.
@@ -103,17 +105,17 @@ pub(super) async fn forward(
     let (mut parts, incoming) = resp.into_parts();
     strip_hop_headers(&mut parts.headers);
     if let Some(waited) = cold_start {
-        parts.headers.insert(COLD_START_HEADER, HeaderValue::from(waited.as_millis() as u64));
+        parts.headers.insert(COLD_START_HEADER.clone(), HeaderValue::from(waited.as_millis() as u64));
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
-        parts.headers.insert(REQUEST_ID_HEADER, v);
+        parts.headers.insert(REQUEST_ID_HEADER.clone(), v);
     }
     let told =
-        [(MODEL_HEADER, &extras.model), (DEGRADED_HEADER, &extras.degraded), (OPTIMIZED_HEADER, &extras.optimized)];
+        [(&MODEL_HEADER, &extras.model), (&DEGRADED_HEADER, &extras.degraded), (&OPTIMIZED_HEADER, &extras.optimized)];
     for (name, value) in told {
         // From bytes: a model's name or the arrow in a downgrade may be UTF-8.
         if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
-            parts.headers.insert(name, v);
+            parts.headers.insert(name.clone(), v);
         }
     }
     let meter = Meter::new(extras.ticket, &parts, extras.usage);
@@ -142,7 +144,7 @@ pub(super) async fn send(
     req.headers_mut().remove(header::HOST);
     let headers = req.headers_mut();
     if let Ok(v) = HeaderValue::from_str(id) {
-        headers.insert(REQUEST_ID_HEADER, v);
+        headers.insert(REQUEST_ID_HEADER.clone(), v);
     }
     if extras.strip_client_auth {
         headers.remove(header::AUTHORIZATION);

@@ -102,10 +102,11 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Front {
             let Some(caller) = auth::caller(&self.app, req.headers()) else {
                 return refuse(ApiError::Unauthorized);
             };
-            req.extensions_mut().insert(caller);
             if !compressing {
-                return Either::Left(Either::Right(Models::run(self.app.clone(), req, false)));
+                return Either::Left(Either::Right(Models::run(self.app.clone(), caller, req, false)));
             }
+            // Through the compression stack, the caller rides in the request's extensions.
+            req.extensions_mut().insert(caller);
             let answer = self.models_compressed.clone().call(req);
             return Either::Right(compress::Counting::new(answer, self.app.clone()));
         }
@@ -124,10 +125,7 @@ struct Models(Arc<App>);
 impl Models {
     /// The pipeline's answer to a model request; with `tag`, the caller goes on the answer (the
     /// compression layer counts what it saved each client).
-    fn run(app: Arc<App>, mut req: Request, tag: bool) -> BoxFuture<'static, Result<Response, Infallible>> {
-        let Some(caller) = req.extensions_mut().remove::<Caller>() else {
-            return Box::pin(futures_util::future::ready(Ok(ApiError::Unauthorized.into_response())));
-        };
+    fn run(app: Arc<App>, caller: Caller, req: Request, tag: bool) -> BoxFuture<'static, Result<Response, Infallible>> {
         // Only the endpoints' own paths come here.
         let endpoint = Endpoint::from_path(req.uri().path()).unwrap_or(Endpoint::Chat);
         let run = pipeline::run(app, Inbound::new(caller, req, Target::Model(endpoint)));
@@ -150,8 +148,11 @@ impl Service<Request> for Models {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
-        Models::run(self.0.clone(), req, true)
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let Some(caller) = req.extensions_mut().remove::<Caller>() else {
+            return Box::pin(futures_util::future::ready(Ok(ApiError::Unauthorized.into_response())));
+        };
+        Models::run(self.0.clone(), caller, req, true)
     }
 }
 

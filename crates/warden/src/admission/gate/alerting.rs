@@ -18,12 +18,13 @@ const WAIT_LONG_MS: u64 = 600_000;
 
 impl Gate {
     pub(super) fn budget_alerts(&self, client: usize, ledger: &Ledger) {
-        let name = self.slot_name(client);
         let (kind, p) = match ledger.used_percent() {
             Some(p) if p >= BUDGET_CRITICAL_PERCENT => ("budget_95", p),
             Some(p) if p >= BUDGET_WARN_PERCENT => ("budget_80", p),
             _ => return,
         };
+        // Named only when there is something to say: this runs twice for every request.
+        let name = self.slot_name(client);
         self.alerts.raise(kind, &name, format!("client {name} has used {p} % of its monthly budget"));
     }
 

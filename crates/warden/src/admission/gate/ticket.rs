@@ -135,12 +135,18 @@ impl Drop for Ticket {
                 .collect();
             sh.settle(held, cost, back);
         }
+        // The recent-requests ring takes the names; the usage row below needs them too, so
+        // they are copied only for a request that gets one.
+        let (request_id, model, service) = match self.accounted {
+            true => (self.request_id.clone(), self.model.clone(), self.service.clone()),
+            false => (std::mem::take(&mut self.request_id), self.model.take(), std::mem::take(&mut self.service)),
+        };
         gate.recent.record(Finished {
             at_unix_ms: clock::unix_ms(),
-            request_id: self.request_id.clone(),
+            request_id,
             client: gate.slot_name(self.client),
-            model: self.model.clone(),
-            service: self.service.clone(),
+            model,
+            service,
             class: self.class.as_str(),
             status: self.status.unwrap_or(0),
             duration_ms: self.started.elapsed().as_millis() as u64,

@@ -90,7 +90,7 @@ pub(crate) async fn call(
         .method(Method::POST)
         .uri(endpoint.path())
         .header(header::CONTENT_TYPE, "application/json")
-        .header(REQUEST_ID_HEADER, id);
+        .header(&REQUEST_ID_HEADER, id);
     if let Some(p) = priority.and_then(|p| HeaderValue::from_str(p).ok()) {
         req = req.header(policy::class::HEADER, p);
     }
@@ -172,7 +172,7 @@ pub async fn enqueue(
         return Err(ApiError::Conflict(format!("a job with id {id} exists already")));
     }
     let body = json!({"requestId": id, "request_id": id, "state": "queued"});
-    Ok((StatusCode::ACCEPTED, [(REQUEST_ID_HEADER, id)], Json(body)).into_response())
+    Ok((StatusCode::ACCEPTED, [(REQUEST_ID_HEADER.clone(), id)], Json(body)).into_response())
 }
 
 /// Runs the envelope and answers with the upstream's response (streams too).
