@@ -5,7 +5,7 @@
 //! wake-ups cost about 30 % of warden's CPU per proxied request (BENCHMARKS.md, P1).
 //!
 //! The rest of warden (service owners, admission's timer, the coordinator) stays on the main
-//! runtime. Work a request starts that outlives it is spawned on its worker and ends with it.
+//! runtime. Work a request starts that outlives it (an async job, a batch) runs on its worker.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,8 +23,8 @@ pub fn default_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get() / 2).max(1)
 }
 
-/// The serving threads, stopped (and joined) when dropped: dropped last, after every task a
-/// request may have started has ended.
+/// The serving threads. `stop` ends and joins them, last, after every task a request may have
+/// started has ended; dropped without it, they end on their own, unjoined.
 pub struct Workers {
     spread: Arc<Spread>,
     threads: Vec<(tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>)>,
