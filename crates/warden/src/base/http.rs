@@ -138,6 +138,41 @@ impl tower::Service<Uri> for Bounded {
     }
 }
 
+/// Why a service gave no answer, for the 502 the request gets.
+pub struct SendFailure {
+    /// No connection (or, over https, no handshake) within [`CONNECT_TIMEOUT`], or refused.
+    pub connect: bool,
+    /// A certificate problem, said plainly: it does not fix itself.
+    pub tls: Option<String>,
+    /// The error and its causes, one after the other.
+    pub detail: String,
+}
+
+impl SendFailure {
+    pub fn of(connect: bool, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+        SendFailure { connect, tls: tls_failure(e.as_ref()), detail: with_causes(e.as_ref()) }
+    }
+}
+
+impl From<hyper_util::client::legacy::Error> for SendFailure {
+    fn from(e: hyper_util::client::legacy::Error) -> Self {
+        let connect = e.is_connect();
+        SendFailure::of(connect, e)
+    }
+}
+
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
 /// The TLS failure in a client error's causes, said plainly ("invalid peer certificate:
 /// certificate not valid for name …"), or None when TLS was not what failed.
 pub fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {

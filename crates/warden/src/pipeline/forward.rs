@@ -8,7 +8,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, 
 use super::settle::{framing, LeaseBody, Meter};
 use crate::admission::gate::Ticket;
 use crate::base::errors::ApiError;
-use crate::base::http::REQUEST_ID_HEADER;
+use crate::base::http::{SendFailure, REQUEST_ID_HEADER};
 use crate::config::{RemoteSpec, ServiceKind};
 use crate::service::Acquired;
 
@@ -136,13 +136,21 @@ pub(super) async fn send(
     extras: &mut Extras,
     id: &str,
 ) -> Result<Response<hyper::body::Incoming>, ApiError> {
-    let uri: Uri = crate::base::http::at(lease.upstream(), path_and_query)
-        .ok_or_else(|| ApiError::BadRequest(format!("invalid path {path_and_query:?}")))?;
-    *req.uri_mut() = uri;
+    // A local service at an IP address is reached on this thread's own connections (origin
+    // form, Host set here); anything else through the pooled client (absolute form).
+    let direct = crate::base::pool::direct(lease.upstream());
+    let uri = match direct {
+        Some(_) => Uri::try_from(path_and_query).ok(),
+        None => crate::base::http::at(lease.upstream(), path_and_query),
+    };
+    *req.uri_mut() = uri.ok_or_else(|| ApiError::BadRequest(format!("invalid path {path_and_query:?}")))?;
     strip_hop_headers(req.headers_mut());
-    // The client sets Host for the service's own address.
-    req.headers_mut().remove(header::HOST);
     let headers = req.headers_mut();
+    match direct.and_then(|_| HeaderValue::from_str(&lease.upstream()["http://".len()..]).ok()) {
+        Some(host) => _ = headers.insert(header::HOST, host),
+        // The client sets Host for the service's own address.
+        None => _ = headers.remove(header::HOST),
+    }
     if let Ok(v) = HeaderValue::from_str(id) {
         headers.insert(REQUEST_ID_HEADER.clone(), v);
     }
@@ -155,43 +163,45 @@ pub(super) async fn send(
             headers.insert(header::AUTHORIZATION, v);
         }
     }
-    let service = lease.service().to_string();
     let within = lease.config().response_timeout;
     if let Some(p) = extras.perf.as_mut() {
         p.sent = std::time::Instant::now();
     }
-    let answer = tokio::time::timeout(within, lease.client().request(req)).await;
+    let answer = match direct {
+        Some(addr) => tokio::time::timeout(within, crate::base::pool::send(addr, req)).await,
+        None => tokio::time::timeout(within, async { Ok(lease.client().request(req).await?) }).await,
+    };
+    let service = || lease.service().to_string();
     let resp = match answer {
         Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => {
-            if let Some(reason) = crate::base::http::tls_failure(&e) {
+        Ok(Err(SendFailure { connect, tls, detail })) => {
+            if let Some(p) = extras.perf.take() {
+                p.failed();
+            }
+            if let Some(reason) = tls {
                 // A certificate problem does not fix itself: say which, and raise an alert.
                 let detail = format!("TLS with {} failed: {reason}", lease.upstream());
-                extras.ticket.upstream_failed("upstream_tls", &service, &detail);
-                if let Some(p) = extras.perf.take() {
-                    p.failed();
-                }
-                return Err(ApiError::UpstreamTls { service, detail });
+                extras.ticket.upstream_failed("upstream_tls", &service(), &detail);
+                return Err(ApiError::UpstreamTls { service: service(), detail });
             }
-            // Refused, or no answer to the connect within the client's bound (5 s): say so
-            // rather than leave the client guessing.
-            let detail = if e.is_connect() {
-                let within = crate::base::http::CONNECT_TIMEOUT.as_secs();
-                format!("could not connect to {} within {within} s: {}", lease.upstream(), describe_client_error(&e))
-            } else {
-                describe_client_error(&e)
+            // Refused, or no answer to the connect within its bound (5 s): say so rather
+            // than leave the client guessing.
+            let detail = match connect {
+                true => format!(
+                    "could not connect to {} within {} s: {detail}",
+                    lease.upstream(),
+                    crate::base::http::CONNECT_TIMEOUT.as_secs()
+                ),
+                false => detail,
             };
-            if let Some(p) = extras.perf.take() {
-                p.failed();
-            }
-            return Err(ApiError::BadGateway { service, detail });
+            return Err(ApiError::BadGateway { service: service(), detail });
         }
         Err(_) => {
-            extras.ticket.backend_timed_out(&service, within);
+            extras.ticket.backend_timed_out(&service(), within);
             if let Some(p) = extras.perf.take() {
                 p.failed();
             }
-            return Err(ApiError::BackendTimeout { service, after: within });
+            return Err(ApiError::BackendTimeout { service: service(), after: within });
         }
     };
     let limits = super::limits::read(resp.status(), resp.headers());
@@ -199,18 +209,6 @@ pub(super) async fn send(
         extras.ticket.upstream_said(&limits);
     }
     Ok(resp)
-}
-
-fn describe_client_error(e: &hyper_util::client::legacy::Error) -> String {
-    use std::error::Error;
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }
 
 #[cfg(test)]
