@@ -93,8 +93,8 @@ const ONLY_IN: &[(&str, &[&str], &str)] = &[
     ("tokio::process", &["driver/"], "drivers are the only code touching processes"),
     (
         "TcpStream",
-        &["driver/", "server/listen.rs"],
-        "drivers open sockets to services; the front door accepts clients'",
+        &["driver/", "server/listen.rs", "base/pool.rs"],
+        "drivers open sockets to services, and the proxy its connections to them; the front door accepts clients'",
     ),
     (
         "TcpListener",
