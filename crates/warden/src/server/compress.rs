@@ -22,14 +22,24 @@ use crate::app::App;
 /// Smaller answers are sent as they are: compressing them saves little and costs a frame.
 const MIN_SIZE: u16 = 1024;
 
-/// The compression layer with warden's rule of what to compress.
-pub fn layer() -> CompressionLayer<impl Predicate> {
-    let when = SizeAbove::new(MIN_SIZE)
+/// What is compressed (for a client that accepts an encoding).
+fn rule() -> impl Predicate {
+    SizeAbove::new(MIN_SIZE)
         .and(NotForContentType::GRPC)
         .and(NotForContentType::IMAGES)
         .and(NotForContentType::const_new("text/event-stream"))
-        .and(NotForContentType::const_new("application/x-ndjson"));
-    CompressionLayer::new().compress_when(when)
+        .and(NotForContentType::const_new("application/x-ndjson"))
+}
+
+/// The compression layer with warden's rule of what to compress.
+pub fn layer() -> CompressionLayer<impl Predicate> {
+    CompressionLayer::new().compress_when(rule())
+}
+
+/// Whether the layer may compress this answer: one it will pass as it is (most model answers
+/// are under 1 KiB and say so) needs nothing counted.
+pub fn may_compress(resp: &Response) -> bool {
+    rule().should_compress(resp)
 }
 
 /// The answer's bytes before compression, counted by `count_raw` for `Counting`.
@@ -76,6 +86,9 @@ fn count_saved(resp: Response, app: &Arc<App>) -> Response {
 /// Inside the compression layer: counts the answer's own bytes, and leaves the count on the
 /// answer for `counted` (the compression layer keeps a response's extensions).
 pub fn count_raw(resp: Response) -> Response {
+    if !may_compress(&resp) {
+        return resp;
+    }
     let count = Arc::new(AtomicU64::new(0));
     let (mut parts, inner) = resp.into_parts();
     parts.extensions.insert(Raw(count.clone()));

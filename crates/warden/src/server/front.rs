@@ -131,7 +131,7 @@ impl Models {
         let run = pipeline::run(app, Inbound::new(caller, req, Target::Model(endpoint)));
         Box::pin(run.map(move |answer| {
             let mut resp = answer.into_response();
-            if tag {
+            if tag && compress::may_compress(&resp) {
                 resp.extensions_mut().insert(caller);
             }
             Ok(resp)
