@@ -186,13 +186,11 @@ pub(super) async fn send(
             }
             // Refused, or no answer to the connect within its bound (5 s): say so rather
             // than leave the client guessing.
-            let detail = match connect {
-                true => format!(
-                    "could not connect to {} within {} s: {detail}",
-                    lease.upstream(),
-                    crate::base::http::CONNECT_TIMEOUT.as_secs()
-                ),
-                false => detail,
+            let detail = if connect {
+                let within = crate::base::http::CONNECT_TIMEOUT.as_secs();
+                format!("could not connect to {} within {within} s: {detail}", lease.upstream())
+            } else {
+                detail
             };
             return Err(ApiError::BadGateway { service: service(), detail });
         }
