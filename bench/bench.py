@@ -97,6 +97,24 @@ def proc_status(pid, key):
     return 0
 
 
+def cpu_seconds(pids, children=True):
+    """User and system CPU seconds of these processes (and, with `children`, of theirs), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    user = system = 0
+    for pid in pids:
+        try:
+            kids = [int(k) for t in os.listdir(f"/proc/{pid}/task")
+                    for k in open(f"/proc/{pid}/task/{t}/children").read().split()] if children else []
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        user += int(fields[11]) / tick
+        system += int(fields[12]) / tick
+        u, st = cpu_seconds(kids)
+        user, system = user + u, system + st
+    return user, system
+
+
 def group_rss(pgid):
     total = 0
     page = os.sysconf("SC_PAGE_SIZE")
@@ -289,15 +307,20 @@ desired = "on"
     targets = {"direct": f"http://127.0.0.1:{upstream_port}/v1/chat/completions",
                "warden": w.base + "/v1/chat/completions"}
     procs = [up]
+    # Whose CPU time is the proxy's: nginx's and LiteLLM's workers are their children; warden's
+    # child is its backend, so only its own threads count.
+    proxy_pids = {"warden": ([w.proc.pid], False)}
     if not a.smoke and shutil.which("nginx"):
         ng, ngport = start_nginx(upstream_port)
         procs.append(ng)
         targets["nginx"] = f"http://127.0.0.1:{ngport}/v1/chat/completions"
+        proxy_pids["nginx"] = ([ng.pid], True)
     if not a.smoke and LITELLM:
         try:
             ll, llport = start_litellm(upstream_port)
             procs.append(ll)
             targets["litellm"] = f"http://127.0.0.1:{llport}/v1/chat/completions"
+            proxy_pids["litellm"] = ([ll.pid], True)
         except Exception as e:
             print(f"litellm skipped: {e}", file=sys.stderr)
     for url in targets.values():  # warm every path
@@ -317,10 +340,17 @@ desired = "on"
             fixed[n].append(res)
     saturation = {}
     for n in names:
+        pids, children = proxy_pids.get(n, ([], False))
+        before = cpu_seconds(pids, children)
         if OHA:
             saturation[n] = oha(["-z", f"{a.seconds}s", "-c", "32"], targets[n], CHAT)
         else:
             saturation[n] = mini_load(targets[n], CHAT, a.seconds, threads=8)
+        if pids:
+            # Per answered request: what the proxy itself spends, in its own code and in the kernel.
+            after, done = cpu_seconds(pids, children), max(saturation[n]["ok"], 1)
+            saturation[n]["user_us"] = (after[0] - before[0]) * 1e6 / done
+            saturation[n]["system_us"] = (after[1] - before[1]) * 1e6 / done
     streams = {n: stream_times(targets[n], a.stream_n) for n in names if n != "litellm"}
     hwm = proc_status(w.proc.pid, "VmHWM")
     for p in procs:
@@ -579,12 +609,6 @@ start_timeout = "5m"
 
 # ---------------------------------------------------------------- P7: pressure monitor cost
 
-def cpu_seconds(pid):
-    """User + system CPU of a process (all its threads) so far, in seconds."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def p7(bins, a):
     """warden's CPU with N running services, pressure monitor off and then on (2 s samples),
     measured over the same time from /proc/PID/stat: the difference is the monitor's cost."""
@@ -600,9 +624,9 @@ def p7(bins, a):
                 break
             time.sleep(0.2)
         time.sleep(2)
-        before = cpu_seconds(w.proc.pid)
+        before = sum(cpu_seconds([w.proc.pid], children=False))
         time.sleep(a.monitor_seconds)
-        out[label] = (cpu_seconds(w.proc.pid) - before) / a.monitor_seconds * 100
+        out[label] = (sum(cpu_seconds([w.proc.pid], children=False)) - before) / a.monitor_seconds * 100
         w.close()
     out["monitor"] = out["on"] - out["off"]
     return out
@@ -800,10 +824,13 @@ def report(r, a):
             ng = p["fixed"]["nginx"]["p99"] - d["p99"]
             L.append(f"\nwarden's added p99 is {wa:.3f} ms (target ≤ 0.2 ms); nginx's {ng:.3f} ms; ratio "
                      f"{(wa / ng) if ng > 0 else float('nan'):.2f} (target ≤ 1.5).")
-        L += ["\nSaturation (no rate limit, 32 connections, same duration):\n",
-              "| target | rps | p50 ms | p99 ms | errors |", "|---|---|---|---|---|"]
+        L += ["\nSaturation (no rate limit, 32 connections, same duration); the proxy's own CPU time per "
+              "answered request, user and system, from /proc (warden's backend and the direct target excluded):\n",
+              "| target | rps | p50 ms | p99 ms | errors | proxy user µs/req | proxy system µs/req |",
+              "|---|---|---|---|---|---|---|"]
         for n, s in p["saturation"].items():
-            L.append(f"| {n} | {s['rps']:.0f} | {s['p50']:.3f} | {s['p99']:.3f} | {s['errors']} |")
+            cpu = " | ".join(f"{s[k]:.1f}" if k in s else "-" for k in ("user_us", "system_us"))
+            L.append(f"| {n} | {s['rps']:.0f} | {s['p50']:.3f} | {s['p99']:.3f} | {s['errors']} | {cpu} |")
         L += [f"\nStreaming (SSE, `stream_options.include_usage`), {a.stream_n} sequential requests on one "
               f"keep-alive connection from Python's http.client:\n",
               "| target | first byte p50 ms | p99 | last byte p50 ms | p99 |", "|---|---|---|---|---|"]
