@@ -1,5 +1,6 @@
-//! The pooled HTTP client warden uses to reach services (proxying, health probes, model
-//! APIs), and request ids.
+//! The pooled HTTP client warden uses to reach services (health probes, model APIs, and
+//! proxying to any service not at a plain `http://IP:port`: those go through `base/pool.rs`),
+//! why a request to a service failed (`SendFailure`, for both), and request ids.
 
 use std::cell::Cell;
 use std::sync::{Arc, OnceLock};
