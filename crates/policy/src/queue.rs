@@ -36,7 +36,8 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
-type IdMap<V> = HashMap<Id, V, std::hash::BuildHasherDefault<IdHasher>>;
+/// A map keyed by request id (or another small internal key), hashed with [`IdHasher`].
+pub type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
 
 /// A request waiting for capacity.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,8 +152,8 @@ fn fairness_share(recent: &[f64], total: f64, client: usize) -> u32 {
 }
 
 pub struct Dispatcher {
-    entries: IdMap<Waiting>,
-    lanes: HashMap<(usize, Class, u32), VecDeque<Queued>>,
+    entries: IdMap<Id, Waiting>,
+    lanes: IdMap<(usize, Class, u32), VecDeque<Queued>>,
     next_id: Id,
     client_running: Vec<u32>,
     service_running: Vec<u32>,
@@ -176,7 +177,7 @@ impl Dispatcher {
     pub fn new(clients: usize, limits: Limits, pools: Vec<Pool>, settings: Settings) -> Self {
         Dispatcher {
             entries: IdMap::default(),
-            lanes: HashMap::new(),
+            lanes: IdMap::default(),
             next_id: 1,
             client_running: vec![0; clients],
             service_running: vec![0; limits.service_max.len()],

@@ -40,6 +40,7 @@ use policy::bucket::Pool;
 use policy::budget::{Ledger, Micros};
 use policy::class::Class;
 use policy::estimate::Estimate;
+use policy::queue::IdMap;
 use policy::queue::{Dispatcher, Grant, Id, Limits, Now, Settings};
 
 /// A request asking to be let in.
@@ -69,16 +70,21 @@ struct Running {
     started: Instant,
 }
 
+/// A map by request id. Request ids can come from clients (`x-request-id`), so the hash is
+/// seeded per process (foldhash), at a fraction of SipHash's cost on the warm path (a request
+/// is added to and removed from these maps once each).
+type ByRequest<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// Everything admission decides over, behind the gate's one mutex.
 struct State {
     /// The pure priority dispatcher: lanes, scores, limits, pools.
     d: Dispatcher,
     /// Queued requests waiting to be told their turn, by dispatcher id.
-    waiters: HashMap<Id, Waiter>,
+    waiters: IdMap<Id, Waiter>,
     /// Request id → dispatcher id, to find (and cancel) a queued request by its request id.
-    by_request: HashMap<String, Id>,
+    by_request: ByRequest<Id>,
     /// Requests let in and not yet settled, by request id (for positions and status).
-    running: HashMap<String, Running>,
+    running: ByRequest<Running>,
     /// One budget ledger per client slot (see [`slot`]).
     ledgers: Vec<Ledger>,
     /// `/internal/reserve` holds, by reservation id.
@@ -133,9 +139,9 @@ impl Gate {
         let pools = config.pools.iter().map(|p| Pool::new(p.capacity, p.refill_per_sec, &sharing(p), 0)).collect();
         let state = State {
             d: Dispatcher::new(clients, limits, pools, settings(&config)),
-            waiters: HashMap::new(),
-            by_request: HashMap::new(),
-            running: HashMap::new(),
+            waiters: IdMap::default(),
+            by_request: ByRequest::default(),
+            running: ByRequest::default(),
             ledgers,
             holds: HashMap::new(),
         };
