@@ -11,13 +11,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
-use axum::http::header;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue};
 use axum::response::Response;
+use futures_util::FutureExt;
 use hyper::body::{Frame, SizeHint};
+use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
 use tower_http::compression::CompressionLayer;
 
 use crate::app::App;
+use crate::base::caller::Caller;
 
 /// Smaller answers are sent as they are: compressing them saves little and costs a frame.
 const MIN_SIZE: u16 = 1024;
@@ -32,13 +36,51 @@ fn rule() -> impl Predicate {
 }
 
 /// The compression layer with warden's rule of what to compress.
-pub fn layer() -> CompressionLayer<impl Predicate> {
+fn layer() -> CompressionLayer<impl Predicate> {
     CompressionLayer::new().compress_when(rule())
+}
+
+/// `inner` behind the compression layer, the answer's own bytes counted inside it (`count_raw`);
+/// `Counting` or `count_saved` outside it adds up what was saved.
+pub fn stack<S>(inner: S) -> impl Service<Request, Response = Response, Error = Infallible, Future: Send> + Clone
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    ServiceBuilder::new()
+        .map_response(|r: Response<_>| r.map(Body::new))
+        .layer(layer())
+        .map_response(count_raw)
+        .service(inner)
+}
+
+/// A model answer for a client that accepts an encoding (`accept`, its `Accept-Encoding`):
+/// through the compression stack only when the layer may compress it, so the usual small answer
+/// is sent as it is with nothing wrapped; what compression saved goes to `caller`'s figures.
+pub fn answer(resp: Response, accept: Option<HeaderValue>, caller: Caller, app: &Arc<App>) -> Response {
+    let Some(accept) = accept.filter(|_| may_compress(&resp)) else {
+        return resp;
+    };
+    // The stack's services are `Clone` (the router's stack is cloned per request); this one
+    // is called once.
+    let resp = Arc::new(std::sync::Mutex::new(Some(resp)));
+    let this = tower::service_fn(move |_: Request| {
+        let taken = resp.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        std::future::ready(Ok::<_, Infallible>(taken.expect("called once")))
+    });
+    let mut asked = Request::new(Body::empty());
+    asked.headers_mut().insert(header::ACCEPT_ENCODING, accept);
+    // Every service in the stack answers at once: the answer is ready when first polled.
+    let Some(Ok(mut packed)) = stack(this).oneshot(asked).now_or_never() else {
+        unreachable!("the compression stack answers at once")
+    };
+    packed.extensions_mut().insert(caller);
+    count_saved(packed, app)
 }
 
 /// Whether the layer may compress this answer: one it will pass as it is (most model answers
 /// are under 1 KiB and say so) needs nothing counted.
-pub fn may_compress(resp: &Response) -> bool {
+fn may_compress(resp: &Response) -> bool {
     rule().should_compress(resp)
 }
 
@@ -85,7 +127,7 @@ fn count_saved(resp: Response, app: &Arc<App>) -> Response {
 
 /// Inside the compression layer: counts the answer's own bytes, and leaves the count on the
 /// answer for `counted` (the compression layer keeps a response's extensions).
-pub fn count_raw(resp: Response) -> Response {
+fn count_raw(resp: Response) -> Response {
     if !may_compress(&resp) {
         return resp;
     }

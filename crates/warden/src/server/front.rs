@@ -8,24 +8,26 @@
 //! the router with nothing boxed on the way.
 //!
 //! The model endpoints (`POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`) skip
-//! the router: the caller is checked as `ClientAuth` does and the pipeline runs at once (behind
-//! compression for a client that accepts an encoding). axum's route boxed two futures and kept
-//! the path's parameters for each such request, about 1 KB for every request held through a
-//! cold start; every other request goes through the router.
+//! the router: the caller is checked as `ClientAuth` does and the pipeline runs at once. axum's
+//! route boxed two futures and kept the path's parameters for each such request, about 1 KB for
+//! every request held through a cold start; every other request goes through the router. Their
+//! answer meets the compression stack only when it may be compressed (`compress::answer`): most
+//! are under 1 KiB, and wrapping each in the stack's futures and bodies cost about a tenth of a
+//! proxied request's instructions.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{header, Method};
+use axum::http::{header, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use futures_util::future::{BoxFuture, Either, Ready};
 use futures_util::FutureExt;
 use hyper::body::Incoming;
 use tower::util::BoxCloneSyncService;
-use tower::{Service, ServiceBuilder};
+use tower::Service;
 
 use crate::app::App;
 use crate::base::caller::Caller;
@@ -38,23 +40,17 @@ const MAX_URI: usize = 8 << 10;
 /// Request headers larger than this together are refused (431).
 const MAX_HEADERS: usize = 64 << 10;
 
-/// The router and the model endpoints, each also behind compression.
+/// The router, also behind compression, and the app for the model endpoints.
 #[derive(Clone)]
 pub struct Front {
     plain: Router,
     compressed: BoxCloneSyncService<Request, Response, Infallible>,
-    models_compressed: BoxCloneSyncService<Request, Response, Infallible>,
     app: Arc<App>,
 }
 
 impl Front {
     pub fn new(router: Router, app: Arc<App>) -> Front {
-        Front {
-            compressed: behind_compression(router.clone()),
-            models_compressed: behind_compression(Models(app.clone())),
-            plain: router,
-            app,
-        }
+        Front { compressed: behind_compression(router.clone()), plain: router, app }
     }
 }
 
@@ -64,12 +60,7 @@ where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
 {
-    let stack = ServiceBuilder::new()
-        .map_response(|r: Response<_>| r.map(Body::new))
-        .layer(compress::layer())
-        .map_response(compress::count_raw)
-        .service(inner);
-    BoxCloneSyncService::new(stack)
+    BoxCloneSyncService::new(compress::stack(inner))
 }
 
 /// A refusal, the router's answer, or a model request run straight through the pipeline.
@@ -80,80 +71,51 @@ type Plain = Either<
 
 /// hyper's own service trait, taken by `&self`: hyper calls it once per request, and nothing is
 /// cloned for a request but the router's handle (an `Arc`), and the compression stack for a
-/// client that accepts an encoding.
+/// client that accepts an encoding (a model answer meets it only when large enough to compress).
 impl hyper::service::Service<hyper::Request<Incoming>> for Front {
     type Response = Response;
     type Error = Infallible;
     type Future = Either<Plain, compress::Counting<BoxFuture<'static, Result<Response, Infallible>>>>;
 
     fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
-        let mut req = req.map(Body::new);
+        let req = req.map(Body::new);
         let refuse =
             |e: ApiError| Either::Left(Either::Left(Either::Left(futures_util::future::ready(Ok(e.into_response())))));
         if let Err(refused) = head_limits(&req) {
             return refuse(refused);
         }
-        // The router and the compression stacks are always ready, so they are called without
-        // asking. A client that accepts no encoding gets nothing compressed and nothing counted.
-        let compressing = req.headers().contains_key(header::ACCEPT_ENCODING);
         let model_request = req.method() == Method::POST && Endpoint::from_path(req.uri().path()).is_some();
         if model_request {
             // As `ClientAuth` does on the router's routes.
             let Some(caller) = auth::caller(&self.app, req.headers()) else {
                 return refuse(ApiError::Unauthorized);
             };
-            if !compressing {
-                return Either::Left(Either::Right(Models::run(self.app.clone(), caller, req, false)));
-            }
-            // Through the compression stack, the caller rides in the request's extensions.
-            req.extensions_mut().insert(caller);
-            let answer = self.models_compressed.clone().call(req);
-            return Either::Right(compress::Counting::new(answer, self.app.clone()));
+            // Compressed (and counted) after the pipeline answers, if at all: most model answers
+            // are too small for it and go as they are.
+            let accept = req.headers().get(header::ACCEPT_ENCODING).cloned();
+            return Either::Left(Either::Right(models(self.app.clone(), caller, req, accept)));
         }
-        if !compressing {
+        // The router and the compression stack are always ready, so they are called without
+        // asking. A client that accepts no encoding gets nothing compressed and nothing counted.
+        if !req.headers().contains_key(header::ACCEPT_ENCODING) {
             return Either::Left(Either::Left(Either::Right(self.plain.clone().call(req))));
         }
         Either::Right(compress::Counting::new(self.compressed.clone().call(req), self.app.clone()))
     }
 }
 
-/// The model endpoints as a service, for the compression layer to wrap; the caller comes in the
-/// request's extensions (`Front` checked it).
-#[derive(Clone)]
-struct Models(Arc<App>);
-
-impl Models {
-    /// The pipeline's answer to a model request; with `tag`, the caller goes on the answer (the
-    /// compression layer counts what it saved each client).
-    fn run(app: Arc<App>, caller: Caller, req: Request, tag: bool) -> BoxFuture<'static, Result<Response, Infallible>> {
-        // Only the endpoints' own paths come here.
-        let endpoint = Endpoint::from_path(req.uri().path()).unwrap_or(Endpoint::Chat);
-        let run = pipeline::run(app, Inbound::new(caller, req, Target::Model(endpoint)));
-        Box::pin(run.map(move |answer| {
-            let mut resp = answer.into_response();
-            if tag && compress::may_compress(&resp) {
-                resp.extensions_mut().insert(caller);
-            }
-            Ok(resp)
-        }))
-    }
-}
-
-impl Service<Request> for Models {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut req: Request) -> Self::Future {
-        let Some(caller) = req.extensions_mut().remove::<Caller>() else {
-            return Box::pin(futures_util::future::ready(Ok(ApiError::Unauthorized.into_response())));
-        };
-        Models::run(self.0.clone(), caller, req, true)
-    }
+/// The pipeline's answer to a model request, compressed for a client that accepts an encoding
+/// (`accept`) when it is large enough.
+fn models(
+    app: Arc<App>,
+    caller: Caller,
+    req: Request,
+    accept: Option<HeaderValue>,
+) -> BoxFuture<'static, Result<Response, Infallible>> {
+    // Only the endpoints' own paths come here.
+    let endpoint = Endpoint::from_path(req.uri().path()).unwrap_or(Endpoint::Chat);
+    let run = pipeline::run(app.clone(), Inbound::new(caller, req, Target::Model(endpoint)));
+    Box::pin(run.map(move |answer| Ok(compress::answer(answer.into_response(), accept, caller, &app))))
 }
 
 /// 414 and 431 in the JSON error shape (the HTTP layer's own refusals, for heads larger still,
