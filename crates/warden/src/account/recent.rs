@@ -18,7 +18,7 @@ pub struct Finished {
     pub at_unix_ms: u64,
     pub request_id: String,
     pub client: String,
-    pub model: Option<String>,
+    pub model: Option<std::sync::Arc<str>>,
     pub service: String,
     pub class: &'static str,
     pub status: u16,

@@ -13,6 +13,6 @@ pub fn check(app: &App, caller: &Caller, route: &Route) -> Result<(), ApiError> 
     if client.may_use(&model.name) {
         Ok(())
     } else {
-        Err(ApiError::Forbidden { client: client.name.clone(), model: model.name.clone() })
+        Err(ApiError::Forbidden { client: client.name.clone(), model: model.name.to_string() })
     }
 }

@@ -41,7 +41,7 @@ pub fn analyze(app: &App, caller: &Caller, priority: Option<&str>, body: Bytes) 
         super::admit::class_of(app, &headers)?;
     }
     let (route, e) = super::dry_run(app, caller, endpoint, body.clone())?;
-    let model = route.model.as_ref().map_or(String::new(), |m| m.name.clone());
+    let model = route.model.as_ref().map_or(String::new(), |m| m.name.to_string());
     let without = app.gate.cost(Some(&model), e.prompt_tokens, e.completion_tokens);
     let mut strategies = Vec::new();
     let mut with = without;

@@ -171,7 +171,7 @@ fn serve(
     started: Instant,
     mark: &'static str,
 ) -> Response<Body> {
-    let model = route.model.as_ref().map_or("", |m| m.name.as_str());
+    let model = route.model.as_ref().map_or("", |m| &*m.name);
     let class = super::admit::class_of(app, headers).unwrap_or(policy::class::Class::Normal);
     app.gate.record_cached(CachedAnswer {
         client: caller.client,

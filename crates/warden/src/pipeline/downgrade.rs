@@ -37,7 +37,7 @@ pub fn choose(app: &App, caller: &Caller, headers: &HeaderMap, route: &Route) ->
     if opt.downgrade_classes.is_empty() && opt.downgrade_over_budget.is_none() {
         return None;
     }
-    let from = route.model.as_ref()?.name.clone();
+    let from = route.model.as_ref()?.name.to_string();
     let to = config.ladders.get(&from)?.smaller.clone()?;
     let class = super::admit::class_of(app, headers).ok()?;
     let why = if class == Class::Immediate {

@@ -15,7 +15,7 @@ pub struct Estimated {
 }
 
 pub fn request(app: &App, route: &Route, endpoint: Endpoint, body: Bytes) -> Estimated {
-    let termed = route.model.as_ref().is_some_and(|m| app.config().model_terms.contains_key(&m.name));
+    let termed = route.model.as_ref().is_some_and(|m| app.config().model_terms.contains_key(&*m.name));
     let plain = || Estimated { estimate: Estimate::default(), body: body.clone() };
     if !termed {
         return plain();

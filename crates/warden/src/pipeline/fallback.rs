@@ -32,7 +32,7 @@ pub struct Again {
 /// The models to try after `planned`'s, in order (empty: no fallback, the usual case).
 pub fn list(app: &App, planned: &Planned) -> Vec<String> {
     let Some(model) = planned.route.model.as_ref() else { return Vec::new() };
-    app.config().ladders.get(&model.name).map_or(Vec::new(), |l| l.fallback.clone())
+    app.config().ladders.get(&*model.name).map_or(Vec::new(), |l| l.fallback.clone())
 }
 
 /// Whether a failed attempt may be tried on the next model: the failure was the service's, and
@@ -55,7 +55,7 @@ pub async fn run(
     let mut planned = first;
     let mut rest = fallbacks.iter();
     loop {
-        let model = planned.route.model.as_ref().map_or_else(String::new, |m| m.name.clone());
+        let model = planned.route.model.as_ref().map_or_else(String::new, |m| m.name.to_string());
         let outcome = attempt(app.clone(), caller, again.request(), planned, request_id.clone()).await;
         let why = match &outcome {
             Ok(resp) if resp.status().is_server_error() || resp.status().as_u16() == 429 => {
@@ -74,7 +74,7 @@ pub async fn run(
             "Request {request_id}: {model} failed ({why}); trying {}",
             next.model.as_ref().map_or("?", |m| &m.name)
         );
-        let to = next.model.as_ref().map_or("", |m| m.name.as_str());
+        let to = next.model.as_ref().map_or("", |m| &*m.name);
         app.events.emit("fallback", serde_json::json!({"request_id": request_id, "from": model, "to": to, "why": why}));
         app.pressure.fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tried.push(format!("{model}: {why}"));
@@ -107,7 +107,7 @@ impl Again {
     /// The plan for `route`'s model: the body names it, and it is estimated (and reserved) at
     /// that model's terms.
     fn plan(&self, app: &App, route: route::Route) -> Planned {
-        let name = route.model.as_ref().map_or("", |m| m.name.as_str()).to_string();
+        let name = route.model.as_ref().map_or("", |m| &*m.name).to_string();
         let body = ladder::retarget(&self.body, &name);
         super::model_plan(app, route, self.endpoint, body, self.target(), None)
     }

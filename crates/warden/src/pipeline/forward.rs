@@ -2,6 +2,8 @@
 //! Its body carries the lease and the ticket (stage 9, `settle`), so the service counts as busy
 //! and the capacity as held until the body ends.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
 
@@ -27,7 +29,7 @@ pub struct Extras {
     /// Read the answer's `usage` for the ticket (OpenAI routes).
     pub usage: bool,
     /// The model that answers, told to the client (`x-warden-model`).
-    pub model: Option<String>,
+    pub model: Option<Arc<str>>,
     /// `x-warden-degraded`: another rung than asked for answers, and why.
     pub degraded: Option<String>,
     /// `x-warden-optimized`: what the optimizer did ("downgrade gpt-4→gpt-3.5 (batch class)").
@@ -110,11 +112,14 @@ pub(super) async fn forward(
     if let Ok(v) = HeaderValue::from_str(&id) {
         parts.headers.insert(REQUEST_ID_HEADER.clone(), v);
     }
-    let told =
-        [(&MODEL_HEADER, &extras.model), (&DEGRADED_HEADER, &extras.degraded), (&OPTIMIZED_HEADER, &extras.optimized)];
+    let told = [
+        (&MODEL_HEADER, extras.model.as_deref()),
+        (&DEGRADED_HEADER, extras.degraded.as_deref()),
+        (&OPTIMIZED_HEADER, extras.optimized.as_deref()),
+    ];
     for (name, value) in told {
         // From bytes: a model's name or the arrow in a downgrade may be UTF-8.
-        if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
+        if let Some(v) = value.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
             parts.headers.insert(name.clone(), v);
         }
     }

@@ -49,7 +49,7 @@ pub async fn choose(app: &App, route: Route, headers: &HeaderMap, body: &Bytes) 
     if !app.pressure.enabled() {
         return (route, None);
     }
-    let Some(asked) = route.model.as_ref().map(|m| m.name.clone()) else { return (route, None) };
+    let Some(asked) = route.model.as_ref().map(|m| m.name.to_string()) else { return (route, None) };
     let config = app.config();
     let ladder = config.ladders.get(&asked);
     let session = session_of(headers, body);
@@ -93,7 +93,7 @@ pub async fn choose(app: &App, route: Route, headers: &HeaderMap, body: &Bytes) 
         }
     };
     if let Some(s) = &session {
-        let rung = served.model.as_ref().map_or(asked.as_str(), |m| m.name.as_str());
+        let rung = served.model.as_ref().map_or(asked.as_str(), |m| &*m.name);
         app.pressure.sessions.pin(s, &asked, rung);
     }
     (served, degraded)

@@ -263,11 +263,11 @@ fn attempt(
         let perf = planned.route.model.as_ref().map(|m| forward::Probe {
             tracker: app.performance.clone(),
             metrics: app.metrics.clone(),
-            label: match app.config().models.contains_key(&m.name) {
-                true => m.name.as_str().into(),
+            label: match app.config().models.contains_key(&*m.name) {
+                true => m.name.clone(),
                 false => "other".into(),
             },
-            model: m.name.as_str().into(),
+            model: m.name.clone(),
             task: task::of(&parts.headers).map(Into::into),
             sent: std::time::Instant::now(),
         });
@@ -348,7 +348,7 @@ async fn plan(app: &App, caller: &Caller, parts: &mut Parts, body: Body, target:
             planned.cache = cached;
             planned.downgraded = downgraded;
             // Only for a request that gets a usage row: SHA-256 is 6 % of a warm request's work.
-            let model = planned.route.model.as_ref().map(|m| m.name.as_str());
+            let model = planned.route.model.as_ref().map(|m| &*m.name);
             planned.body_hash = app.gate.accounts(model).then(|| body_hash(endpoint.path(), &bytes));
             // Kept only for a model with fallbacks (the head is copied for each attempt), and kept
             // for the whole request: its own copy, not slices of hyper's read buffer.
@@ -402,7 +402,7 @@ fn model_plan(
 ) -> Planned {
     let estimated = estimate::request(app, &route, endpoint, bytes);
     let coalesce = match (endpoint, &route.model) {
-        (Endpoint::Embeddings, Some(m)) => app.config().coalesce.get(&m.name).map(|c| (*c, estimated.body.clone())),
+        (Endpoint::Embeddings, Some(m)) => app.config().coalesce.get(&*m.name).map(|c| (*c, estimated.body.clone())),
         _ => None,
     };
     let (body, gzipped) = match gzip_for(app, &route, &estimated.body) {

@@ -1,6 +1,8 @@
 //! Stage 3: which service serves the request. Model names go through the directory (the
 //! config's models plus those discovered on multi-model servers); passthrough names a service.
 
+use std::sync::Arc;
+
 use crate::app::App;
 use crate::base::errors::ApiError;
 
@@ -15,7 +17,7 @@ pub struct Route {
 
 #[derive(Debug, Clone)]
 pub struct RoutedModel {
-    pub name: String,
+    pub name: Arc<str>,
     /// The model's place in its service's models (its `ModelLive`).
     pub index: usize,
 }
@@ -23,9 +25,7 @@ pub struct RoutedModel {
 /// The service that serves `model`; 404 listing the known models.
 pub fn model(app: &App, model: &str) -> Result<Route, ApiError> {
     match app.directory.get(model) {
-        Some(r) => {
-            Ok(Route { service: r.service, model: Some(RoutedModel { name: model.to_string(), index: r.index }) })
-        }
+        Some(r) => Ok(Route { service: r.service, model: Some(RoutedModel { name: model.into(), index: r.index }) }),
         None => Err(ApiError::UnknownModel {
             model: model.to_string(),
             known: app.directory.all().into_iter().map(|(name, _)| name).collect(),

@@ -49,7 +49,7 @@ pub struct Ask {
     pub client: Option<usize>,
     pub class: Class,
     pub service: usize,
-    pub model: Option<String>,
+    pub model: Option<Arc<str>>,
     pub estimate: Estimate,
     pub request_id: String,
 }

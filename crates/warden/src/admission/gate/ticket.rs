@@ -28,7 +28,7 @@ pub struct Ticket {
     pub(super) reserved: Micros,
     /// What the reservation was computed from; charged as is when the answer reports no usage.
     pub(super) estimate: Estimate,
-    pub(super) model: Option<String>,
+    pub(super) model: Option<Arc<str>>,
     /// The service's name, for the usage record.
     pub(super) service: String,
     pub(super) class: Class,
@@ -165,7 +165,7 @@ impl Drop for Ticket {
         gate.store.record(UsageRecord {
             request_id: std::mem::take(&mut self.request_id),
             client: gate.slot_name(self.client),
-            model: self.model.take(),
+            model: self.model.take().map(|m| m.to_string()),
             service: std::mem::take(&mut self.service),
             class: self.class.as_str().to_string(),
             status: self.status.unwrap_or(0),
@@ -208,7 +208,7 @@ impl Gate {
             at_unix_ms: clock::unix_ms(),
             request_id: hit.request_id.clone(),
             client: self.client_name(hit.client),
-            model: Some(hit.model.to_string()),
+            model: Some(hit.model.into()),
             service: hit.service.clone(),
             class: hit.class.as_str(),
             status: 200,

@@ -143,7 +143,7 @@ pub async fn cost_estimate(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let (route, e) = dry_run(&app, &caller, &q, body)?;
-    let model = route.model.map(|m| m.name).unwrap_or_default();
+    let model = route.model.map(|m| m.name.to_string()).unwrap_or_default();
     let service = route.service;
     let cost = app.gate.cost(Some(&model), e.prompt_tokens, e.completion_tokens);
     let config = app.config();
