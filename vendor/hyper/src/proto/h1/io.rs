@@ -300,7 +300,11 @@ where
                 let n = filled.len();
                 trace!("received {} bytes", n);
                 if n > 0 {
-                    self.read_buf.reserve(cmp::max(next, n));
+                    // A read that did not fill the stack buffer is likely the whole message
+                    // (the usual API request): a buffer of its size, which the allocator hands
+                    // out far faster than 8 KiB; one that filled it may have more coming.
+                    let want = if n < size { n } else { cmp::max(next, n) };
+                    self.read_buf.reserve(want);
                     self.read_buf.extend_from_slice(filled);
                 }
                 self.read_buf_strategy.record(n);
