@@ -92,7 +92,10 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Front {
             };
             // Compressed (and counted) after the pipeline answers, if at all: most model answers
             // are too small for it and go as they are.
-            let accept = req.headers().get(header::ACCEPT_ENCODING).cloned();
+            // Copied, not cloned: a clone shares hyper's read buffer and would keep it for as
+            // long as the request is held (a cold start, the queue).
+            let accept =
+                req.headers().get(header::ACCEPT_ENCODING).and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok());
             return Either::Left(Either::Right(models(self.app.clone(), caller, req, accept)));
         }
         // The router and the compression stack are always ready, so they are called without
