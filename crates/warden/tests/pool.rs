@@ -38,7 +38,7 @@ async fn service(close: bool) -> (SocketAddr, Arc<AtomicUsize>) {
 }
 
 async fn ask(addr: SocketAddr) -> Result<String, SendFailure> {
-    let req = Request::builder().uri("/v1/models").header("host", addr.to_string()).body(Body::empty()).unwrap();
+    let req = Request::builder().uri("/v1/models").header("host", "the-client-asked-here").body(Body::empty()).unwrap();
     let resp = send(addr, req).await?;
     let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
     Ok(String::from_utf8(body.to_vec()).unwrap())

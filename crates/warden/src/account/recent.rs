@@ -16,7 +16,7 @@ const KEEP: usize = 10_000;
 #[derive(Debug, Clone, Serialize)]
 pub struct Finished {
     pub at_unix_ms: u64,
-    pub request_id: String,
+    pub request_id: std::sync::Arc<str>,
     pub client: String,
     pub model: Option<std::sync::Arc<str>>,
     pub service: String,
@@ -68,7 +68,7 @@ mod tests {
     fn f(n: u64) -> Finished {
         Finished {
             at_unix_ms: n,
-            request_id: n.to_string(),
+            request_id: n.to_string().into(),
             client: "c".into(),
             model: None,
             service: "s".into(),

@@ -254,10 +254,11 @@ mod insecure {
 pub static REQUEST_ID_HEADER: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
 
 /// The caller's `x-request-id` (kept for correlation), or a new one.
-pub fn request_id(headers: &HeaderMap) -> String {
+/// Shared, not copied: admission, the forward stage and settling each keep it.
+pub fn request_id(headers: &HeaderMap) -> Arc<str> {
     match headers.get(&REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()) {
-        Some(given) if !given.is_empty() && given.len() <= 128 => given.to_string(),
-        _ => new_request_id(),
+        Some(given) if !given.is_empty() && given.len() <= 128 => given.into(),
+        _ => new_request_id().into(),
     }
 }
 

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::http::{Request, Response};
+use axum::http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -34,6 +34,8 @@ struct Conn {
 
 struct Upstream {
     addr: SocketAddr,
+    /// Its address as the Host header, made once (a clone shares its bytes).
+    host: HeaderValue,
     conns: Vec<Conn>,
 }
 
@@ -60,7 +62,8 @@ impl Pool {
         let i = match self.upstreams.iter().position(|u| u.addr == addr) {
             Some(i) => i,
             None => {
-                self.upstreams.push(Upstream { addr, conns: Vec::new() });
+                let host = HeaderValue::try_from(addr.to_string()).expect("an address is a header value");
+                self.upstreams.push(Upstream { addr, host, conns: Vec::new() });
                 self.upstreams.len() - 1
             }
         };
@@ -83,7 +86,10 @@ impl Pool {
 /// Sends `req` (origin-form URI, Host set) to `addr` on a connection of this thread's, opening
 /// one (bounded by [`CONNECT_TIMEOUT`]) when none is ready. A request a connection closed on
 /// as it went idle goes out on another; one it took is never sent twice.
-pub async fn send(addr: SocketAddr, req: Request<Body>) -> Result<Response<Incoming>, SendFailure> {
+/// Sends `req` (origin form) to the service at `addr`, with its Host header set here.
+pub async fn send(addr: SocketAddr, mut req: Request<Body>) -> Result<Response<Incoming>, SendFailure> {
+    let host = POOL.with_borrow_mut(|pool| pool.upstream(addr).host.clone());
+    req.headers_mut().insert(header::HOST, host);
     let mut req = Some(req);
     loop {
         let now = Instant::now();

@@ -45,7 +45,7 @@ pub async fn admit(
     class: Class,
     route: &Route,
     estimate: Estimate,
-    request_id: &str,
+    request_id: &Arc<str>,
 ) -> Result<Ticket, ApiError> {
     if matches!(class, Class::Batch | Class::Deferred) && app.pressure.cpu_busy() {
         app.pressure.deferred.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -56,7 +56,7 @@ pub async fn admit(
         service: route.service,
         model: route.model.as_ref().map(|m| m.name.clone()),
         estimate,
-        request_id: request_id.to_string(),
+        request_id: request_id.clone(),
     };
     app.gate.admit(ask).await
 }

@@ -48,7 +48,7 @@ pub async fn run(
     caller: Caller,
     again: Again,
     first: Planned,
-    request_id: String,
+    request_id: Arc<str>,
     fallbacks: Vec<String>,
 ) -> Result<Response, ApiError> {
     let mut tried: Vec<String> = Vec::new();

@@ -25,7 +25,7 @@ pub struct Extras {
     pub ticket: Box<Ticket>,
     /// The client's Authorization is its warden key: never forwarded.
     pub strip_client_auth: bool,
-    pub request_id: String,
+    pub request_id: Arc<str>,
     /// Read the answer's `usage` for the ticket (OpenAI routes).
     pub usage: bool,
     /// The model that answers, told to the client (`x-warden-model`).
@@ -151,11 +151,9 @@ pub(super) async fn send(
     *req.uri_mut() = uri.ok_or_else(|| ApiError::BadRequest(format!("invalid path {path_and_query:?}")))?;
     strip_hop_headers(req.headers_mut());
     let headers = req.headers_mut();
-    match direct.and_then(|_| HeaderValue::from_str(&lease.upstream()["http://".len()..]).ok()) {
-        Some(host) => _ = headers.insert(header::HOST, host),
-        // The client sets Host for the service's own address.
-        None => _ = headers.remove(header::HOST),
-    }
+    // Host is the service's own address: set by the pool for a direct service, by the client
+    // from the absolute URI otherwise.
+    headers.remove(header::HOST);
     if let Ok(v) = HeaderValue::from_str(id) {
         headers.insert(REQUEST_ID_HEADER.clone(), v);
     }

@@ -246,7 +246,7 @@ fn attempt(
     caller: Caller,
     mut parts: Parts,
     planned: Planned,
-    request_id: String,
+    request_id: Arc<str>,
 ) -> impl std::future::Future<Output = Result<Response, ApiError>> + Send {
     async move {
         let (app, caller) = (&app, &caller);

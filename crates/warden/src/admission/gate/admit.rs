@@ -135,7 +135,7 @@ struct Pending {
     /// Its place in the dispatcher.
     id: Id,
     /// To forget it in `running` if it was granted its turn just as it gave up.
-    request_id: String,
+    request_id: Arc<str>,
     /// Where its turn is announced.
     rx: Option<oneshot::Receiver<Grant>>,
     client: usize,

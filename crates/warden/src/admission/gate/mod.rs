@@ -51,13 +51,13 @@ pub struct Ask {
     pub service: usize,
     pub model: Option<Arc<str>>,
     pub estimate: Estimate,
-    pub request_id: String,
+    pub request_id: Arc<str>,
 }
 
 /// A queued request's way to be told its turn has come.
 struct Waiter {
     /// For `by_request`, which must forget it when it leaves.
-    request_id: String,
+    request_id: Arc<str>,
     tx: oneshot::Sender<Grant>,
 }
 
@@ -73,7 +73,7 @@ struct Running {
 /// A map by request id. Request ids can come from clients (`x-request-id`), so the hash is
 /// seeded per process (foldhash), at a fraction of SipHash's cost on the warm path (a request
 /// is added to and removed from these maps once each).
-type ByRequest<V> = HashMap<String, V, foldhash::fast::RandomState>;
+type ByRequest<V> = HashMap<Arc<str>, V, foldhash::fast::RandomState>;
 
 /// Everything admission decides over, behind the gate's one mutex.
 struct State {

@@ -32,7 +32,7 @@ pub struct Ticket {
     /// The service's name, for the usage record.
     pub(super) service: String,
     pub(super) class: Class,
-    pub request_id: String,
+    pub request_id: Arc<str>,
     /// How long it waited for its turn.
     pub(super) queued: Duration,
     /// When it was let in, for the usage record's duration.
@@ -139,7 +139,7 @@ impl Drop for Ticket {
         // they are copied only for a request that gets one.
         let (request_id, model, service) = match self.accounted {
             true => (self.request_id.clone(), self.model.clone(), self.service.clone()),
-            false => (std::mem::take(&mut self.request_id), self.model.take(), std::mem::take(&mut self.service)),
+            false => (self.request_id.clone(), self.model.take(), std::mem::take(&mut self.service)),
         };
         gate.recent.record(Finished {
             at_unix_ms: clock::unix_ms(),
@@ -163,7 +163,7 @@ impl Drop for Ticket {
             None => 0,
         };
         gate.store.record(UsageRecord {
-            request_id: std::mem::take(&mut self.request_id),
+            request_id: self.request_id.to_string(),
             client: gate.slot_name(self.client),
             model: self.model.take().map(|m| m.to_string()),
             service: std::mem::take(&mut self.service),
@@ -206,7 +206,7 @@ impl Gate {
         let (_, month) = self.now();
         self.recent.record(Finished {
             at_unix_ms: clock::unix_ms(),
-            request_id: hit.request_id.clone(),
+            request_id: hit.request_id.as_str().into(),
             client: self.client_name(hit.client),
             model: Some(hit.model.into()),
             service: hit.service.clone(),

@@ -65,7 +65,7 @@ impl Accepted {
         }
         let body = Bytes::from(serde_json::to_vec(&envelope.request).expect("a Value serializes"));
         pipeline::dry_run(app, &caller, endpoint, body.clone())?;
-        let id = crate::base::http::request_id(headers);
+        let id = crate::base::http::request_id(headers).to_string();
         Ok(Accepted { caller, endpoint, body, priority: envelope.priority, id })
     }
 
