@@ -51,10 +51,22 @@ def spawn(cmd, **kw):
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
+# Temp dirs the bench made, removed at exit once what was spawned into them is stopped.
+SCRATCH = []
+
+
+def scratch(prefix):
+    d = tempfile.mkdtemp(prefix=prefix)
+    SCRATCH.append(d)
+    return d
+
+
 @atexit.register
 def _cleanup():
     for p in SPAWNED:
         kill(p, wait=5)
+    for d in SCRATCH:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def kill(p, sig=signal.SIGTERM, wait=15):
@@ -154,7 +166,7 @@ class Warden:
     """A warden on a free port with the given services config."""
 
     def __init__(self, bins, services_toml, extra_server=""):
-        self.dir = tempfile.mkdtemp(prefix="warden-bench-")
+        self.dir = scratch("warden-bench-")
         self.port = free_port()
         cfg = f'[server]\nlisten = "127.0.0.1:{self.port}"\nstate_dir = "state"\n{extra_server}\n{services_toml}'
         path = Path(self.dir) / "warden.toml"
@@ -243,7 +255,7 @@ def stream_times(url, n):
 
 
 def start_nginx(upstream_port):
-    d = tempfile.mkdtemp(prefix="nginx-bench-")
+    d = scratch("nginx-bench-")
     port = free_port()
     conf = f"""
 worker_processes auto;
@@ -273,7 +285,7 @@ http {{
 
 
 def start_litellm(upstream_port):
-    d = tempfile.mkdtemp(prefix="litellm-bench-")
+    d = scratch("litellm-bench-")
     port = free_port()
     Path(d, "config.yaml").write_text(f"""
 model_list:
@@ -382,7 +394,7 @@ def p2(bins, a):
 
 
 def p2_fake(bins, delay_ms, wakes):
-    d = tempfile.mkdtemp(prefix="wake-")
+    d = scratch("wake-")
     ready = Path(d) / "ready.json"
     w = Warden(bins, f"""
 [services.bench]
@@ -438,7 +450,7 @@ def make_model(path, width):
 
 
 def p2_llama(bins, a):
-    d = Path(tempfile.mkdtemp(prefix="wake-llama-"))
+    d = Path(scratch("wake-llama-"))
     model = d / "tiny.gguf"
     make_model(model, 64)
     args = ["-m", str(model), "-c", "512", "-t", "1"]
@@ -503,7 +515,7 @@ def p3(bins, a):
 
 def p4(bins, a):
     out = {}
-    d = Path(tempfile.mkdtemp(prefix="reclaim-"))
+    d = Path(scratch("reclaim-"))
     if LLAMA and not a.smoke:
         make_model(d / "tiny-a.gguf", 64)
         make_model(d / "tiny-b.gguf", 256)
@@ -721,7 +733,7 @@ def p9(bins, a):
 # ---------------------------------------------------------------- P10: shared state (replicas)
 
 def start_redis():
-    d = tempfile.mkdtemp(prefix="warden-bench-redis-")
+    d = scratch("warden-bench-redis-")
     port = free_port()
     proc = spawn(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                   "--dir", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
