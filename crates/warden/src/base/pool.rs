@@ -83,10 +83,9 @@ impl Pool {
     }
 }
 
-/// Sends `req` (origin-form URI, Host set) to `addr` on a connection of this thread's, opening
-/// one (bounded by [`CONNECT_TIMEOUT`]) when none is ready. A request a connection closed on
-/// as it went idle goes out on another; one it took is never sent twice.
-/// Sends `req` (origin form) to the service at `addr`, with its Host header set here.
+/// Sends `req` (origin-form URI; its Host header is set here, to `addr`) on a connection of this
+/// thread's, opening one (bounded by [`CONNECT_TIMEOUT`]) when none is ready. A request a
+/// connection closed on as it went idle goes out on another; one it took is never sent twice.
 pub async fn send(addr: SocketAddr, mut req: Request<Body>) -> Result<Response<Incoming>, SendFailure> {
     let host = POOL.with_borrow_mut(|pool| pool.upstream(addr).host.clone());
     req.headers_mut().insert(header::HOST, host);

@@ -142,7 +142,7 @@ pub(super) async fn send(
     id: &str,
 ) -> Result<Response<hyper::body::Incoming>, ApiError> {
     // A local service at an IP address is reached on this thread's own connections (origin
-    // form, Host set here); anything else through the pooled client (absolute form).
+    // form); anything else through the pooled client (absolute form).
     let direct = crate::base::pool::direct(lease.upstream());
     let uri = match direct {
         Some(_) => Uri::try_from(path_and_query).ok(),
