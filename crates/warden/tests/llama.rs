@@ -546,3 +546,42 @@ models = ["tiny"]
     let recent = w.get("/admin/requests?limit=3").await;
     assert!(recent["requests"].as_array().unwrap().iter().all(|r| r["class"] == "batch"), "{recent}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs llama-server: run scripts/test"]
+async fn a_large_llama_server_answer_is_compressed_and_a_small_one_is_not() {
+    use std::io::Read;
+    let llama = llama();
+    let models = tempfile::tempdir().unwrap();
+    let model = llama.make_model(models.path(), "tiny", 64);
+    let w = Warden::start(&format!(
+        r#"
+[services.llama]
+kind = "process"
+command = ["{server}", "-m", "{model}", "--port", "${{PORT}}", "-c", "512", "-t", "1"]
+start_timeout = "60s"
+models = ["tiny"]
+"#,
+        server = llama.server,
+        model = model.display()
+    ));
+    let chat = |tokens: u64| {
+        let body = json!({"model": "tiny", "messages": [{"role": "user", "content": "hello"}],
+            "max_tokens": tokens, "ignore_eos": true});
+        reqwest::Client::new().post(w.url("/v1/chat/completions")).header("accept-encoding", "gzip").json(&body).send()
+    };
+    // 300 tokens: an answer of well over 1 KiB, compressed after the pipeline answered.
+    let resp = chat(300).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-encoding"], "gzip", "{:?}", resp.headers());
+    let packed = resp.bytes().await.unwrap();
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&packed[..]).read_to_string(&mut text).unwrap();
+    let answer: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer["usage"]["completion_tokens"], 300, "{answer}");
+    // A few tokens: under 1 KiB, sent as llama-server wrote it.
+    let resp = chat(3).await.unwrap();
+    assert!(resp.headers().get("content-encoding").is_none(), "{:?}", resp.headers());
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(answer["usage"]["completion_tokens"], 3, "{answer}");
+}
