@@ -278,8 +278,10 @@ where
 
         #[cfg(feature = "server")]
         {
+            // The timer is kept (warden's patch): the next head's read resets it, which for a
+            // later deadline only moves the entry's expiry. Dropping it cost a fresh boxed sleep
+            // and a timer-wheel insert and removal for every request on a keep-alive connection.
             self.state.h1_header_read_timeout_running = false;
-            self.state.h1_header_read_timeout_fut = None;
         }
 
         // Note: don't deconstruct `msg` into local variables, it appears
