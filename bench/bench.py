@@ -322,6 +322,16 @@ desired = "on"
     # Whose CPU time is the proxy's: nginx's and LiteLLM's workers are their children; warden's
     # child is its backend, so only its own threads count.
     proxy_pids = {"warden": ([w.proc.pid], False)}
+    if (bins / "bare-proxy").exists():
+        # hyper alone, as warden uses it (crates/fake-backend/src/bin/bare-proxy.rs): the floor
+        # under warden's figures, what the HTTP library itself costs.
+        bare_port = free_port()
+        bare = spawn([str(bins / "bare-proxy"), "--port", str(bare_port), "--upstream", f"127.0.0.1:{upstream_port}"],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_http(f"http://127.0.0.1:{bare_port}/health")
+        procs.append(bare)
+        targets["hyper"] = f"http://127.0.0.1:{bare_port}/v1/chat/completions"
+        proxy_pids["hyper"] = ([bare.pid], False)
     if not a.smoke and shutil.which("nginx"):
         ng, ngport = start_nginx(upstream_port)
         procs.append(ng)
