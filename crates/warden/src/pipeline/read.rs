@@ -15,13 +15,16 @@ use std::future::Future;
 
 use crate::base::errors::ApiError;
 
+/// The most a body's buffer is given before its bytes arrive (it grows past it as they come).
+const PREALLOCATE_AT_MOST: u64 = 64 << 10;
+
 fn declared_len(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 /// Reads the whole body (model requests: the model is in it), refusing more than `limit`.
 /// Copied into one buffer of its own (see the module's note), sized by the declared length:
-/// one allocation and one copy, where collecting the frames first and copying them out again
+/// for most bodies one allocation and one copy, where collecting the frames first and copying them out again
 /// cost a queue of frames and a copy more.
 pub async fn whole(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     use http_body_util::BodyExt;
@@ -30,7 +33,9 @@ pub async fn whole(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
         return Err(ApiError::BodyTooLarge { limit });
     }
     let mut body = body;
-    let mut bytes = bytes::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    // Sized by the declared length only up to a bound: a client that declares a large body and
+    // sends it slowly (or never) must not make warden reserve it all up front.
+    let mut bytes = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(PREALLOCATE_AT_MOST) as usize);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ApiError::BadRequest(format!("could not read the request body: {e}")))?;
         if let Ok(data) = frame.into_data() {
