@@ -24,8 +24,8 @@ fn declared_len(headers: &HeaderMap) -> Option<u64> {
 
 /// Reads the whole body (model requests: the model is in it), refusing more than `limit`.
 /// Copied into one buffer of its own (see the module's note), sized by the declared length:
-/// for most bodies one allocation and one copy, where collecting the frames first and copying them out again
-/// cost a queue of frames and a copy more.
+/// for most bodies one allocation and one copy, where collecting the frames first and copying
+/// them out again cost a queue of frames and a copy more.
 pub async fn whole(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     use http_body_util::BodyExt;
     let declared = declared_len(headers);
@@ -44,6 +44,11 @@ pub async fn whole(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
             }
             bytes.extend_from_slice(&data);
         }
+    }
+    // A held request keeps its body: one that outgrew its first buffer (or came shorter than
+    // declared) is copied to its own size rather than kept with the room to spare.
+    if bytes.capacity() - bytes.len() > bytes.len() / 8 {
+        return Ok(Bytes::copy_from_slice(&bytes));
     }
     Ok(bytes.freeze())
 }
