@@ -239,7 +239,10 @@ impl Tracker {
             c.new_since += 1;
         }
         let mut samples = self.lock();
-        while samples.len() >= KEEP || samples.front().is_some_and(|s| s.at.elapsed() > KEEP_FOR) {
+        // Aged against the new sample's time rather than a fresh reading of the clock.
+        while samples.len() >= KEEP
+            || samples.front().is_some_and(|s| sample.at.saturating_duration_since(s.at) > KEEP_FOR)
+        {
             samples.pop_front();
         }
         samples.push_back(sample);

@@ -260,6 +260,7 @@ fn attempt(
         let mut ticket = Box::new(read::owned_if_waiting(&mut parts, &mut owned, admitted).await?);
         ticket.downgraded_from = planned.downgraded.as_ref().map(|d| d.from.clone());
         ticket.body_hash = planned.body_hash;
+        let waited = std::time::Instant::now();
         let perf = planned.route.model.as_ref().map(|m| forward::Probe {
             tracker: app.performance.clone(),
             metrics: app.metrics.clone(),
@@ -269,9 +270,9 @@ fn attempt(
             },
             model: m.name.clone(),
             task: task::of(&parts.headers).map(Into::into),
-            sent: std::time::Instant::now(),
+            // Until it is sent: a request that fails before is timed from here.
+            sent: waited,
         });
-        let waited = std::time::Instant::now();
         let acquiring = std::pin::pin!(acquire::acquire(app, &planned.route));
         let acquired = match read::owned_if_waiting(&mut parts, &mut owned, acquiring).await {
             Ok(a) => a,

@@ -27,13 +27,15 @@ impl Gate {
         async move {
             let client = slot(ask.client);
             let reserved = self.cost(ask.model.as_deref(), ask.estimate.prompt_tokens, ask.estimate.completion_tokens);
-            let (_, month) = self.now();
             // Replicas: the shared counts first (they bind; the local books below count only this
             // replica's share and never refuse what they grant).
             // Boxed, and only with `[state].shared`: its Redis calls would otherwise add a kilobyte to
             // every request held in admission, replicas or not.
             let shared = match self.shared.is_some() {
-                true => Box::pin(self.admit_shared(&ask, reserved, month)).await?,
+                true => {
+                    let (_, month) = self.now();
+                    Box::pin(self.admit_shared(&ask, reserved, month)).await?
+                }
                 false => None,
             };
             let (now, month) = self.now();
@@ -80,9 +82,9 @@ impl Gate {
             let wait = self.config().scheduler.queue_timeout;
             let rx = pending.rx.as_mut().expect("set above");
             // Usually the turn was granted at once, under the same lock: no timer to set up.
-            let granted = match rx.try_recv() {
-                Ok(grant) => Ok(Ok(grant)),
-                Err(_) => tokio::time::timeout(wait, rx).await,
+            let (granted, at_once) = match rx.try_recv() {
+                Ok(grant) => (Ok(Ok(grant)), true),
+                Err(_) => (tokio::time::timeout(wait, rx).await, false),
             };
             let grant = match granted {
                 Ok(Ok(grant)) => grant,
@@ -93,7 +95,11 @@ impl Gate {
             };
             // Dispatch recorded it as running when it granted the turn: no second lock here.
             pending.done = true;
-            let queued = Duration::from_millis(self.now().0.ms.saturating_sub(grant.waiting.enqueued_ms));
+            // Granted at once: it did not queue (and the clock need not be read again to say so).
+            let queued = match at_once {
+                true => Duration::ZERO,
+                false => Duration::from_millis(self.now().0.ms.saturating_sub(grant.waiting.enqueued_ms)),
+            };
             let accounted = self.accounts(ask.model.as_deref());
             Ok(Ticket {
                 gate: self.clone(),
