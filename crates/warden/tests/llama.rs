@@ -15,23 +15,14 @@ async fn llama_server_wakes_answers_streams_and_sleeps() {
     let llama = llama();
     let models = tempfile::tempdir().unwrap();
     let model = llama.make_model(models.path(), "tiny", 64);
-    let w = Warden::start(&format!(
-        r#"
-[idle]
-check_interval = "100ms"
-
-[services.llama]
-kind = "process"
-command = ["{server}", "-m", "{model}", "--port", "${{PORT}}", "-c", "512", "-t", "1", "-np", "2"]
-env = {{ LLAMA_ARG_CTX_SIZE = "512" }}
-health = "/health"
-start_timeout = "60s"
-models = ["tiny", "tiny-alias"]
-idle_timeout = "1500ms"
-"#,
-        server = llama.server,
-        model = model.display()
-    ));
+    let service = llama.service(
+        "llama",
+        &model,
+        &["-np", "2"],
+        &["tiny", "tiny-alias"],
+        "env = { LLAMA_ARG_CTX_SIZE = \"512\" }\nidle_timeout = \"1500ms\"",
+    );
+    let w = Warden::start(&format!("[idle]\ncheck_interval = \"100ms\"\n{service}"));
     let body = json!({"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8,
         // The model's weights are random: without this it may pick its end token early.
         "ignore_eos": true});
@@ -164,24 +155,9 @@ threshold = 1.0
 reserve = "0"
 min_residency = "0s"
 
-[services.big]
-kind = "process"
-command = ["{server}", "-m", "{big}", "--port", "${{PORT}}", "-c", "512", "-t", "1"]
-models = ["big"]
-memory = "auto"
-start_timeout = "60s"
-
-[services.small]
-kind = "process"
-command = ["{server}", "-m", "{small}", "--port", "${{PORT}}", "-c", "512", "-t", "1"]
-models = ["small"]
-memory = "auto"
-idle_timeout = "1s"
-start_timeout = "60s"
-"#,
-        server = llama.server,
-        big = big.display(),
-        small = small.display()
+{big}{small}"#,
+        big = llama.service("big", &big, &[], &["big"], "memory = \"auto\""),
+        small = llama.service("small", &small, &[], &["small"], "memory = \"auto\"\nidle_timeout = \"1s\""),
     ));
     // Before anything ran, the plan uses the GGUF estimate: file size x 1.2 on CPU.
     let r = w.get("/admin/resources").await;
@@ -221,19 +197,12 @@ async fn a_priced_llama_model_is_charged_what_llama_server_reports() {
         r#"
 [scheduler]
 default_max_tokens = 3
-
-[services.llama]
-kind = "process"
-command = ["{server}", "-m", "{model}", "--port", "${{PORT}}", "-c", "512", "-t", "1"]
-start_timeout = "60s"
-models = ["tiny"]
-
+{service}
 [models.tiny]
 service = "llama"
 price = {{ input_per_1k = 1.0, output_per_1k = 2.0 }}
 "#,
-        server = llama.server,
-        model = model.display()
+        service = llama.service("llama", &model, &[], &["tiny"], "")
     ));
     let cost_of = |id: String| {
         let w = &w;
@@ -304,19 +273,7 @@ horizon = "1s"
 ram = "auto"
 threshold = 1.0
 
-[services.big]
-kind = "process"
-command = ["{server}", "-m", "{big}", "--port", "${{PORT}}", "-c", "512", "-t", "1"]
-models = ["big"]
-start_timeout = "60s"
-idle_timeout = "1s"
-
-[services.small]
-kind = "process"
-command = ["{server}", "-m", "{small}", "--port", "${{PORT}}", "-c", "512", "-t", "1"]
-models = ["small"]
-start_timeout = "60s"
-
+{big}{small}
 [services.hog]
 kind = "process"
 command = ["FAKE", "--port", "${{PORT}}"]
@@ -324,9 +281,8 @@ command = ["FAKE", "--port", "${{PORT}}"]
 [models.big]
 smaller = "small"
 "#,
-            server = llama.server,
-            big = big.display(),
-            small = small.display()
+            big = llama.service("big", &big, &[], &["big"], "idle_timeout = \"1s\""),
+            small = llama.service("small", &small, &[], &["small"], ""),
         ),
         &cgroup.0,
     );
@@ -390,23 +346,9 @@ async fn the_official_ollama_client_chats_generates_embeds_and_lists_through_war
     let models = tempfile::tempdir().unwrap();
     let model = llama.make_model(models.path(), "tiny", 64);
     let w = Warden::start(&format!(
-        r#"
-[services.llama]
-kind = "process"
-command = ["{server}", "-m", "{model}", "--port", "${{PORT}}", "-c", "512", "-t", "1"]
-health = "/health"
-start_timeout = "60s"
-models = ["tiny"]
-
-[services.embed]
-kind = "process"
-command = ["{server}", "-m", "{model}", "--port", "${{PORT}}", "-c", "512", "-t", "1", "--embeddings", "--pooling", "mean"]
-health = "/health"
-start_timeout = "60s"
-models = ["tiny-embed"]
-"#,
-        server = llama.server,
-        model = model.display()
+        "{}{}",
+        llama.service("llama", &model, &[], &["tiny"], ""),
+        llama.service("embed", &model, &["--embeddings", "--pooling", "mean"], &["tiny-embed"], "")
     ));
     let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/ollama_client.py");
     let out = std::process::Command::new(&llama.python).arg(script).arg(w.url("")).output().unwrap();
@@ -424,27 +366,19 @@ async fn llama_server_answers_are_cached_and_its_embeddings_coalesced() {
         r#"
 [cache]
 enabled = true
-
-[services.llama]
-kind = "process"
-command = ["{server}", "-m", "{model}", "--port", "${{PORT}}", "-c", "512", "-t", "1"]
-health = "/health"
-start_timeout = "60s"
-models = ["tiny"]
-
-[services.embed]
-kind = "process"
-command = ["{server}", "-m", "{model}", "--port", "${{PORT}}", "-c", "512", "-t", "1", "--embeddings", "--pooling", "mean"]
-health = "/health"
-start_timeout = "60s"
-models = ["tiny-embed", "tiny-embed-alone"]
-
+{llama}{embed}
 [models.tiny-embed]
 service = "embed"
 coalesce = "1s"
 "#,
-        server = llama.server,
-        model = model.display()
+        llama = llama.service("llama", &model, &[], &["tiny"], ""),
+        embed = llama.service(
+            "embed",
+            &model,
+            &["--embeddings", "--pooling", "mean"],
+            &["tiny-embed", "tiny-embed-alone"],
+            ""
+        )
     ));
     // Cache: the same deterministic stream twice; the second never reaches llama-server.
     let body = serde_json::json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
@@ -497,18 +431,7 @@ async fn a_batch_wakes_llama_server_and_every_line_gets_its_answer() {
     let llama = llama();
     let models = tempfile::tempdir().unwrap();
     let model = llama.make_model(models.path(), "tiny", 64);
-    let w = Warden::start(&format!(
-        r#"
-[services.llama]
-kind = "process"
-command = ["{server}", "-m", "{model}", "--port", "${{PORT}}", "-c", "512", "-t", "1", "-np", "2"]
-health = "/health"
-start_timeout = "60s"
-models = ["tiny"]
-"#,
-        server = llama.server,
-        model = model.display()
-    ));
+    let w = Warden::start(&llama.service("llama", &model, &["-np", "2"], &["tiny"], ""));
     let lines: Vec<String> = (0..3)
         .map(|i| {
             json!({"custom_id": format!("q{i}"), "method": "POST", "url": "/v1/chat/completions",
@@ -554,17 +477,7 @@ async fn a_large_llama_server_answer_is_compressed_and_a_small_one_is_not() {
     let llama = llama();
     let models = tempfile::tempdir().unwrap();
     let model = llama.make_model(models.path(), "tiny", 64);
-    let w = Warden::start(&format!(
-        r#"
-[services.llama]
-kind = "process"
-command = ["{server}", "-m", "{model}", "--port", "${{PORT}}", "-c", "512", "-t", "1"]
-start_timeout = "60s"
-models = ["tiny"]
-"#,
-        server = llama.server,
-        model = model.display()
-    ));
+    let w = Warden::start(&llama.service("llama", &model, &[], &["tiny"], ""));
     let chat = |tokens: u64| {
         let body = json!({"model": "tiny", "messages": [{"role": "user", "content": "hello"}],
             "max_tokens": tokens, "ignore_eos": true});

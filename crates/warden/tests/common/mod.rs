@@ -359,6 +359,22 @@ impl Llama {
         assert!(status.success(), "generating {name}.gguf failed");
         out
     }
+
+    /// A `[services.NAME]` block that runs llama-server on `model` (a 512-token context, one
+    /// thread, `args` added), health-checked, serving `models`; `more` ends the block as written.
+    pub fn service(&self, name: &str, model: &std::path::Path, args: &[&str], models: &[&str], more: &str) -> String {
+        let quoted = |items: &[&str]| items.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
+        let base =
+            [self.server.as_str(), "-m", &model.display().to_string(), "--port", "${PORT}", "-c", "512", "-t", "1"]
+                .map(|a| format!("{a:?}"))
+                .join(", ");
+        let args = if args.is_empty() { String::new() } else { format!(", {}", quoted(args)) };
+        format!(
+            "\n[services.{name}]\nkind = \"process\"\ncommand = [{base}{args}]\nhealth = \"/health\"\n\
+             start_timeout = \"60s\"\nmodels = [{models}]\n{more}\n",
+            models = quoted(models)
+        )
+    }
 }
 
 /// Live processes whose parent is `pid`.
