@@ -428,11 +428,29 @@ impl Dispatcher {
         None
     }
 
+    /// Runs `w` at once when nothing waits and it fits, without queueing it: with no one
+    /// ahead there is no order to keep, so this is what [`push`](Self::push) then
+    /// [`next`](Self::next) would decide, minus the lane, the entry and the ranking (the
+    /// usual case, whenever warden keeps up). Otherwise `w` comes back, to be pushed.
+    pub fn start_now(&mut self, w: Waiting, now: Now) -> Result<Grant, Waiting> {
+        if self.paused || !self.entries.is_empty() || self.fits(&w, now).is_err() {
+            return Err(w);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        Ok(self.take_capacity(id, w, now))
+    }
+
     fn start(&mut self, id: Id, w: Waiting, now: Now) -> Grant {
         self.entries.remove(&id);
         if let Some(lane) = self.lanes.get_mut(&(w.client, w.class, w.route)) {
             lane.pop_front();
         }
+        self.take_capacity(id, w, now)
+    }
+
+    /// Its slots and pool units, taken for a request that starts now.
+    fn take_capacity(&mut self, id: Id, w: Waiting, now: Now) -> Grant {
         let taken = w
             .pools
             .iter()

@@ -179,6 +179,51 @@ proptest! {
         }
     }
 
+    /// Starting a request at once when it can, else queueing it, decides exactly what queueing
+    /// it and dispatching does: the same requests run, in the same order, with the same pool
+    /// units taken, through limits, pools, pauses and the off-peak window.
+    #[test]
+    fn starting_at_once_decides_as_the_queue_would(
+        ops in proptest::collection::vec((0usize..3, 0usize..5, 0u64..60, 0usize..4), 1..300),
+    ) {
+        let make = || {
+            let limits = Limits { client_max: vec![Some(2), Some(1), None], service_max: vec![Some(3)] };
+            let settings = Settings { off_peak: Some(Window::parse("22:00-06:00").unwrap()), ..SETTINGS };
+            Dispatcher::new(3, limits, vec![Pool::new(100, 20.0, &Sharing::Shared, 0)], settings)
+        };
+        let (mut queued, mut direct) = (make(), make());
+        let (mut ran_q, mut ran_d): (Vec<Grant>, Vec<Grant>) = (Vec::new(), Vec::new());
+        for (i, (client, class, units, op)) in ops.into_iter().enumerate() {
+            let now = Now { ms: i as u64 * 300, minute_utc: if i % 7 == 0 { 23 * 60 } else { 12 * 60 } };
+            let pools = if units < 30 { Vec::new() } else { vec![(0, units)] };
+            let w = Waiting { pools, ..req(client, 20, Class::ALL[class], now.ms) };
+            match op {
+                // One ends (the oldest), in both.
+                0 if !ran_q.is_empty() => {
+                    let (g, h) = (ran_q.remove(0), ran_d.remove(0));
+                    queued.finish(&g, None, now.ms);
+                    direct.finish(&h, None, now.ms);
+                }
+                1 => (queued.paused, direct.paused) = (!queued.paused, !direct.paused),
+                _ => {}
+            }
+            queued.push(w.clone());
+            match direct.start_now(w, now) {
+                Ok(g) => ran_d.push(g),
+                Err(w) => { direct.push(w); }
+            }
+            while let Some(g) = queued.next(now) {
+                ran_q.push(g);
+            }
+            while let Some(g) = direct.next(now) {
+                ran_d.push(g);
+            }
+            let seen = |r: &[Grant]| r.iter().map(|g| (g.id, g.taken.clone())).collect::<Vec<_>>();
+            prop_assert_eq!(seen(&ran_q), seen(&ran_d));
+            prop_assert_eq!(queued.len(), direct.len());
+        }
+    }
+
     /// Whatever arrives, the dispatcher never runs more than a client's or a service's limit.
     #[test]
     fn limits_always_hold(ops in proptest::collection::vec((0usize..3, 0usize..5, any::<bool>()), 1..300)) {

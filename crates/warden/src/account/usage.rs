@@ -46,7 +46,10 @@ pub enum Framing {
 
 impl Framing {
     pub fn of(content_type: &str) -> Framing {
-        if content_type.contains("event-stream") {
+        // Most answers say just this: settled without the substring searches below.
+        if content_type.starts_with("application/json") {
+            Framing::Json
+        } else if content_type.contains("event-stream") {
             Framing::Sse
         } else if content_type.contains("ndjson") {
             Framing::Lines
@@ -174,6 +177,8 @@ mod tests {
         assert_eq!(s.delivered_tokens(), 1);
         assert_eq!(Framing::of("application/x-ndjson"), Framing::Lines);
         assert_eq!(Framing::of("text/event-stream; charset=utf-8"), Framing::Sse);
+        assert_eq!(Framing::of("application/json; charset=utf-8"), Framing::Json);
+        assert_eq!(Framing::of(""), Framing::Json);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
 use policy::class::{self, Class};
 
 use policy::estimate::Estimate;
@@ -16,9 +16,13 @@ use crate::app::App;
 use crate::base::caller::Caller;
 use crate::base::errors::ApiError;
 
+/// `x-warden-priority` as a `HeaderName` made once: a lookup by `&str` parses and hashes the
+/// name each time, and this runs on every request.
+static PRIORITY_HEADER: HeaderName = HeaderName::from_static(class::HEADER);
+
 /// The request's class from its `x-warden-priority` header (default `normal`).
 pub fn class_of(app: &App, headers: &HeaderMap) -> Result<Class, ApiError> {
-    match headers.get(class::HEADER) {
+    match headers.get(&PRIORITY_HEADER) {
         None => Ok(Class::Normal),
         Some(v) => parse_class(app, v.to_str().unwrap_or("(not text)"), class::HEADER),
     }

@@ -123,8 +123,8 @@ pub(super) async fn forward(
             parts.headers.insert(name.clone(), v);
         }
     }
-    let meter = Meter::new(extras.ticket, &parts, extras.usage);
     let framing = framing(&parts);
+    let meter = Meter::new(extras.ticket, &parts, framing, extras.usage);
     let ok = parts.status.is_success();
     let body = LeaseBody::new(incoming, lease, meter, framing).timed(extras.perf, ok);
     Ok(Response::from_parts(parts, Body::new(body)))
@@ -143,7 +143,7 @@ pub(super) async fn send(
 ) -> Result<Response<hyper::body::Incoming>, ApiError> {
     // A local service at an IP address is reached on this thread's own connections (origin
     // form); anything else through the pooled client (absolute form).
-    let direct = crate::base::pool::direct(lease.upstream());
+    let direct = lease.direct();
     let uri = match direct {
         Some(_) => Uri::try_from(path_and_query).ok(),
         None => crate::base::http::at(lease.upstream(), path_and_query),
@@ -160,13 +160,16 @@ pub(super) async fn send(
     if extras.strip_client_auth {
         headers.remove(header::AUTHORIZATION);
     }
+    let config = lease.config();
     // A hosted API gets warden's key for it instead of anything the client sent.
-    if let ServiceKind::Remote(RemoteSpec { api_key: Some(key), .. }) = &lease.config().kind {
+    if let ServiceKind::Remote(RemoteSpec { api_key: Some(key), .. }) = &config.kind {
         if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", key.0)) {
             headers.insert(header::AUTHORIZATION, v);
         }
     }
-    let within = lease.config().response_timeout;
+    let within = config.response_timeout;
+    // Not held across the wait below: a guard is meant to live briefly.
+    drop(config);
     if let Some(p) = extras.perf.as_mut() {
         p.sent = std::time::Instant::now();
     }

@@ -6,7 +6,7 @@
 //! they are: only new requests move.
 
 use axum::body::Bytes;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
 use serde::Deserialize;
 
 use super::route::{self, Route};
@@ -15,7 +15,7 @@ use crate::config::adapt::OnPressure;
 use policy::planner::Plan;
 
 /// The header that names a conversation.
-pub const SESSION_HEADER: &str = "x-warden-session";
+pub static SESSION_HEADER: HeaderName = HeaderName::from_static("x-warden-session");
 
 /// A request served by another rung than it asked for.
 #[derive(Debug, Clone)]
@@ -34,7 +34,7 @@ impl Degraded {
 
 /// The session a request belongs to: its header, else the body's `user`.
 fn session_of(headers: &HeaderMap, body: &[u8]) -> Option<String> {
-    if let Some(s) = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()).filter(|s| !s.is_empty()) {
+    if let Some(s) = headers.get(&SESSION_HEADER).and_then(|v| v.to_str().ok()).filter(|s| !s.is_empty()) {
         return Some(s.to_string());
     }
     #[derive(Deserialize)]

@@ -27,11 +27,12 @@ pub struct Meter {
 }
 
 impl Meter {
-    /// For an answer with these headers; `usage`: read what it reports using (model requests).
-    pub fn new(mut ticket: Box<Ticket>, answer: &http::response::Parts, usage: bool) -> Meter {
+    /// For an answer with this head, framed so; `usage`: read what it reports using (model
+    /// requests).
+    pub fn new(mut ticket: Box<Ticket>, answer: &http::response::Parts, framing: Framing, usage: bool) -> Meter {
         ticket.status = Some(answer.status.as_u16());
         // The usage is read only where it is accounted (a price, pools, or clients).
-        let scanner = (usage && ticket.accounted && answer.status.is_success()).then(|| Scanner::new(framing(answer)));
+        let scanner = (usage && ticket.accounted && answer.status.is_success()).then(|| Scanner::new(framing));
         Meter { ticket, scanner }
     }
 }

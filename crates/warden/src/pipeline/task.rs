@@ -4,15 +4,16 @@
 //! `max_tokens` bounds what is reserved.
 
 use axum::body::Bytes;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
 
 use crate::app::App;
 
-pub const TASK_HEADER: &str = "x-warden-task";
+/// Made once: a lookup by `&str` parses and hashes the name each time (twice a request).
+pub static TASK_HEADER: HeaderName = HeaderName::from_static("x-warden-task");
 
 /// The task a request names, if any.
 pub fn of(headers: &HeaderMap) -> Option<&str> {
-    headers.get(TASK_HEADER).and_then(|v| v.to_str().ok()).map(str::trim).filter(|t| !t.is_empty())
+    headers.get(&TASK_HEADER).and_then(|v| v.to_str().ok()).map(str::trim).filter(|t| !t.is_empty())
 }
 
 /// The body with the task's presets filled in where it sets none; None when nothing changes.

@@ -28,8 +28,13 @@ pub async fn admin_auth(State(app): State<Arc<App>>, req: Request, next: Next) -
 pub fn is_admin(app: &App, headers: &HeaderMap) -> bool {
     match &app.config().server.admin_token {
         None => true,
-        Some(token) => bearer(headers).is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())),
+        Some(token) => holds(headers, token),
     }
+}
+
+/// The request's bearer token is `token` (compared in constant time).
+fn holds(headers: &HeaderMap, token: &str) -> bool {
+    bearer(headers).is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()))
 }
 
 /// The token of an `Authorization: Bearer …` header. The scheme is case-insensitive (RFC 9110
@@ -90,17 +95,20 @@ where
 
 /// Who a front-door request is from; None: not allowed in.
 pub(crate) fn caller(app: &App, headers: &HeaderMap) -> Option<Caller> {
+    // One look at the config for the whole decision (this runs on every request).
+    let config = app.config();
+    let token = config.server.admin_token.as_ref();
     // Without an admin token, only open mode (no clients) makes everyone the admin.
-    let is_admin = match &app.config().server.admin_token {
-        Some(_) => is_admin(app, headers),
-        None => app.config().clients.is_empty(),
+    let is_admin = match token {
+        Some(token) => holds(headers, token),
+        None => config.clients.is_empty(),
     };
-    if app.config().clients.is_empty() || is_admin {
-        let warden_key = is_admin && app.config().server.admin_token.is_some();
+    if config.clients.is_empty() || is_admin {
+        let warden_key = is_admin && token.is_some();
         return Some(Caller { client: None, admin: is_admin, warden_key });
     }
     let hash = crate::config::sha256(bearer(headers)?.as_bytes());
-    let i = app.config().clients.iter().position(|c| !c.retired && c.key_sha256 == hash)?;
+    let i = config.clients.iter().position(|c| !c.retired && c.key_sha256 == hash)?;
     Some(Caller { client: Some(i), admin: false, warden_key: true })
 }
 

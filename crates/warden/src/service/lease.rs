@@ -9,6 +9,8 @@ use super::{Live, Shared};
 pub struct Lease {
     shared: Arc<Shared>,
     upstream: Arc<str>,
+    /// `upstream` as an address, for a local service reached directly (see `Live::direct`).
+    direct: Option<std::net::SocketAddr>,
     /// The model this request uses, if it named one: its keep-alive clock waits for this too.
     model: Option<usize>,
 }
@@ -24,16 +26,23 @@ impl Lease {
             live.models[m].in_flight += 1;
             live.models[m].last_used = Some(now);
         }
-        Lease { shared, upstream, model }
+        Lease { shared, upstream, direct: live.direct, model }
     }
 
-    pub fn config(&self) -> std::sync::Arc<crate::config::ServiceConfig> {
-        self.shared.config()
+    /// The service's settings now. A guard, not an `Arc` clone: this is read on every request,
+    /// from every thread, and a clone's count is one cache line they would all write.
+    pub fn config(&self) -> arc_swap::Guard<Arc<crate::config::ServiceConfig>> {
+        self.shared.config.load()
     }
 
     /// "host:port" of the service.
     pub fn upstream(&self) -> &str {
         &self.upstream
+    }
+
+    /// The service's address when it is reached on this thread's own connections.
+    pub fn direct(&self) -> Option<std::net::SocketAddr> {
+        self.direct
     }
 
     /// The pool that reaches this service from this thread (its own where it trusts its own CA).

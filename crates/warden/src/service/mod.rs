@@ -68,6 +68,9 @@ pub struct Live {
     pub port: Option<u16>,
     /// Where the running service answers: its base URL ("http://127.0.0.1:8080").
     pub upstream: Option<Arc<str>>,
+    /// The upstream as an address when it is `http://IP:port`, reached on each thread's own
+    /// connections (`base::pool`): parsed once a run, not on every request.
+    pub direct: Option<std::net::SocketAddr>,
     /// Measures the running service's memory.
     pub meter: Option<Meter>,
     pub last_error: Option<String>,
@@ -348,6 +351,7 @@ impl Shared {
                 pid: None,
                 port: None,
                 upstream: None,
+                direct: None,
                 meter: None,
                 last_error: None,
                 models: config.models.iter().map(|m| ModelLive::new(&m.name, m.keep_alive, false)).collect(),

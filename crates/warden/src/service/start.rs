@@ -35,6 +35,7 @@ impl Owner {
                     let now = Instant::now();
                     let mut live = self.shared.live();
                     live.pid = running.pid();
+                    live.direct = crate::base::pool::direct(&upstream);
                     live.upstream = Some(upstream.into());
                     live.meter = running.meter(self.shared.config().device);
                     live.idle_since = Some(now);

@@ -125,6 +125,7 @@ impl Owner {
             live.pid = None;
             live.port = None;
             live.upstream = None;
+            live.direct = None;
             live.meter = None;
             live.running_since = None;
             for m in &mut live.models {

@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::ticket::Ticket;
-use super::{slot, Ask, Gate, Waiter};
+use super::{slot, Ask, Gate, Running, Waiter};
 use crate::base::errors::ApiError;
 use policy::budget::Micros;
 use policy::queue::{Grant, Id, Waiting};
 
 impl Gate {
-    /// Reserves the request's cost, queues it, and waits (bounded) for its turn.
+    /// Reserves the request's cost and lets it in at once when nothing waits and it fits; else
+    /// queues it and waits (bounded) for its turn.
     ///
     /// An `async move` block, not an `async fn`: an async fn keeps its arguments twice
     /// (rust-lang/rust#62958), and this future is what a request queued here keeps alive.
@@ -48,8 +49,7 @@ impl Gate {
                 pools: self.pool_units(ask.model.as_deref(), &ask.estimate),
                 enqueued_ms: now.ms,
             };
-            let (tx, rx) = oneshot::channel();
-            let id = {
+            let (id, rx) = {
                 let mut st = self.lock();
                 if let Err(over) = st.ledgers[client].reserve(reserved, month) {
                     self.release_shared(shared);
@@ -61,12 +61,25 @@ impl Gate {
                     self.release_shared(shared);
                     return Err(ApiError::QueueFull { limit: self.config().scheduler.max_queue });
                 }
+                // Nothing waits and it fits: it runs now, with no waiter, channel or timer.
+                let waiting = match st.d.start_now(waiting, now) {
+                    Ok(grant) => {
+                        let started = Instant::now();
+                        let running = Running { client, class: ask.class, started };
+                        st.running.insert(ask.request_id.clone(), running);
+                        self.pool_alerts(&mut st, now);
+                        drop(st);
+                        return Ok(self.ticket(ask, grant, (client, reserved), Duration::ZERO, started, shared));
+                    }
+                    Err(waiting) => waiting,
+                };
+                let (tx, rx) = oneshot::channel();
                 let id = st.d.push(waiting);
                 st.waiters.insert(id, Waiter { request_id: ask.request_id.clone(), tx });
                 st.by_request.insert(ask.request_id.clone(), id);
                 self.queue_alerts(st.d.len());
                 self.dispatch(&mut st, now);
-                id
+                (id, rx)
             };
             let mut pending = Pending {
                 gate: self.clone(),
@@ -81,7 +94,8 @@ impl Gate {
             };
             let wait = self.config().scheduler.queue_timeout;
             let rx = pending.rx.as_mut().expect("set above");
-            // Usually the turn was granted at once, under the same lock: no timer to set up.
+            // The turn may have been granted under the same lock (another request ahead of it
+            // ended meanwhile): no timer to set up then.
             let (granted, at_once) = match rx.try_recv() {
                 Ok(grant) => (Ok(Ok(grant)), true),
                 Err(_) => (tokio::time::timeout(wait, rx).await, false),
@@ -100,38 +114,50 @@ impl Gate {
                 true => Duration::ZERO,
                 false => Duration::from_millis(self.now().0.ms.saturating_sub(grant.waiting.enqueued_ms)),
             };
-            let accounted = self.accounts(ask.model.as_deref());
-            Ok(Ticket {
-                gate: self.clone(),
-                grant: Some(grant),
-                client,
-                reserved,
-                estimate: ask.estimate,
-                model: ask.model,
-                service: self.config().services[ask.service].name.clone(),
-                class: ask.class,
-                request_id: ask.request_id,
-                queued,
-                started: Instant::now(),
-                status: None,
-                usage: None,
-                cut_after: None,
-                accounted,
-                downgraded_from: None,
-                body_hash: None,
-                service_wait: Duration::ZERO,
-                shared: pending.shared.take(),
-            })
+            let shared = pending.shared.take();
+            Ok(self.ticket(ask, grant, (client, reserved), queued, Instant::now(), shared))
+        }
+    }
+
+    /// The ticket of a request let in: `held` is its client's slot and what it reserved there.
+    fn ticket(
+        self: &Arc<Self>,
+        ask: Ask,
+        grant: Grant,
+        (client, reserved): (usize, Micros),
+        queued: Duration,
+        started: Instant,
+        shared: Option<crate::shared::Held>,
+    ) -> Ticket {
+        Ticket {
+            gate: self.clone(),
+            grant: Some(grant),
+            client,
+            reserved,
+            estimate: ask.estimate,
+            accounted: self.accounts(ask.model.as_deref()),
+            model: ask.model,
+            service: self.config().services[ask.service].name.clone(),
+            class: ask.class,
+            request_id: ask.request_id,
+            queued,
+            started,
+            status: None,
+            usage: None,
+            cut_after: None,
+            downgraded_from: None,
+            body_hash: None,
+            service_wait: Duration::ZERO,
+            shared,
         }
     }
 }
 
-/// A stable lane key for (service, model).
+/// A stable lane key for (service, model). foldhash, unseeded: model names are the config's
+/// (the route was found), and SipHash was a fair part of admission's cost.
 fn route_key(service: usize, model: Option<&str>) -> u32 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (service, model).hash(&mut h);
-    h.finish() as u32
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0).hash_one((service, model)) as u32
 }
 
 /// A request waiting for its turn; dropped (timeout, client gone) it leaves the queue and
