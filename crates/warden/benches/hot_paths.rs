@@ -28,6 +28,18 @@ fn routing(c: &mut Criterion) {
     });
 }
 
+/// A long conversation (a system prompt, retrieved context, turns): the model is looked up the
+/// same way whatever the body's size, so this is what a large prompt costs per request.
+fn routing_large_body(c: &mut Criterion) {
+    let turn = r#"{"role":"user","content":"Here is the context: \"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore magna aliqua.\" What does it say?"},{"role":"assistant","content":"It is placeholder text, used since the 1500s.\nNothing more."},"#;
+    let turns = turn.repeat(64 * 1024 / turn.len());
+    let body =
+        format!(r#"{{"model":"model-37","messages":[{turns}{{"role":"user","content":"Thanks."}}],"max_tokens":64}}"#);
+    c.bench_function(&format!("route: find model in a {} KiB chat body", body.len() / 1024), |b| {
+        b.iter(|| black_box(openai_model_of(black_box(body.as_bytes())).unwrap().len()))
+    });
+}
+
 fn idle_policy(c: &mut Criterion) {
     let t0 = Instant::now();
     let services: Vec<IdleInputs> = (0..200)
@@ -230,6 +242,7 @@ max_p95 = "10s"
 criterion_group!(
     benches,
     routing,
+    routing_large_body,
     idle_policy,
     lifecycle,
     eviction_planner,

@@ -64,8 +64,9 @@ pub struct Tracker {
     /// `model()`'s answers while fresh: the ladder asks on every request to a model with
     /// bounds, and summing a busy model's last minutes up means sorting thousands of timings.
     cache: Mutex<HashMap<Arc<str>, Cached>>,
-    /// Per model: how its samples are being thinned on their way to SQLite.
-    thinning: Mutex<HashMap<Arc<str>, Thinning>>,
+    /// Per model: how its samples are being thinned on their way to SQLite. foldhash: names
+    /// of routed models only, looked up on every answer.
+    thinning: Mutex<HashMap<Arc<str>, Thinning, foldhash::fast::RandomState>>,
 }
 
 /// A model's rows this second and what is left out since its last row.

@@ -14,7 +14,8 @@ pub struct ServiceLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabel {
-    pub model: String,
+    /// Shared with the request's probe: a label is made on every answer.
+    pub model: std::sync::Arc<str>,
 }
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -54,8 +55,13 @@ impl Metrics {
     }
 
     /// `model`: its label already (a configured name, or `other`).
-    pub fn answered(&self, model: &str, total: std::time::Duration, first_byte: Option<std::time::Duration>) {
-        let label = ModelLabel { model: model.to_string() };
+    pub fn answered(
+        &self,
+        model: &std::sync::Arc<str>,
+        total: std::time::Duration,
+        first_byte: Option<std::time::Duration>,
+    ) {
+        let label = ModelLabel { model: model.clone() };
         self.request_duration.get_or_create(&label).observe(total.as_secs_f64());
         if let Some(f) = first_byte {
             self.first_byte.get_or_create(&label).observe(f.as_secs_f64());

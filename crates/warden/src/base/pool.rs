@@ -115,7 +115,9 @@ pub async fn send(addr: SocketAddr, mut req: Request<Body>) -> Result<Response<I
         let sent = match ready {
             Some(sent) => sent,
             None => {
-                let mut tx = connect(addr).await?;
+                // Boxed: a new connection is the rare case, and its future would otherwise make
+                // every request's larger (and a request's future is moved whole as it is built).
+                let mut tx = Box::pin(connect(addr)).await?;
                 let sent = tx.try_send_request(req.take().expect("kept when no connection took it"));
                 POOL.with_borrow_mut(|pool| {
                     let up = pool.upstream(addr);

@@ -144,11 +144,15 @@ pub(super) async fn send(
     // A local service at an IP address is reached on this thread's own connections (origin
     // form); anything else through the pooled client (absolute form).
     let direct = lease.direct();
-    let uri = match direct {
-        Some(_) => Uri::try_from(path_and_query).ok(),
-        None => crate::base::http::at(lease.upstream(), path_and_query),
-    };
-    *req.uri_mut() = uri.ok_or_else(|| ApiError::BadRequest(format!("invalid path {path_and_query:?}")))?;
+    // The client's own target (origin form) is usually what goes: kept, not parsed again.
+    let as_sent = req.uri().scheme().is_none() && req.uri().path_and_query().is_some_and(|p| p == path_and_query);
+    if direct.is_none() || !as_sent {
+        let uri = match direct {
+            Some(_) => Uri::try_from(path_and_query).ok(),
+            None => crate::base::http::at(lease.upstream(), path_and_query),
+        };
+        *req.uri_mut() = uri.ok_or_else(|| ApiError::BadRequest(format!("invalid path {path_and_query:?}")))?;
+    }
     strip_hop_headers(req.headers_mut());
     let headers = req.headers_mut();
     // Host is the service's own address: set by the pool for a direct service, by the client
