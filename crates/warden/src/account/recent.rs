@@ -17,9 +17,10 @@ const KEEP: usize = 10_000;
 pub struct Finished {
     pub at_unix_ms: u64,
     pub request_id: std::sync::Arc<str>,
-    pub client: String,
+    /// The client's and the service's names, shared with the config's (see `Gate`).
+    pub client: std::sync::Arc<str>,
     pub model: Option<std::sync::Arc<str>>,
-    pub service: String,
+    pub service: std::sync::Arc<str>,
     pub class: &'static str,
     pub status: u16,
     pub duration_ms: u64,

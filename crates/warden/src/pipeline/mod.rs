@@ -260,7 +260,9 @@ fn attempt(
         let mut ticket = Box::new(read::owned_if_waiting(&mut parts, &mut owned, admitted).await?);
         ticket.downgraded_from = planned.downgraded.as_ref().map(|d| d.from.clone());
         ticket.body_hash = planned.body_hash;
-        let waited = std::time::Instant::now();
+        // Admission read the clock as it let the request in: the wait for the service counts
+        // from there.
+        let waited = ticket.started();
         let perf = planned.route.model.as_ref().map(|m| forward::Probe {
             tracker: app.performance.clone(),
             metrics: app.metrics.clone(),

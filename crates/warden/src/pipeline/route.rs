@@ -24,8 +24,8 @@ pub struct RoutedModel {
 
 /// The service that serves `model`; 404 listing the known models.
 pub fn model(app: &App, model: &str) -> Result<Route, ApiError> {
-    match app.directory.get(model) {
-        Some(r) => Ok(Route { service: r.service, model: Some(RoutedModel { name: model.into(), index: r.index }) }),
+    match app.directory.route(model) {
+        Some((name, r)) => Ok(Route { service: r.service, model: Some(RoutedModel { name, index: r.index }) }),
         None => Err(ApiError::UnknownModel {
             model: model.to_string(),
             known: app.directory.all().into_iter().map(|(name, _)| name).collect(),

@@ -2,23 +2,31 @@
 //! reports once it has run. Read on every request by model; written rarely (discovery).
 
 use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use crate::config::ModelRef;
 
 pub struct Directory {
     /// Model name → service and model index; read on every model request, written only when
-    /// an owner discovers a model (hence a read-write lock).
-    map: RwLock<BTreeMap<String, ModelRef>>,
+    /// an owner discovers a model (hence a read-write lock). The names are shared with the
+    /// requests routed by them: a request, its ticket and the performance samples it leaves
+    /// (a day's worth are kept) hold the model's one name, not a copy each.
+    map: RwLock<BTreeMap<Arc<str>, ModelRef>>,
 }
 
 impl Directory {
     pub fn new(configured: BTreeMap<String, ModelRef>) -> Self {
-        Directory { map: RwLock::new(configured) }
+        Directory { map: RwLock::new(shared_names(configured)) }
     }
 
     pub fn get(&self, model: &str) -> Option<ModelRef> {
         self.map.read().unwrap_or_else(|p| p.into_inner()).get(model).copied()
+    }
+
+    /// Where `model` is served, and its name as the directory holds it (shared).
+    pub fn route(&self, model: &str) -> Option<(Arc<str>, ModelRef)> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.get_key_value(model).map(|(name, at)| (name.clone(), *at))
     }
 
     /// Adds a discovered model; a name already routed elsewhere keeps its first service.
@@ -27,7 +35,7 @@ impl Directory {
         if map.contains_key(model) {
             return false;
         }
-        map.insert(model.to_string(), at);
+        map.insert(model.into(), at);
         true
     }
 
@@ -40,9 +48,9 @@ impl Directory {
         kept: impl Fn(usize) -> bool,
     ) {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        let discovered = map.iter().filter(|(m, r)| !old.contains_key(*m) && kept(r.service));
-        let discovered: Vec<(String, ModelRef)> = discovered.map(|(m, r)| (m.clone(), *r)).collect();
-        *map = new;
+        let discovered = map.iter().filter(|(m, r)| !old.contains_key(&***m) && kept(r.service));
+        let discovered: Vec<(Arc<str>, ModelRef)> = discovered.map(|(m, r)| (m.clone(), *r)).collect();
+        *map = shared_names(new);
         for (m, r) in discovered {
             map.entry(m).or_insert(r);
         }
@@ -50,6 +58,10 @@ impl Directory {
 
     /// Every routed model, in name order.
     pub fn all(&self) -> Vec<(String, ModelRef)> {
-        self.map.read().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.clone(), *v)).collect()
+        self.map.read().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.to_string(), *v)).collect()
     }
+}
+
+fn shared_names(models: BTreeMap<String, ModelRef>) -> BTreeMap<Arc<str>, ModelRef> {
+    models.into_iter().map(|(name, at)| (name.into(), at)).collect()
 }

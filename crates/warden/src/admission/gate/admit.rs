@@ -39,7 +39,8 @@ impl Gate {
                 }
                 false => None,
             };
-            let (now, month) = self.now();
+            let at = Instant::now();
+            let (now, month) = self.now_at(at, std::time::SystemTime::now());
             let waiting = Waiting {
                 client,
                 tier: ask.client.and_then(|c| self.config().clients.get(c).map(|c| c.priority)).unwrap_or(20),
@@ -64,7 +65,8 @@ impl Gate {
                 // Nothing waits and it fits: it runs now, with no waiter, channel or timer.
                 let waiting = match st.d.start_now(waiting, now) {
                     Ok(grant) => {
-                        let started = Instant::now();
+                        // It starts as it arrives: the reading above is its start.
+                        let started = at;
                         let running = Running { client, class: ask.class, started };
                         st.running.insert(ask.request_id.clone(), running);
                         self.pool_alerts(&mut st, now);
@@ -137,7 +139,7 @@ impl Gate {
             estimate: ask.estimate,
             accounted: self.accounts(ask.model.as_deref()),
             model: ask.model,
-            service: self.config().services[ask.service].name.clone(),
+            service: self.service_label(ask.service),
             class: ask.class,
             request_id: ask.request_id,
             queued,

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use tokio::sync::{oneshot, Notify};
 
@@ -103,9 +103,29 @@ fn client_of(slot: usize) -> Option<usize> {
     slot.checked_sub(1)
 }
 
+/// Service and client names as tickets and the recent-requests ring hold them, made once per
+/// config: every request names both, and the ring keeps 10,000 requests (copies would each be
+/// an allocation, freed long after, cold).
+struct Names {
+    /// By service index.
+    services: Vec<Arc<str>>,
+    /// By client slot ([`slot`]): the anonymous client first.
+    clients: Vec<Arc<str>>,
+}
+
+impl Names {
+    fn of(config: &Config) -> Names {
+        let mut clients = vec![Arc::from("anonymous")];
+        clients.extend(config.clients.iter().map(|c| Arc::from(c.name.as_str())));
+        Names { services: config.services.iter().map(|s| Arc::from(s.name.as_str())).collect(), clients }
+    }
+}
+
 pub struct Gate {
     /// Clients, pools, prices and scheduler settings in force (a reload replaces them).
     config: arc_swap::ArcSwap<Config>,
+    /// Names of that config's services and clients, shared (replaced with it).
+    names: arc_swap::ArcSwap<Names>,
     state: Mutex<State>,
     /// Wakes the timer task when what it waits for may have changed.
     changed: Notify,
@@ -146,6 +166,7 @@ impl Gate {
             holds: HashMap::new(),
         };
         Ok(Gate {
+            names: arc_swap::ArcSwap::from_pointee(Names::of(&config)),
             config: arc_swap::ArcSwap::new(config),
             state: Mutex::new(state),
             changed: Notify::new(),
@@ -189,6 +210,7 @@ impl Gate {
             }
         }
         st.d.reconfigure(config.clients.len() + 1, limits, settings(&config));
+        self.names.store(Arc::new(Names::of(&config)));
         self.config.store(config);
         self.dispatch(&mut st, now);
         Ok(())
@@ -199,13 +221,30 @@ impl Gate {
     }
 
     fn now(&self) -> (Now, u32) {
-        let (month, minute_utc) = clock::month_and_minute();
-        (Now { ms: self.epoch.elapsed().as_millis() as u64, minute_utc }, month)
+        self.now_at(Instant::now(), SystemTime::now())
+    }
+
+    /// [`now`](Self::now) from readings already taken: a request's admission and its settling
+    /// each read the two clocks once for everything they time.
+    fn now_at(&self, at: Instant, wall: SystemTime) -> (Now, u32) {
+        let (month, minute_utc) = policy::calendar::month_and_minute(clock::since_epoch(wall).as_secs());
+        (Now { ms: at.saturating_duration_since(self.epoch).as_millis() as u64, minute_utc }, month)
     }
 
     /// The name of the client in `slot`.
     pub(crate) fn slot_name(&self, slot: usize) -> String {
         self.client_name(client_of(slot))
+    }
+
+    /// The name of the client in `slot`, shared.
+    fn slot_label(&self, slot: usize) -> Arc<str> {
+        self.names.load().clients.get(slot).cloned().unwrap_or_else(|| self.slot_name(slot).into())
+    }
+
+    /// The name of service `service`, shared.
+    fn service_label(&self, service: usize) -> Arc<str> {
+        let names = self.names.load();
+        names.services.get(service).cloned().unwrap_or_else(|| self.config().services[service].name.as_str().into())
     }
 
     /// A configured client's name ("anonymous" for None).

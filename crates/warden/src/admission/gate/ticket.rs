@@ -30,7 +30,7 @@ pub struct Ticket {
     pub(super) estimate: Estimate,
     pub(super) model: Option<Arc<str>>,
     /// The service's name, for the usage record.
-    pub(super) service: String,
+    pub(super) service: Arc<str>,
     pub(super) class: Class,
     pub request_id: Arc<str>,
     /// How long it waited for its turn.
@@ -60,6 +60,11 @@ pub struct Ticket {
 impl Ticket {
     pub fn queued(&self) -> Duration {
         self.queued
+    }
+
+    /// When it was let in.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     /// An upstream failure a person must fix (a certificate): an alert of `kind`.
@@ -114,7 +119,14 @@ impl Drop for Ticket {
                 PoolUnit::Requests => took,
             })
             .collect();
-        let (now, month) = gate.now();
+        // The clocks read once for all this records (each reading is a fair part of a
+        // microsecond in a VM).
+        let (at, wall) = (Instant::now(), std::time::SystemTime::now());
+        let (now, month) = gate.now_at(at, wall);
+        let (finished_at_ms, duration_ms) = (
+            clock::since_epoch(wall).as_millis() as u64,
+            at.saturating_duration_since(self.started).as_millis() as u64,
+        );
         {
             let mut st = gate.lock();
             st.d.finish(&grant, Some(&used), now.ms);
@@ -137,19 +149,15 @@ impl Drop for Ticket {
         }
         // The recent-requests ring takes the names; the usage row below needs them too, so
         // they are copied only for a request that gets one.
-        let (request_id, model, service) = match self.accounted {
-            true => (self.request_id.clone(), self.model.clone(), self.service.clone()),
-            false => (self.request_id.clone(), self.model.take(), std::mem::take(&mut self.service)),
-        };
         gate.recent.record(Finished {
-            at_unix_ms: clock::unix_ms(),
-            request_id,
-            client: gate.slot_name(self.client),
-            model,
-            service,
+            at_unix_ms: finished_at_ms,
+            request_id: self.request_id.clone(),
+            client: gate.slot_label(self.client),
+            model: self.model.clone(),
+            service: self.service.clone(),
             class: self.class.as_str(),
             status: self.status.unwrap_or(0),
-            duration_ms: self.started.elapsed().as_millis() as u64,
+            duration_ms,
             queued_ms: self.queued.as_millis() as u64,
             service_wait_ms: self.service_wait.as_millis() as u64,
             cost_micros: cost,
@@ -166,7 +174,7 @@ impl Drop for Ticket {
             request_id: self.request_id.to_string(),
             client: gate.slot_name(self.client),
             model: self.model.take().map(|m| m.to_string()),
-            service: std::mem::take(&mut self.service),
+            service: self.service.to_string(),
             class: self.class.as_str().to_string(),
             status: self.status.unwrap_or(0),
             prompt_tokens: prompt,
@@ -174,8 +182,8 @@ impl Drop for Ticket {
             cost_micros: cost,
             estimated,
             queued_ms: self.queued.as_millis() as u64,
-            duration_ms: self.started.elapsed().as_millis() as u64,
-            finished_at_ms: clock::unix_ms(),
+            duration_ms,
+            finished_at_ms,
             month,
             cached: false,
             saved_micros: saved,
@@ -207,9 +215,9 @@ impl Gate {
         self.recent.record(Finished {
             at_unix_ms: clock::unix_ms(),
             request_id: hit.request_id.as_str().into(),
-            client: self.client_name(hit.client),
+            client: self.client_name(hit.client).into(),
             model: Some(hit.model.into()),
-            service: hit.service.clone(),
+            service: hit.service.as_str().into(),
             class: hit.class.as_str(),
             status: 200,
             duration_ms: hit.duration.as_millis() as u64,
