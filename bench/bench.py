@@ -109,6 +109,17 @@ def proc_status(pid, key):
     return 0
 
 
+def settle(pids, within):
+    """Waits until these processes (and their children) use under 5 % of a core over 200 ms,
+    for at most `within` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        before = sum(cpu_seconds(pids))
+        time.sleep(0.2)
+        if sum(cpu_seconds(pids)) - before < 0.01:
+            return
+
+
 def cpu_seconds(pids, children=True):
     """User and system CPU seconds of these processes (and, with `children`, of theirs), from /proc."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -373,6 +384,9 @@ desired = "on"
             after, done = cpu_seconds(pids, children), max(saturation[n]["ok"], 1)
             saturation[n]["user_us"] = (after[0] - before[0]) * 1e6 / done
             saturation[n]["system_us"] = (after[1] - before[1]) * 1e6 / done
+    # The last saturation round leaves work behind (LiteLLM's, up to a second of it): the
+    # streams, one request at a time, are timed on a machine that has settled.
+    settle([pid for pids, children in proxy_pids.values() for pid in pids], within=10)
     streams = {n: stream_times(targets[n], a.stream_n) for n in names if n != "litellm"}
     hwm = proc_status(w.proc.pid, "VmHWM")
     for p in procs:
