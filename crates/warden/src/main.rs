@@ -37,6 +37,7 @@ enum Cmd {
     },
     /// Show every service: state, idle time, when it sleeps, memory.
     Status {
+        /// Print the admin API's answer as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -46,35 +47,45 @@ enum Cmd {
     Sleep { name: String },
     /// Make the running warden read its config file again (as SIGHUP does); prints what changed.
     Reload {
+        /// Print the admin API's answer as JSON.
         #[arg(long)]
         json: bool,
     },
     /// What starting a service now would do (which services it would offload); changes nothing.
     Plan {
         name: String,
+        /// Print the admin API's answer as JSON.
         #[arg(long)]
         json: bool,
     },
     /// A client's spend this month against its budget, by model ("anonymous" in open mode).
     Usage {
+        /// The client's name ("anonymous" in open mode).
+        #[arg(default_value = "anonymous")]
         client: String,
+        /// Print the admin API's answer as JSON.
         #[arg(long)]
         json: bool,
     },
     /// What the optimizer saved a client this month: cache hits, downgrades, off-peak runs.
     Savings {
+        /// The client's name ("anonymous" in open mode).
+        #[arg(default_value = "anonymous")]
         client: String,
+        /// Print the admin API's answer as JSON.
         #[arg(long)]
         json: bool,
     },
     /// The priority queue: what waits, by class, and what runs.
     Queue {
+        /// Print the admin API's answer as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Memory pressure: level and trend per device, CPU, the rung each laddered model is served
     /// by, the latest switches and suggestions.
     Pressure {
+        /// Print the admin API's answer as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -83,11 +94,13 @@ enum Cmd {
         /// How far back ("15m", "1h", "24h").
         #[arg(long, default_value = "1h")]
         since: String,
+        /// Print the admin API's answer as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Memory capacity and use per device, and each service's estimate and measured footprint.
     Resources {
+        /// Print the admin API's answer as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -96,7 +109,14 @@ enum Cmd {
 #[derive(Subcommand)]
 enum ConfigCmd {
     /// Validate a config file; errors name the key and line.
-    Check { file: PathBuf },
+    Check {
+        /// The config file.
+        #[arg(required_unless_present = "config", conflicts_with = "config")]
+        file: Option<PathBuf>,
+        /// The config file, named as `serve` takes it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -127,7 +147,8 @@ async fn run(cli: Cli) -> Result<(), String> {
             let config = warden::config::load(&config).map_err(|e| format!("{}: {e}", config.display()))?;
             warden::server::serve(config).await
         }
-        Cmd::Config { command: ConfigCmd::Check { file } } => {
+        Cmd::Config { command: ConfigCmd::Check { file, config } } => {
+            let file = file.or(config).expect("clap requires one");
             let cfg = warden::config::load(&file).map_err(|e| format!("{}: {e}", file.display()))?;
             // Valid, but would it run? Programs, containers and images that are not there.
             let warnings = warden::driver::preflight::warnings(&cfg).await;

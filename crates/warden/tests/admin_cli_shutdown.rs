@@ -167,6 +167,10 @@ async fn cli_status_wake_and_sleep() {
     let (ok, out, _) = cli(&w, &["sleep", "alpha"]);
     assert!(ok);
     assert_eq!(out.trim(), "alpha is stopped");
+    // In open mode the spend asked for without a name is the anonymous client's.
+    let (ok, out, err) = cli(&w, &["usage"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("anonymous in "), "{out}");
     let (ok, _, err) = cli(&w, &["wake", "nope"]);
     assert!(!ok);
     assert!(err.contains("404") && err.contains("known services: alpha, beta, slow"), "{err}");
@@ -192,6 +196,11 @@ fn config_check_names_key_and_line() {
     let out = Command::new(warden_bin()).args(["config", "check"]).arg(&good).output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 services, 1 models)"));
+    // Named as `serve` takes it, too.
+    let out = Command::new(warden_bin()).args(["config", "check", "--config"]).arg(&good).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 services, 1 models)"), "{out:?}");
+    let out = Command::new(warden_bin()).args(["config", "check", "-c"]).arg(&bad).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("at line 4"), "{out:?}");
     // serve refuses a bad config the same way, before binding anything.
     let out = Command::new(warden_bin()).args(["serve", "--config"]).arg(&bad).output().unwrap();
     assert!(!out.status.success());

@@ -50,7 +50,7 @@ pub async fn choose(app: &App, route: Route, headers: &HeaderMap, body: &Bytes) 
         return (route, None);
     }
     let Some(asked) = route.model.as_ref().map(|m| m.name.to_string()) else { return (route, None) };
-    let config = app.config();
+    let config = app.config_owned();
     let ladder = config.ladders.get(&asked);
     let session = session_of(headers, body);
     // A pinned conversation keeps its rung while that rung exists.

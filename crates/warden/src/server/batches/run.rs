@@ -153,7 +153,7 @@ async fn send(
     let store = &app.batches;
     let id = run.get().id;
     let expires_at = run.get().expires_at;
-    let config = app.config();
+    let config = app.config_owned();
     let class = if config.optimizer.batches_off_peak { "deferred" } else { "batch" };
     let mut todo = lines.iter().enumerate().map(|(i, l)| (i + 1, l)).filter(|(n, _)| !states.contains_key(n));
     let mut inflight = JoinSet::new();
