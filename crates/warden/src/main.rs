@@ -45,6 +45,13 @@ enum Cmd {
     Wake { name: String },
     /// Stop a service now.
     Sleep { name: String },
+    /// The last lines a service wrote (its log file, earlier runs included).
+    Logs {
+        name: String,
+        /// How many lines.
+        #[arg(long, short = 'n', default_value_t = 50)]
+        lines: usize,
+    },
     /// Make the running warden read its config file again (as SIGHUP does); prints what changed.
     Reload {
         /// Print the admin API's answer as JSON.
@@ -171,6 +178,13 @@ async fn run(cli: Cli) -> Result<(), String> {
         Cmd::Queue { json } => cli::queue(&client(), json).await,
         Cmd::Savings { client: name, json } => cli::savings(&client(), &name, json).await,
         Cmd::Wake { name } => cli::wake(&client(), &name).await,
+        Cmd::Logs { name, lines } => {
+            let got = client().call(Method::GET, &format!("/admin/services/{name}/logs?lines={lines}")).await?;
+            for line in got["lines"].as_array().into_iter().flatten() {
+                println!("{}", line.as_str().unwrap_or_default());
+            }
+            Ok(())
+        }
         Cmd::Reload { json } => cli::reload(&client(), json).await,
         Cmd::Sleep { name } => {
             let svc = client().call(Method::POST, &format!("/admin/services/{name}/stop")).await?;

@@ -167,6 +167,14 @@ async fn cli_status_wake_and_sleep() {
     let (ok, out, _) = cli(&w, &["sleep", "alpha"]);
     assert!(ok);
     assert_eq!(out.trim(), "alpha is stopped");
+    // A service's last lines, its run's start marked by warden.
+    let (ok, out, err) = cli(&w, &["logs", "alpha", "-n", "20"]);
+    assert!(ok, "{err}");
+    assert!(out.lines().any(|l| l.starts_with("--- warden: starting ")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("fake-backend: listening on")), "{out}");
+    assert_eq!(cli(&w, &["logs", "alpha", "-n", "1"]).1.lines().count(), 1);
+    let (ok, _, err) = cli(&w, &["logs", "nope"]);
+    assert!(!ok && err.contains("404"), "{err}");
     // In open mode the spend asked for without a name is the anonymous client's.
     let (ok, out, err) = cli(&w, &["usage"]);
     assert!(ok, "{err}");

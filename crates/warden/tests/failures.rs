@@ -161,3 +161,25 @@ async fn passthrough_reaches_any_path_with_method_query_and_body() {
     let root: Value = reqwest::get(w.url("/svc/qdrant")).await.unwrap().json().await.unwrap();
     assert_eq!(root["path"], "/");
 }
+
+/// A service's output is drained whatever it holds: bytes that are not UTF-8 and lines longer
+/// than any buffer. A pipe left undrained fills (64 KiB) and the service blocks on its next
+/// write, so a server that once printed a stray byte would hang mid-start or mid-request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_that_is_not_text_or_has_no_line_ends_is_drained_and_kept() {
+    // A byte that is not UTF-8, a 300 KB "line" (a progress bar without line ends), then more
+    // than a pipe holds in ordinary lines, and only then the server.
+    let script = r#"printf 'bad \377\376 byte\n'; head -c 300000 /dev/zero | tr '\0' '.'; echo; i=0; while [ $i -lt 3000 ]; do echo "chatty line $i ................................................"; i=$((i+1)); done; exec FAKE --port ${PORT}"#;
+    let w = Warden::start(&format!(
+        "[services.noisy]\nkind = \"process\"\ncommand = [\"sh\", \"-c\", {script:?}]\nmodels = [\"noisy-model\"]\nstart_timeout = \"30s\"\n"
+    ));
+    let resp = w.post("/v1/chat/completions", chat("noisy-model")).await;
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let lines = w.get("/admin/services/noisy/logs?lines=5000").await["lines"].clone();
+    let lines: Vec<&str> = lines.as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    assert!(lines.iter().any(|l| l.contains("chatty line 2999")), "{:?}", &lines[lines.len().saturating_sub(5)..]);
+    assert!(lines.iter().any(|l| l.starts_with("fake-backend: listening on")), "{lines:?}");
+    // The stray bytes are replaced, the line kept; the long line is cut into bounded pieces.
+    assert!(lines.iter().any(|l| l == &"bad \u{fffd}\u{fffd} byte"), "{:?}", &lines[..lines.len().min(3)]);
+    assert!(lines.iter().all(|l| l.len() <= 16 * 1024), "a line over the bound");
+}

@@ -127,7 +127,7 @@ const OPS: &[Op] = &[
     Op("post", "/admin/services/{name}/start", "admin", "wake a service and wait until ready", Nothing, Json, Admin),
     Op("post", "/admin/services/{name}/stop", "admin", "stop a service", Nothing, Json, Admin),
     Op("post", "/admin/services/{name}/idle-sleep", "admin", "turn a service's idle sleep on or off", JsonIn, Json, Admin),
-    Op("get", "/admin/services/{name}/logs", "admin", "a service's log tail", Nothing, Json, Admin),
+    Op("get", "/admin/services/{name}/logs", "admin", "the last lines of a service's log file", Nothing, Json, Admin),
     Op("post", "/admin/models/{name}/unload", "admin", "unload a model", Nothing, Json, Admin),
     Op("get", "/admin/idle-status", "admin", "idle settings and countdowns", Nothing, Json, Admin),
     Op("post", "/admin/settings", "admin", "change idle settings", JsonIn, Json, Admin),

@@ -61,5 +61,8 @@ async fn logs(
     Query(q): Query<Lines>,
 ) -> Result<Json<Value>, ApiError> {
     let svc = super::services::service(&app, &name)?;
-    Ok(Json(json!({"service": name, "lines": svc.shared.log.tail(q.lines.unwrap_or(200).min(5000))})))
+    let log = svc.shared.log.clone();
+    let n = q.lines.unwrap_or(200).min(5000);
+    let lines = tokio::task::spawn_blocking(move || log.file_tail(n)).await.unwrap_or_default();
+    Ok(Json(json!({"service": name, "lines": lines})))
 }
