@@ -316,6 +316,18 @@ async fn openai_clients_find_what_they_expect() {
     let resp = client.get(w.url("/v1/models")).header("x-big", "y".repeat(100_000)).send().await.unwrap();
     assert_eq!(resp.status(), 431);
     assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "headers_too_large");
+    // A query string that does not fit: 400 in the same shape, naming the parameter.
+    let resp = client.get(w.url("/admin/requests?limit=-1")).bearer_auth("tok").send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_request", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("limit"), "{body}");
+    // And a path whose name is not UTF-8.
+    let resp = client.get(w.url("/admin/plan/%FF")).bearer_auth("tok").send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_request", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("UTF-8"), "{body}");
 
     // The bearer scheme is case-insensitive.
     let resp = client.get(w.url("/admin/services")).header("authorization", "bearer tok").send().await.unwrap();

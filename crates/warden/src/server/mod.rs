@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 mod batches;
 mod compress;
+mod extract;
 mod front;
 mod listen;
 mod metrics;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::Request;
 use axum::response::Response;
 use axum::Extension;
@@ -17,6 +17,7 @@ use crate::base::caller::Caller;
 use crate::base::errors::ApiError;
 use crate::config::ModelRef;
 use crate::pipeline::{self, Endpoint, Inbound, Target};
+use crate::server::extract::Path;
 
 /// A model request at an OpenAI endpoint. The pipeline's own future, not an `async fn`
 /// around it: a request held through a cold start or in the queue keeps only that.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::Request;
 use axum::response::Response;
 use axum::Extension;
@@ -13,6 +13,7 @@ use crate::app::App;
 use crate::base::caller::Caller;
 use crate::base::errors::ApiError;
 use crate::pipeline::{self, Inbound, Target};
+use crate::server::extract::Path;
 
 pub async fn root(
     State(app): State<Arc<App>>,

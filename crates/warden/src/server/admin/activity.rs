@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use crate::app::App;
 use crate::base::errors::ApiError;
+use crate::server::extract::{Path, Query};
 
 pub(super) fn routes() -> Router<Arc<App>> {
     Router::new()

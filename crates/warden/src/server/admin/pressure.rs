@@ -10,6 +10,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::app::App;
+use crate::server::extract::Query;
 
 pub(super) fn routes() -> Router<Arc<App>> {
     Router::new().route("/admin/pressure", get(pressure)).route("/admin/performance", get(performance))
@@ -77,7 +78,7 @@ pub(super) struct Since {
 /// latency, p50 first byte, tokens/s.
 pub(super) async fn performance(
     State(app): State<Arc<App>>,
-    axum::extract::Query(q): axum::extract::Query<Since>,
+    Query(q): Query<Since>,
 ) -> Result<Json<Value>, crate::base::errors::ApiError> {
     let since = match q.since.as_deref() {
         None => std::time::Duration::from_secs(3600),

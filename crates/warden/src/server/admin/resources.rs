@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -15,6 +15,7 @@ use crate::app::App;
 use crate::base::errors::ApiError;
 use crate::config::Device;
 use crate::resources::estimate::estimate;
+use crate::server::extract::{Path, Query};
 use policy::planner::Plan;
 
 pub(super) fn routes() -> Router<Arc<App>> {

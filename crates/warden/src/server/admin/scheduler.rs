@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
@@ -12,6 +12,7 @@ use crate::app::App;
 use crate::base::caller::Caller;
 use crate::base::errors::ApiError;
 use crate::server::api::{client_named, client_usage, queue_status};
+use crate::server::extract::Path;
 
 pub(super) fn routes() -> Router<Arc<App>> {
     Router::new()

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -17,6 +17,7 @@ use crate::app::App;
 use crate::base::errors::ApiError;
 use crate::config::units::minutes;
 use crate::pipeline::route;
+use crate::server::extract::Path;
 use crate::service::{ServiceHandle, StopReason};
 use policy::idle::{decide, decide_model, IdleDecision, ModelDecision};
 

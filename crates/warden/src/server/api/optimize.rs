@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::{Extension, Json};
 use serde_json::{json, Value};
 
@@ -15,6 +15,7 @@ use super::{client_named, query};
 use crate::app::App;
 use crate::base::caller::Caller;
 use crate::base::errors::ApiError;
+use crate::server::extract::{Path, Query};
 use policy::budget::micros_to_usd;
 use policy::calendar::month_label;
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -19,6 +19,7 @@ use crate::base::errors::ApiError;
 use crate::base::http::REQUEST_ID_HEADER;
 use crate::jobs::Outcome;
 use crate::pipeline::{self, Endpoint, Inbound, Target};
+use crate::server::extract::Path;
 use crate::server::parse_json as parse;
 
 /// `{endpoint, request, priority}`: what `/api/queue/enqueue` and `/api/execute` take.

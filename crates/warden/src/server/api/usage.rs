@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -14,6 +14,7 @@ use crate::app::App;
 use crate::base::caller::Caller;
 use crate::base::errors::ApiError;
 use crate::pipeline::{self, Endpoint, Route};
+use crate::server::extract::{Path, Query};
 use policy::budget::micros_to_usd;
 use policy::calendar::{month_index, month_label};
 use policy::estimate::Estimate;

@@ -8,7 +8,7 @@ mod run;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Multipart, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,6 +22,7 @@ use crate::base::caller::Caller;
 use crate::base::errors::ApiError;
 use crate::batch::{new_id, Batch, Counts, FileObject};
 use crate::pipeline::Endpoint;
+use crate::server::extract::{Path, Query};
 use crate::server::parse_json;
 
 pub use run::resume;
