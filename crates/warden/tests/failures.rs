@@ -175,9 +175,18 @@ async fn output_that_is_not_text_or_has_no_line_ends_is_drained_and_kept() {
     ));
     let resp = w.post("/v1/chat/completions", chat("noisy-model")).await;
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
-    let lines = w.get("/admin/services/noisy/logs?lines=5000").await["lines"].clone();
-    let lines: Vec<&str> = lines.as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
-    assert!(lines.iter().any(|l| l.contains("chatty line 2999")), "{:?}", &lines[lines.len().saturating_sub(5)..]);
+    // The pumps copy what the service wrote as it comes: the last of it may land just after
+    // the answer.
+    let has =
+        |v: &Value, start: &str| v["lines"].as_array().unwrap().iter().any(|l| l.as_str().unwrap().starts_with(start));
+    let got = fetch_until(
+        Duration::from_secs(10),
+        || w.get("/admin/services/noisy/logs?lines=5000"),
+        |v| has(v, "chatty line 2999") && has(v, "fake-backend: listening on"),
+    )
+    .await;
+    let lines: Vec<&str> = got["lines"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    assert!(lines.iter().any(|l| l.starts_with("chatty line 2999")), "{:?}", &lines[lines.len().saturating_sub(5)..]);
     assert!(lines.iter().any(|l| l.starts_with("fake-backend: listening on")), "{lines:?}");
     // The stray bytes are replaced, the line kept; the long line is cut into bounded pieces.
     assert!(lines.iter().any(|l| l == &"bad \u{fffd}\u{fffd} byte"), "{:?}", &lines[..lines.len().min(3)]);
