@@ -113,6 +113,7 @@ pub fn assemble(config: Arc<Config>, state_dir: std::path::PathBuf) -> Result<As
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
         metrics: Default::default(),
+        runtime: tokio::runtime::Handle::current(),
     };
     let gate = Arc::new(crate::admission::gate::Gate::new(config.clone(), events.clone())?);
     tasks.spawn(gate.clone().run_timer(shutdown.clone()).instrument(tracing::info_span!("scheduler timer")));

@@ -50,6 +50,10 @@ pub struct OwnerContext {
     /// Cold starts go to `/metrics`' histogram.
     pub metrics: Arc<crate::base::metrics::Metrics>,
     pub shutdown: CancellationToken,
+    /// The main runtime, where owners run whichever thread made them. A reload through the
+    /// admin API runs on a serving thread; an owner spawned there would probe, pump its
+    /// service's log to disk (a write per line) and fork on the thread that serves clients.
+    pub runtime: tokio::runtime::Handle,
 }
 
 /// A service said how many requests it serves at once.
@@ -164,7 +168,7 @@ pub fn spawn_owner(
         owner.on_start_result(Ok(Running::Remote));
     }
     let span = tracing::info_span!("service", name = %shared.config().name);
-    ctx.tasks.spawn(owner.run().instrument(span));
+    ctx.tasks.spawn_on(owner.run().instrument(span), &ctx.runtime);
     ServiceHandle { shared, tx }
 }
 
@@ -188,6 +192,13 @@ impl Owner {
     }
 
     async fn run(mut self) {
+        // `spawn_owner` puts it there; the reload test (a service added through the admin API)
+        // fails here if that ever changes.
+        debug_assert_eq!(
+            tokio::runtime::Handle::current().id(),
+            self.ctx.runtime.id(),
+            "owners run on the main runtime"
+        );
         if self.shared.config().desired == Desired::On {
             self.apply(Event::Demand);
         }
