@@ -162,10 +162,11 @@ async fn run(cli: Cli) -> Result<(), String> {
             for w in &warnings {
                 println!("warning: {w}");
             }
-            let (services, models) = (cfg.services.len(), cfg.models.len());
+            let (services, models) =
+                (cli::counted(cfg.services.len() as u64, "service"), cli::counted(cfg.models.len() as u64, "model"));
             match warnings.len() {
-                0 => println!("{}: ok ({services} services, {models} models)", file.display()),
-                n => println!("{}: ok ({services} services, {models} models), {n} warnings", file.display()),
+                0 => println!("{}: ok ({services}, {models})", file.display()),
+                n => println!("{}: ok ({services}, {models}), {}", file.display(), cli::counted(n as u64, "warning")),
             }
             Ok(())
         }

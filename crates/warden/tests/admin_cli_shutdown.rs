@@ -203,10 +203,10 @@ fn config_check_names_key_and_line() {
     std::fs::write(&good, "[services.llama]\nkind = \"process\"\ncommand = [\"x\"]\nmodels = [\"m\"]\n").unwrap();
     let out = Command::new(warden_bin()).args(["config", "check"]).arg(&good).output().unwrap();
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 services, 1 models)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 service, 1 model)"));
     // Named as `serve` takes it, too.
     let out = Command::new(warden_bin()).args(["config", "check", "--config"]).arg(&good).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 services, 1 models)"), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 service, 1 model)"), "{out:?}");
     let out = Command::new(warden_bin()).args(["config", "check", "-c"]).arg(&bad).output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("at line 4"), "{out:?}");
     // serve refuses a bad config the same way, before binding anything.

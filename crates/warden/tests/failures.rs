@@ -192,3 +192,33 @@ async fn output_that_is_not_text_or_has_no_line_ends_is_drained_and_kept() {
     assert!(lines.iter().any(|l| l == &"bad \u{fffd}\u{fffd} byte"), "{:?}", &lines[..lines.len().min(3)]);
     assert!(lines.iter().all(|l| l.len() <= 16 * 1024), "a line over the bound");
 }
+
+/// A fixed port that something else already answers on: the start is refused, saying so. Were
+/// it not, the health check would find the other program, and the service's requests would go
+/// to it while the service itself failed to bind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_port_another_program_answers_on_is_refused_not_borrowed() {
+    struct Foreign(std::process::Child);
+    impl Drop for Foreign {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let foreign = std::process::Command::new(fake_backend())
+        .args(["--port", &port.to_string(), "--model", "foreign"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let foreign = Foreign(foreign);
+    let listening = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+    assert!(wait_until(Duration::from_secs(10), listening), "the other program listens");
+    let w = Warden::start(&service("fixed", "", &format!("port = {port}\nhealth = \"/health\"")));
+    let (status, body) = error_of(w.post("/v1/chat/completions", chat("fixed-model")).await).await;
+    assert_eq!(status, 503, "{body}");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(&format!("port {port} is already in use by a program warden did not start")), "{msg}");
+    assert!(children_of(w.pid()).is_empty(), "nothing was started: {:?}", children_of(w.pid()));
+    drop(foreign);
+}

@@ -65,9 +65,12 @@ fn print_table(t: &Table) {
 }
 
 /// "1 request", "3 requests".
-fn count(n: &Value, noun: &str) -> String {
-    let n = n.as_u64().unwrap_or(0);
+pub fn counted(n: u64, noun: &str) -> String {
     format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
+fn count(n: &Value, noun: &str) -> String {
+    counted(n.as_u64().unwrap_or(0), noun)
 }
 
 fn text(v: &Value) -> String {

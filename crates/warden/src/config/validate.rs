@@ -156,6 +156,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             }
         }
     }
+    fixed_ports(&services, server.listen.port())?;
     let resources = resources(raw.resources)?;
     let tiers = tenants::tiers(raw.tiers)?;
     let clients = tenants::clients(raw.clients, &tiers)?;
@@ -555,6 +556,35 @@ fn trust(
 }
 
 /// `[IP:]HOST_PORT:CONTAINER_PORT`
+/// A process on a fixed port answers whatever is probed or sent there: two services on one port
+/// would pass each other's health checks and get each other's requests, and one on warden's own
+/// port would be warden. Services that never run together (one exclusive `group`) may share.
+fn fixed_ports(services: &[ServiceConfig], listen: u16) -> Result<(), ConfigError> {
+    let mut taken: BTreeMap<u16, &ServiceConfig> = BTreeMap::new();
+    for svc in services.iter().filter(|s| matches!(s.kind, ServiceKind::Process(_)) && s.port != 0) {
+        let path = format!("services.{}.port", svc.name);
+        if svc.port == listen {
+            return Err(err(path, format!("{} is warden's own port ([server].listen)", svc.port)));
+        }
+        match taken.get(&svc.port) {
+            Some(other) if other.group.is_none() || other.group != svc.group => {
+                return Err(err(
+                    path,
+                    format!(
+                        "{} is also service {:?}'s port; services share a port only in one exclusive group (they never run together)",
+                        svc.port, other.name
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                taken.insert(svc.port, svc);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn port_map(text: &str) -> Option<PortMap> {
     let parts: Vec<&str> = text.rsplitn(3, ':').collect();
     let (container_port, host_port, host_ip) = match parts.as_slice() {
@@ -776,6 +806,35 @@ max_tokens = 500
         assert!(msg.contains("line 14"), "{msg}");
         let msg = parse_err("[sever]\nlisten = \"x\"\n");
         assert!(msg.contains("sever") && msg.contains("line 1"), "{msg}");
+    }
+
+    #[test]
+    fn a_fixed_port_is_one_service_s_unless_they_never_run_together() {
+        let svc = |name: &str, port: u16, group: &str| {
+            let group = if group.is_empty() { String::new() } else { format!("group = \"{group}\"\n") };
+            format!("[services.{name}]\nkind = \"process\"\ncommand = [\"x\"]\nport = {port}\n{group}")
+        };
+        let server = "[server]\nlisten = \"127.0.0.1:8080\"\n";
+        let msg = parse_err(&format!("{server}{}{}", svc("a", 9001, ""), svc("b", 9001, "")));
+        assert!(
+            msg.starts_with(
+                "services.b.port: 9001 is also service \"a\"'s port; services share a port only in one exclusive group"
+            ),
+            "{msg}"
+        );
+        assert!(msg.ends_with("at line 10"), "{msg}");
+        let msg = parse_err(&format!("{server}{}{}", svc("a", 9001, "big"), svc("b", 9001, "small")));
+        assert!(msg.contains("is also service \"a\"'s port"), "{msg}");
+        let msg = parse_err(&format!("{server}{}", svc("a", 8080, "")));
+        assert!(msg.starts_with("services.a.port: 8080 is warden's own port ([server].listen)"), "{msg}");
+        // One exclusive group, different ports, or picked at each start (0): fine.
+        for ok in [
+            format!("{server}{}{}", svc("a", 9001, "big"), svc("b", 9001, "big")),
+            format!("{server}{}{}", svc("a", 9001, ""), svc("b", 9002, "")),
+            format!("{server}{}{}", svc("a", 0, ""), svc("b", 0, "")),
+        ] {
+            assert!(parse(&ok, Path::new(".")).is_ok(), "{ok}");
+        }
     }
 
     #[test]

@@ -129,6 +129,17 @@ pub async fn start(ctx: StartContext<'_>) -> Result<Running, StartFailure> {
     let fail = |reason: String| StartFailure::transient(reason).with_log(ctx.log);
     let (mut running, upstream) = match &ctx.config.kind {
         ServiceKind::Process(spec) => {
+            let upstream = format!("http://127.0.0.1:{}", ctx.port);
+            // Something already answering there would pass the health check in the service's
+            // place and be sent its requests, while the service itself failed to bind.
+            if health::port_open(&upstream).await {
+                let why = format!(
+                    "port {} is already in use by a program warden did not start; stop it, or give this service another port (port = 0 picks a free one)",
+                    ctx.port
+                );
+                ctx.log.note(&why);
+                return Err(fail(why));
+            }
             let req = SpawnRequest {
                 service: &ctx.config.name,
                 spec,
@@ -138,7 +149,7 @@ pub async fn start(ctx: StartContext<'_>) -> Result<Running, StartFailure> {
                 tasks: ctx.tasks,
             };
             let spawned = process::spawn(req).map_err(|f| f.with_log(ctx.log))?;
-            (Running::Process(spawned), format!("http://127.0.0.1:{}", ctx.port))
+            (Running::Process(spawned), upstream)
         }
         // Always up and not ours to probe: a hosted API's health is its answers.
         ServiceKind::Remote(_) => return Ok(Running::Remote),
