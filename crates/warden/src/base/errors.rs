@@ -194,15 +194,22 @@ impl ApiError {
     }
 
     pub fn message(&self) -> String {
+        /// "known models: a, b", or that there are none (an empty config, or a typo'd file).
+        fn known_list(what: &str, known: &[String]) -> String {
+            match known.is_empty() {
+                true => format!("the config names no {what}"),
+                false => format!("known {what}: {}", known.join(", ")),
+            }
+        }
         match self {
             ApiError::BadJson(e) => format!("request body is not valid JSON: {e}"),
             ApiError::BadRequest(m) | ApiError::InvalidConfig(m) => m.clone(),
             ApiError::MissingModel => "request body has no \"model\" string".into(),
             ApiError::UnknownModel { model, known } => {
-                format!("model {model:?} is not configured; known models: {}", known.join(", "))
+                format!("model {model:?} is not configured; {}", known_list("models", known))
             }
             ApiError::UnknownService { service, known } => {
-                format!("service {service:?} is not configured; known services: {}", known.join(", "))
+                format!("service {service:?} is not configured; {}", known_list("services", known))
             }
             ApiError::NotFound(what) => format!("{what} not found"),
             ApiError::BodyTooLarge { limit } => format!("request body exceeds max_body ({limit} bytes)"),
@@ -314,5 +321,19 @@ impl IntoResponse for ApiError {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ApiError;
+
+    #[test]
+    fn an_unknown_name_lists_the_known_ones_or_says_there_are_none() {
+        let known = vec!["a".to_string(), "b".to_string()];
+        let e = ApiError::UnknownModel { model: "x".into(), known };
+        assert_eq!(e.message(), "model \"x\" is not configured; known models: a, b");
+        let e = ApiError::UnknownService { service: "x".into(), known: vec![] };
+        assert_eq!(e.message(), "service \"x\" is not configured; the config names no services");
     }
 }
