@@ -1,4 +1,5 @@
-//! A service's stdout/stderr: appended to `state_dir/logs/NAME.log` and kept as an in-memory tail.
+//! A service's stdout/stderr: appended to `state_dir/logs/NAME.log` (rotated to `NAME.log.1`
+//! past [`MAX_FILE`]) and kept as an in-memory tail.
 
 use std::collections::VecDeque;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -17,15 +18,24 @@ const MAX_LINE: usize = 16 * 1024;
 /// How far back from the file's end a request for its last lines reads, at most.
 const FILE_TAIL_BYTES: u64 = 4 * 1024 * 1024;
 
+/// Past this size the file is moved to `NAME.log.1` (replacing the one before) and begun again:
+/// a chatty service running for weeks must not fill the disk. At most twice this is kept.
+const MAX_FILE: u64 = 32 * 1024 * 1024;
+
 #[derive(Clone)]
 pub struct ServiceLog {
     path: PathBuf,
     tail: Arc<Mutex<VecDeque<String>>>,
+    /// Held while a line is written: the stdout and stderr pumps append at once, and two
+    /// rotating together could move a fresh file over the full one just kept.
+    file: Arc<Mutex<()>>,
+    /// [`MAX_FILE`], smaller in tests.
+    max_file: u64,
 }
 
 impl ServiceLog {
     pub fn new(path: PathBuf) -> Self {
-        ServiceLog { path, tail: Arc::default() }
+        ServiceLog { path, tail: Arc::default(), file: Arc::default(), max_file: MAX_FILE }
     }
 
     /// The current run's last `n` lines (at most [`TAIL_LINES`]), from memory.
@@ -67,9 +77,15 @@ impl ServiceLog {
             tail.push_back(line.to_string());
         }
         // Small appends to a local file; opened per line so rotation by an operator just works.
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&self.path) {
-            let _ = writeln!(f, "{line}");
+        let _writing = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let open = || std::fs::OpenOptions::new().create(true).append(true).open(&self.path);
+        let Ok(mut f) = open() else { return };
+        if f.metadata().is_ok_and(|m| m.len() >= self.max_file) {
+            let _ = std::fs::rename(&self.path, self.path.with_extension("log.1"));
+            let Ok(fresh) = open() else { return };
+            f = fresh;
         }
+        let _ = writeln!(f, "{line}");
     }
 
     /// A line from warden itself about this service, kept with the service's own output.
@@ -118,6 +134,25 @@ fn as_text(line: &[u8]) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_file_is_rotated_past_its_bound_keeping_one_before() {
+        let (dir, mut log) = log();
+        log.max_file = 1000;
+        for i in 0..300 {
+            log.note(&format!("line {i}"));
+        }
+        let size = |name: &str| std::fs::metadata(dir.path().join(name)).map(|m| m.len()).unwrap_or(0);
+        // 300 lines of 20-odd bytes: rotated several times, each file under its bound plus a line.
+        assert!(size("svc.log") < 1030 && size("svc.log.1") >= 1000 && size("svc.log.1") < 1030);
+        assert!(!dir.path().join("svc.log.2").exists());
+        let last = std::fs::read_to_string(dir.path().join("svc.log")).unwrap();
+        assert!(last.ends_with("--- warden: line 299 ---\n"), "{last}");
+        let before = std::fs::read_to_string(dir.path().join("svc.log.1")).unwrap();
+        let first_now: &str = last.lines().next().unwrap();
+        let n = |l: &str| l.trim_start_matches("--- warden: line ").trim_end_matches(" ---").parse::<u32>().unwrap();
+        assert_eq!(n(before.lines().last().unwrap()) + 1, n(first_now), "nothing lost between the two");
+    }
 
     fn log() -> (tempfile::TempDir, ServiceLog) {
         let dir = tempfile::tempdir().unwrap();
