@@ -271,7 +271,7 @@ fn attempt(
                 false => "other".into(),
             },
             model: m.name.clone(),
-            task: task::of(&parts.headers).map(Into::into),
+            task: task::label(&parts.headers),
             // Until it is sent: a request that fails before is timed from here.
             sent: waited,
         });
