@@ -555,7 +555,6 @@ fn trust(
     }
 }
 
-/// `[IP:]HOST_PORT:CONTAINER_PORT`
 /// A process on a fixed port answers whatever is probed or sent there: two services on one port
 /// would pass each other's health checks and get each other's requests, and one on warden's own
 /// port would be warden. Services that never run together (one exclusive `group`) may share.
@@ -585,6 +584,7 @@ fn fixed_ports(services: &[ServiceConfig], listen: u16) -> Result<(), ConfigErro
     Ok(())
 }
 
+/// `[IP:]HOST_PORT:CONTAINER_PORT`
 fn port_map(text: &str) -> Option<PortMap> {
     let parts: Vec<&str> = text.rsplitn(3, ':').collect();
     let (container_port, host_port, host_ip) = match parts.as_slice() {
