@@ -64,6 +64,7 @@ fn apply(app: &App, old: &Config, next: Arc<Config>) -> Result<(), Refused> {
     // to until the config below is in force.
     app.gate.reconfigure(next.clone(), &kept).map_err(Refused::State)?;
     let fresh: Vec<usize> = (0..next.services.len()).filter(|&i| !kept[i]).collect();
+    app.owner_ctx.secret_env.store(Arc::new(next.secret_env.clone()));
     app.coordinator.reconfigure(next.services.len(), &fresh);
     let mut handles = app.services().as_ref().clone();
     for (i, h) in handles.iter().enumerate() {

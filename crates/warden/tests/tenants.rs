@@ -41,6 +41,12 @@ models = ["gpt-4"]
 kind = "process"
 command = ["FAKE", "--port", "${{PORT}}", "--tokens-per-sec", "10", "--tokens", "10"]
 models = ["small-a"]
+
+[services.envcheck]
+kind = "process"
+command = ["sh", "-c", "echo \"keys: bob=[$WARDEN_TEST_BOB_KEY] up=[$WARDEN_TEST_UPSTREAM_KEY]\"; exec FAKE --port $PORT"]
+env = {{ WARDEN_TEST_UPSTREAM_KEY = "set for it" }}
+models = ["small-env"]
 "#,
         acme = hex(warden::config::sha256(b"acme-key")),
         carol = hex(warden::config::sha256(b"carol-key"))
@@ -178,4 +184,20 @@ fn bad_tenant_config_names_the_key_and_line() {
         err.contains("clients.acme.key_env: environment variable WARDEN_TEST_NOT_SET_ANYWHERE is not set at line 2"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_warden_starts_do_not_inherit_the_keys_it_holds() {
+    let up = Upstream::start();
+    let w = start(up.1);
+    assert_eq!(send(&w, Some("acme-key"), "/v1/chat/completions", chat("small-env")).await.status(), 200);
+    let keys = |v: &Value| {
+        let lines = v["lines"].as_array().unwrap().iter().filter_map(|l| l.as_str());
+        lines.into_iter().find(|l| l.starts_with("keys: ")).map(str::to_string)
+    };
+    let got =
+        fetch_until(Duration::from_secs(10), || w.get("/admin/services/envcheck/logs"), |v| keys(v).is_some()).await;
+    // A client's key_env and a hosted API's api_key_env are warden's; the service's own `env`
+    // still sets what it names.
+    assert_eq!(keys(&got).as_deref(), Some("keys: bob=[] up=[set for it]"), "{got}");
 }

@@ -53,6 +53,9 @@ pub struct Config {
     pub coalesce: BTreeMap<String, Coalesce>,
     /// `[state]`: where budgets, pools and concurrency are counted (in process, or shared).
     pub state: StateConfig,
+    /// Environment variables that hold keys (`key_env`, `api_key_env`): warden reads them, and
+    /// the services it starts do not inherit them (unless a service's own `env` sets one).
+    pub secret_env: Vec<String>,
 }
 
 /// `[models.X] coalesce`: embeddings requests for the model that arrive within `window` of

@@ -44,6 +44,8 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
             format!("invalid address {listen_text:?} (expected e.g. \"127.0.0.1:8080\" or \"localhost:8080\")"),
         )
     })?;
+    let secret_env = raw.clients.values().filter_map(|c| c.key_env.clone());
+    let secret_env = secret_env.chain(raw.services.values().filter_map(|s| s.api_key_env.clone())).collect();
     let state_dir = base.join(raw.server.state_dir.unwrap_or_else(|| "warden-state".into()));
     let max_body = raw.server.max_body.map_or(DEFAULT_MAX_BODY, |s| s.0);
     if max_body == 0 || max_body > (1 << 32) {
@@ -206,6 +208,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigError> {
         optimizer,
         coalesce,
         state,
+        secret_env,
     })
 }
 

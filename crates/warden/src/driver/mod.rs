@@ -117,6 +117,8 @@ pub struct StartContext<'a> {
     pub config: &'a ServiceConfig,
     /// For processes: the port picked for this run.
     pub port: u16,
+    /// Environment variables a process does not inherit from warden (they hold keys).
+    pub secret_env: &'a [String],
     pub state_dir: &'a Path,
     pub log: &'a ServiceLog,
     pub client: &'a HttpClient,
@@ -144,6 +146,7 @@ pub async fn start(ctx: StartContext<'_>) -> Result<Running, StartFailure> {
                 service: &ctx.config.name,
                 spec,
                 port: ctx.port,
+                secret_env: ctx.secret_env,
                 state_dir: ctx.state_dir,
                 log: ctx.log,
                 tasks: ctx.tasks,

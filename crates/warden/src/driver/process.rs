@@ -35,6 +35,8 @@ pub struct SpawnRequest<'a> {
     pub service: &'a str,
     pub spec: &'a ProcessSpec,
     pub port: u16,
+    /// Not inherited from warden's environment: the variables its keys come from.
+    pub secret_env: &'a [String],
     pub state_dir: &'a Path,
     pub log: &'a ServiceLog,
     pub tasks: &'a TaskTracker,
@@ -56,6 +58,11 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<ProcessHandle, StartFailure> {
     req.log.begin_run(&format!("starting {} on port {}", argv.join(" "), req.port));
 
     let mut cmd = Command::new(&program);
+    // A local server has no business with the keys warden holds for clients and hosted APIs;
+    // the service's own `env` may still set any of them.
+    for name in req.secret_env {
+        cmd.env_remove(name);
+    }
     cmd.args(&argv[1..])
         .envs(req.spec.env.iter().map(|(k, v)| (k, substitute(v, req.port, None))))
         .env("PORT", req.port.to_string())

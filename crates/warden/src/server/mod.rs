@@ -114,6 +114,7 @@ pub fn assemble(config: Arc<Config>, state_dir: std::path::PathBuf) -> Result<As
         shutdown: shutdown.clone(),
         metrics: Default::default(),
         runtime: tokio::runtime::Handle::current(),
+        secret_env: Arc::new(arc_swap::ArcSwap::from_pointee(config.secret_env.clone())),
     };
     let gate = Arc::new(crate::admission::gate::Gate::new(config.clone(), events.clone())?);
     tasks.spawn(gate.clone().run_timer(shutdown.clone()).instrument(tracing::info_span!("scheduler timer")));

@@ -54,6 +54,9 @@ pub struct OwnerContext {
     /// admin API runs on a serving thread; an owner spawned there would probe, pump its
     /// service's log to disk (a write per line) and fork on the thread that serves clients.
     pub runtime: tokio::runtime::Handle,
+    /// The config's `secret_env` (kept current by a reload): what the processes it starts do
+    /// not inherit from warden's environment.
+    pub secret_env: Arc<arc_swap::ArcSwap<Vec<String>>>,
 }
 
 /// A service said how many requests it serves at once.

@@ -118,6 +118,7 @@ impl Owner {
                 driver::start(StartContext {
                     config: &cfg,
                     port,
+                    secret_env: &ctx.secret_env.load(),
                     state_dir: &ctx.state_dir,
                     log: &log,
                     client: ctx.client.here(),
